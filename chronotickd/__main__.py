@@ -1,0 +1,5 @@
+import sys
+
+from chronotickd.daemon import main
+
+sys.exit(main())

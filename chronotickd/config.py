@@ -1,0 +1,173 @@
+"""Configuration: one YAML file, validated strictly against ``SCHEMA`` at start.
+
+Every key has a type, a default and a one-line meaning; an unknown key or a bad value raises
+``ConfigError`` naming the key and what was expected (the daemon exits with status 2).
+Sections other issues add (``ptp``, ``model``, ``service``) extend ``SCHEMA`` in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_CONFIG_PATH = "/etc/chronotick/chronotick.yaml"
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased as ``key: what was expected, what was found``."""
+
+
+@dataclass(frozen=True)
+class Key:
+    kind: str  # "str" | "int" | "float" | "bool" | "list[str]" | "mode" | "choice"
+    default: Any
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    check: Callable[[Any], str | None] | None = None  # returns an error text or None
+
+
+def _host_port(value: Any) -> str | None:
+    for item in value:
+        host, _, port = str(item).rpartition(":") if ":" in str(item) else (item, "", "123")
+        if not host or not str(port).isdigit() or not 0 < int(port) < 65536:
+            return f"'{item}' is not 'host' or 'host:port' with a port in 1..65535"
+    return None
+
+
+SCHEMA: dict[str, Key] = {
+    "socket": Key("str", "/run/chronotick/chronotick.sock", "Unix socket clients connect to"),
+    "socket_mode": Key("mode", "0666", "permissions of the socket (octal string)"),
+    "admin_group": Key("str", "", "group whose members may run admin requests (root always)"),
+    "state_dir": Key("str", "/var/lib/chronotick", "where the drift state is persisted"),
+    "log_level": Key("choice", "info", "log verbosity",
+                     choices=("debug", "info", "warning", "error")),
+    "ntp.servers": Key("list[str]", ["pool.ntp.org"], "NTP servers, 'host' or 'host:port'",
+                       check=_host_port),
+    "ntp.timeout_s": Key("float", 1.0, "per-request timeout", 0.01, 30),
+    "ntp.warmup_s": Key("float", 180.0, "length of the fast-polling warm-up", 0, 86400),
+    "ntp.warmup_interval_s": Key("float", 1.0, "poll interval during warm-up", 0.1, 3600),
+    "ntp.interval_s": Key("float", 10.0, "poll interval after warm-up", 0.5, 86400),
+    "ntp.max_delay_s": Key("float", 0.5, "samples with a longer round trip are dropped", 0, 16),
+    "ntp.max_root_distance_s": Key("float", 3.0, "servers farther from their root are dropped",
+                                   0, 16),
+    "clock.min_samples": Key("int", 3, "consistent samples before status is synchronized", 1, 64),
+    "clock.max_samples": Key("int", 64, "fit window length in samples", 4, 4096),
+    "clock.confidence_k": Key("float", 3.0, "multiplier on the fit's standard error", 1, 10),
+    "clock.max_drift_ppm": Key("float", 1.0, "frequency change allowed between samples", 0, 1000),
+    "clock.restore_drift_ppm": Key("float", 50.0, "bound growth of a restored estimate",
+                                   0, 1000),
+    "clock.stale_after_s": Key("float", 64.0, "age before status turns freerunning", 1, 86400),
+    "clock.void_after_s": Key("float", 3600.0, "age after which the estimate is dropped",
+                              1, 10 * 86400),
+    "server.max_frame_bytes": Key("int", 65536, "largest request frame accepted", 64, 1 << 20),
+    "server.max_connections": Key("int", 256, "concurrent client connections", 1, 65536),
+    "server.idle_timeout_s": Key("float", 60.0, "close connections idle this long", 0.1, 86400),
+}
+
+
+def _validate(name: str, key: Key, value: Any) -> Any:
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{name}: expected {expected}, got {value!r}")
+
+    kind = key.kind
+    if kind == "str":
+        if not isinstance(value, str):
+            raise bad("a string")
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+    elif kind in ("int", "float"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad("a number")
+        if kind == "int" and not isinstance(value, int):
+            raise bad("a whole number")
+        lo, hi = key.minimum, key.maximum
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise bad(f"a number in [{lo}, {hi}]")
+        value = float(value) if kind == "float" else value
+    elif kind == "list[str]":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad("a list of strings")
+    elif kind == "mode":
+        text = str(value)
+        try:
+            mode = int(text, 8)
+        except ValueError:
+            raise bad("an octal mode such as '0660'") from None
+        if not 0 <= mode <= 0o777:
+            raise bad("an octal mode such as '0660'")
+        value = text
+    elif kind == "choice" and value not in key.choices:
+        raise bad("one of " + ", ".join(key.choices))
+    if key.check is not None:
+        problem = key.check(value)
+        if problem:
+            raise ConfigError(f"{name}: {problem}")
+    return value
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in data.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict) and not any(s == name for s in SCHEMA):
+            if not any(s.startswith(name + ".") for s in SCHEMA):
+                raise ConfigError(f"{name}: unknown section (known keys: {', '.join(SCHEMA)})")
+            flat.update(_flatten(v, name + "."))
+        else:
+            flat[name] = v
+    return flat
+
+
+class Config:
+    """Validated settings; ``cfg["ntp.servers"]`` style access, defaults filled in."""
+
+    def __init__(self, values: dict[str, Any], path: str | None = None) -> None:
+        self.path = path
+        self._values = {name: key.default for name, key in SCHEMA.items()}
+        for name, value in values.items():
+            key = SCHEMA.get(name)
+            if key is None:
+                raise ConfigError(f"{name}: unknown key (known keys: {', '.join(SCHEMA)})")
+            self._values[name] = _validate(name, key, value)
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def override(self, **values: Any) -> Config:
+        """A copy with some keys replaced (dots written as double underscores)."""
+        merged = dict(self._values)
+        merged.update({k.replace("__", "."): v for k, v in values.items() if v is not None})
+        return Config(merged, self.path)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+    @classmethod
+    def from_text(cls, text: str, path: str | None = None) -> Config:
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError("the file must hold a mapping of keys to values")
+        return cls(_flatten(data), path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read {path}: {exc.strerror}; pass --config FILE "
+                f"(an example lives in etc/chronotick.yaml)") from None
+        try:
+            return cls.from_text(text, str(path))
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None

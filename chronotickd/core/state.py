@@ -1,0 +1,142 @@
+"""The immutable state the engine publishes, and the O(1) arithmetic every query runs on it.
+
+A ``ClockState`` is built after each measurement (and periodically, so status and selection
+follow the passage of time). Serving a request is ``state.query(system_time)``: a handful of
+multiplications, never a wait on a source or a model.
+
+The bound (half-width, seconds) at system time ``t`` is::
+
+    bound(t) = systematic + k · stddev(t) + max_drift · max(0, t − t_last)
+
+``systematic`` is what averaging cannot remove (weighted mean of each measurement's own bound:
+half the round trip + root delay/2 + root dispersion for NTP), ``stddev(t)`` the fit's standard
+error at ``t`` (it grows with the distance from the window's centre through the frequency
+error), ``k`` the confidence multiplier and ``max_drift`` how fast the true frequency may move
+away from the fitted one between measurements. See docs/design.md.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+from chronotickd.core.estimator import FitConfig, LineFit, fit_line
+from chronotickd.core.measurement import Measurement, Status
+
+# What the Linux kernel reports as maxerror for an unsynchronized clock (NTP_PHASE_LIMIT, 16 s).
+KERNEL_UNSYNC_MAXERROR_S = 16.0
+
+
+@dataclass(frozen=True, slots=True)
+class TimeAnswer:
+    """Corrected time for one system-clock instant: ``earliest ≤ true time ≤ latest``."""
+
+    system_time: float
+    offset: float
+    bound: float
+    status: Status
+    source: str
+    as_of: float  # system time of the newest measurement behind the answer (0 if none)
+    void_after: float  # past this system time the estimate is no longer served
+
+    @property
+    def corrected_time(self) -> float:
+        return self.system_time + self.offset
+
+    @property
+    def earliest(self) -> float:
+        return self.corrected_time - self.bound
+
+    @property
+    def latest(self) -> float:
+        return self.corrected_time + self.bound
+
+    @property
+    def age(self) -> float:
+        return max(0.0, self.system_time - self.as_of) if self.as_of else float("inf")
+
+
+@dataclass(frozen=True, slots=True)
+class TrackSummary:
+    """What ``sources`` shows about one measured source as the engine sees it."""
+
+    name: str
+    kind: str
+    samples: int
+    last_offset: float | None
+    last_delay: float | None
+    last_t: float | None
+    bound_now: float | None
+    usable: bool
+    selected: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClockState:
+    """Immutable snapshot; every public method is pure arithmetic on its fields."""
+
+    created: float
+    fit: LineFit | None
+    source: str
+    confidence_k: float
+    max_drift: float
+    stale_after: float
+    void_after_s: float
+    unsync_bound: float
+    restored: bool = False
+    tracks: tuple[TrackSummary, ...] = ()
+    history: tuple[Measurement, ...] = field(default=(), repr=False)
+    fit_config: FitConfig = field(default_factory=FitConfig, repr=False)
+
+    # -- queries -------------------------------------------------------------------------
+    def _bound(self, fit: LineFit, t: float, last: float) -> float:
+        age = max(0.0, t - last)
+        return fit.systematic + self.confidence_k * fit.stddev(t) + self.max_drift * age
+
+    def _unsynchronized(self, t: float) -> TimeAnswer:
+        return TimeAnswer(t, 0.0, self.unsync_bound, Status.UNSYNCHRONIZED, "system", 0.0, 0.0)
+
+    def query(self, t: float) -> TimeAnswer:
+        """Best estimate for system time ``t`` (now, or ahead of the last measurement)."""
+        fit = self.fit
+        if fit is None:
+            return self._unsynchronized(t)
+        void_after = fit.t_last + self.void_after_s
+        if t > void_after:
+            return self._unsynchronized(t)
+        age = t - fit.t_last
+        if self.restored or age > self.stale_after:
+            status = Status.FREERUNNING
+        else:
+            status = Status.SYNCHRONIZED
+        bound = self._bound(fit, t, fit.t_last)
+        return TimeAnswer(t, fit.predict(t), bound, status, self.source, fit.t_last, void_after)
+
+    def future(self, now: float, seconds_ahead: float) -> TimeAnswer:
+        """The answer for ``now + seconds_ahead`` as it can be promised at ``now``."""
+        return self.query(now + max(0.0, seconds_ahead))
+
+    def at(self, t: float) -> TimeAnswer:
+        """Retrospective estimate for a past system time, using measurements on both sides.
+
+        Fits the history around ``t`` (measurements that arrived after it included), so the
+        answer is at least as good as what ``query`` would have said at that moment.
+        """
+        hist = self.history
+        if not hist or self.fit is None:
+            return self.query(t)
+        times = [m.t for m in hist]
+        i = bisect.bisect_left(times, t)
+        window = max(8, min(32, len(hist)))
+        lo = max(0, i - window // 2)
+        hi = min(len(hist), lo + window)
+        lo = max(0, hi - window)
+        local = fit_line(hist[lo:hi], self.fit_config, prior_freq=self.fit.freq)
+        if local is None:
+            return self.query(t)
+        nearest = min(abs(t - times[j]) for j in range(max(0, i - 1), min(len(times), i + 1)))
+        bound = local.systematic + self.confidence_k * local.stddev(t) + self.max_drift * nearest
+        status = Status.SYNCHRONIZED if nearest <= self.stale_after else Status.FREERUNNING
+        return TimeAnswer(t, local.predict(t), bound, status, self.source, local.t_last,
+                          local.t_last + self.void_after_s)

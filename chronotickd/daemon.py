@@ -1,0 +1,280 @@
+"""chronotickd: wires sources → engine → publisher → socket server, and runs them.
+
+Threads: each source polls in its own thread and hands measurements to a queue; the engine
+thread owns the ``Engine`` (the only writer), refits, publishes a new immutable state at least
+once a second and persists the drift estimate; the asyncio loop in the main thread only
+serves requests from the published state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from chronotick_client.protocol import PROTOCOL_VERSION
+from chronotickd import __version__, statefile
+from chronotickd.config import DEFAULT_CONFIG_PATH, Config, ConfigError
+from chronotickd.core.engine import Engine, EngineConfig
+from chronotickd.core.estimator import FitConfig
+from chronotickd.core.measurement import Measurement
+from chronotickd.handlers import Handlers
+from chronotickd.publish import Publisher
+from chronotickd.server import ServerLimits, SocketServer, bind_unix_socket
+from chronotickd.sources.ntp import NtpSettings, NtpSource
+from chronotickd.sources.system_clock import kernel_maxerror
+
+log = logging.getLogger("chronotickd")
+
+PUBLISH_INTERVAL_S = 1.0
+PERSIST_INTERVAL_S = 60.0
+
+
+class Source(Protocol):
+    """What the daemon needs from a time source (NTP, PTP, ...)."""
+
+    kind: str
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def describe(self) -> list[dict[str, Any]]: ...
+    def warmup_progress(self) -> float: ...
+
+
+def engine_config(cfg: Config) -> EngineConfig:
+    return EngineConfig(
+        fit=FitConfig(),
+        max_samples=cfg["clock.max_samples"],
+        min_samples=cfg["clock.min_samples"],
+        confidence_k=cfg["clock.confidence_k"],
+        max_drift_ppm=cfg["clock.max_drift_ppm"],
+        restore_drift_ppm=cfg["clock.restore_drift_ppm"],
+        stale_after_s=cfg["clock.stale_after_s"],
+        void_after_s=cfg["clock.void_after_s"],
+    )
+
+
+class Daemon:
+    """One running chronotickd. ``run()`` blocks until ``stop()`` or a signal."""
+
+    def __init__(self, cfg: Config, listen_sock: socket.socket | None = None) -> None:
+        self.cfg = cfg
+        self.started_monotonic = time.monotonic()
+        self.engine = Engine(engine_config(cfg))
+        self.measurements: queue.Queue[Measurement] = queue.Queue()
+        self._restore()
+        self.publisher = Publisher(self.engine.snapshot(time.time(), kernel_maxerror()[0]))
+        self.handlers = Handlers(self.publisher)
+        self.server = SocketServer(self.handlers, ServerLimits(
+            max_frame_bytes=cfg["server.max_frame_bytes"],
+            max_connections=cfg["server.max_connections"],
+            idle_timeout_s=cfg["server.idle_timeout_s"],
+        ))
+        self.listen_sock = listen_sock
+        self.sources: list[Source] = []
+        self.on_ready: list[Callable[[], None]] = []  # e.g. sd_notify READY=1
+        self.on_tick: list[Callable[[dict[str, Any]], None]] = []  # e.g. watchdog, STATUS=
+        self.on_stopping: list[Callable[[], None]] = []
+        self._stop = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_async: asyncio.Event | None = None
+        self._last_persist = 0.0
+        self._last_status_line = ""
+
+    # -- state --------------------------------------------------------------------------
+    def _restore(self) -> None:
+        saved = statefile.load(self.cfg["state_dir"])
+        if saved is not None:
+            self.engine.restore_state(saved)
+            log.info("restored drift estimate from %s (freq %.3f ppm); serving as freerunning "
+                     "until fresh samples confirm it", self.cfg["state_dir"], saved["freq"] * 1e6)
+
+    def persist(self) -> None:
+        data = self.engine.export_state(time.time())
+        if data is None:
+            return
+        try:
+            statefile.save(self.cfg["state_dir"], data)
+        except OSError as exc:
+            log.warning("cannot save state in %s (%s); check state_dir permissions",
+                        self.cfg["state_dir"], exc.strerror)
+
+    # -- sources -------------------------------------------------------------------------
+    def submit(self, m: Measurement) -> None:
+        """Thread-safe entry for sources."""
+        self.measurements.put(m)
+
+    def build_sources(self) -> None:
+        servers = self.cfg["ntp.servers"]
+        if servers:
+            settings = NtpSettings(
+                servers=list(servers),
+                timeout_s=self.cfg["ntp.timeout_s"],
+                warmup_s=self.cfg["ntp.warmup_s"],
+                warmup_interval_s=self.cfg["ntp.warmup_interval_s"],
+                interval_s=self.cfg["ntp.interval_s"],
+                max_delay_s=self.cfg["ntp.max_delay_s"],
+                max_root_distance_s=self.cfg["ntp.max_root_distance_s"],
+            )
+            self.sources.append(NtpSource(settings, self.submit))
+
+    # -- engine thread ---------------------------------------------------------------------
+    def status_facts(self) -> dict[str, Any]:
+        progress = min((s.warmup_progress() for s in self.sources), default=1.0)
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self.started_monotonic, 3),
+            "warmup_progress": round(progress, 3),
+            "socket": self.cfg["socket"],
+            "config": self.cfg.path,
+            "measurements": sum(len(t.history) for t in self.engine.tracks.values()),
+            "steps": sum(t.steps for t in self.engine.tracks.values()),
+            "outliers": sum(t.outliers for t in self.engine.tracks.values()),
+            "connections": self.server.active,
+            "requests": self.server.served,
+            "models": {},
+        }
+
+    def publish_now(self) -> None:
+        now = time.time()
+        clock = self.engine.snapshot(now, kernel_maxerror()[0])
+        rows = tuple(row for s in self.sources for row in s.describe())
+        facts = self.status_facts()
+        self.publisher.publish(clock=clock, status=facts, sources=rows)
+        ans = clock.query(now)
+        line = f"{ans.status} via {ans.source}"
+        if line != self._last_status_line:
+            log.info("status %s (bound %.3f ms)", line, ans.bound * 1e3)
+            self._last_status_line = line
+        for hook in self.on_tick:
+            hook({**facts, "status": str(ans.status), "source": ans.source,
+                  "bound_s": ans.bound})
+
+    def _engine_loop(self) -> None:
+        next_publish = 0.0
+        while not self._stop.is_set():
+            try:
+                m = self.measurements.get(timeout=PUBLISH_INTERVAL_S)
+            except queue.Empty:
+                m = None
+            changed = False
+            while m is not None:
+                verdict = self.engine.add(m)
+                if verdict == "step":
+                    log.warning("clock step detected on %s: offset now %.6f s; fit restarted",
+                                m.source, m.offset)
+                changed = True
+                try:
+                    m = self.measurements.get_nowait()
+                except queue.Empty:
+                    m = None
+            mono = time.monotonic()
+            if changed or mono >= next_publish:
+                try:
+                    self.publish_now()
+                except Exception:
+                    log.exception("publishing state failed; keeping the previous state")
+                next_publish = mono + PUBLISH_INTERVAL_S
+            if mono - self._last_persist >= PERSIST_INTERVAL_S:
+                self._last_persist = mono
+                self.persist()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+        if self._loop is not None and self._stop_async is not None:
+            self._loop.call_soon_threadsafe(self._stop_async.set)
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop_async = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self.stop)
+        sock = self.listen_sock or bind_unix_socket(self.cfg["socket"],
+                                                    int(self.cfg["socket_mode"], 8))
+        await self.server.start(sock)
+        engine_thread = threading.Thread(target=self._engine_loop, name="engine", daemon=True)
+        engine_thread.start()
+        for source in self.sources:
+            source.start()
+        log.info("chronotickd %s listening on %s (protocol v%d); sources: %s",
+                 __version__, self.cfg["socket"], PROTOCOL_VERSION,
+                 ", ".join(s.kind for s in self.sources) or "none (system clock only)")
+        for hook in self.on_ready:
+            hook()
+        await self._stop_async.wait()
+        log.info("shutting down")
+        for hook in self.on_stopping:
+            hook()
+        await self.server.close()
+        for source in self.sources:
+            source.stop()
+        engine_thread.join(timeout=3)
+        self.persist()
+        if self.listen_sock is None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.cfg["socket"])
+
+    def run(self) -> None:
+        asyncio.run(self._main())
+
+
+# -- command line -------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="chronotickd", description="ChronoTick time daemon")
+    p.add_argument("--config", default=DEFAULT_CONFIG_PATH, help="YAML config file")
+    p.add_argument("--check-config", action="store_true",
+                   help="validate the config, print the effective settings and exit")
+    p.add_argument("--socket", help="override the config's socket path")
+    p.add_argument("--state-dir", help="override the config's state_dir")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--version", action="version", version=f"chronotickd {__version__}")
+    return p.parse_args(argv)
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    cfg = Config.load(args.config)
+    return cfg.override(socket=args.socket, state_dir=args.state_dir, log_level=args.log_level)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s chronotickd[%(process)d] %(levelname)s %(message)s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args)
+    except ConfigError as exc:
+        print(f"chronotickd: config error: {exc}", file=sys.stderr)
+        return 2
+    if args.check_config:
+        for key, value in cfg.as_dict().items():
+            print(f"{key}: {value!r}")
+        print(f"chronotickd: {args.config} is valid", file=sys.stderr)
+        return 0
+    setup_logging(cfg["log_level"])
+    try:
+        daemon = Daemon(cfg)
+        daemon.build_sources()
+        daemon.run()
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

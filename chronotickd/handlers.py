@@ -1,0 +1,126 @@
+"""Request dispatch: one function per op, each plain arithmetic on the published state."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from chronotick_client.protocol import (
+    E_BAD_REQUEST,
+    E_BAD_VERSION,
+    PROTOCOL_VERSION,
+    error_reply,
+    ok_reply,
+)
+from chronotickd.publish import Publisher
+from chronotickd.wire import answer_to_wire
+
+MAX_FUTURE_S = 86400.0
+
+
+class BadRequest(ValueError):
+    pass
+
+
+def _number(req: dict[str, Any], name: str) -> float:
+    value = req.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BadRequest(f"'{name}' must be a finite number, got {value!r}")
+    return float(value)
+
+
+class Handlers:
+    """Maps a decoded request to a reply map. Never raises for client mistakes."""
+
+    def __init__(self, publisher: Publisher, clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self.publisher = publisher
+        self.clock_ns = clock_ns
+        self.ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "now": self.now,
+            "status": self.status,
+            "sources": self.sources,
+            "future": self.future,
+            "at": self.at,
+        }
+
+    def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+        req_id = req.get("id")
+        if not isinstance(req_id, int | str | None) or isinstance(req_id, bool):
+            req_id = None
+        if req.get("v") != PROTOCOL_VERSION:
+            return error_reply(req_id, E_BAD_VERSION,
+                               f"protocol version {req.get('v')!r} not supported; "
+                               f"this daemon speaks v{PROTOCOL_VERSION}")
+        op = req.get("op")
+        fn = self.ops.get(op) if isinstance(op, str) else None
+        if fn is None:
+            return error_reply(req_id, E_BAD_REQUEST,
+                               f"unknown op {op!r}; expected one of {', '.join(self.ops)}")
+        try:
+            return ok_reply(req_id, fn(req))
+        except BadRequest as exc:
+            return error_reply(req_id, E_BAD_REQUEST, str(exc))
+
+    # -- ops -----------------------------------------------------------------------------
+    def now(self, req: dict[str, Any]) -> dict[str, Any]:
+        ns = self.clock_ns()
+        return answer_to_wire(self.publisher.current.clock.query(ns / 1e9), ns)
+
+    def future(self, req: dict[str, Any]) -> dict[str, Any]:
+        seconds = _number(req, "seconds")
+        if not 0 <= seconds <= MAX_FUTURE_S:
+            raise BadRequest(f"'seconds' must be in [0, {MAX_FUTURE_S:g}], got {seconds}")
+        ns = self.clock_ns()
+        target = ns + round(seconds * 1e9)
+        ans = self.publisher.current.clock.future(ns / 1e9, seconds)
+        return {**answer_to_wire(ans, target), "seconds_ahead": seconds}
+
+    def at(self, req: dict[str, Any]) -> dict[str, Any]:
+        value = req.get("system_time_ns")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
+            raise BadRequest(f"'system_time_ns' must be a positive integer, got {value!r}")
+        ans = self.publisher.current.clock.at(value / 1e9)
+        return answer_to_wire(ans, value)
+
+    def status(self, req: dict[str, Any]) -> dict[str, Any]:
+        pub = self.publisher.current
+        ns = self.clock_ns()
+        ans = pub.clock.query(ns / 1e9)
+        return {
+            **pub.status,
+            "status": str(ans.status),
+            "source": ans.source,
+            "bound_ns": answer_to_wire(ans, ns)["bound_ns"],
+            "last_sync_ns": round(pub.clock.fit.t_last * 1e9) if pub.clock.fit else None,
+            "protocol_version": PROTOCOL_VERSION,
+        }
+
+    def sources(self, req: dict[str, Any]) -> dict[str, Any]:
+        pub = self.publisher.current
+        tracks = {t.name: t for t in pub.clock.tracks}
+        rows = []
+        for row in pub.sources:
+            track = tracks.pop(row.get("name", ""), None)
+            rows.append(_merge(row, track))
+        rows.extend(_merge({"name": t.name, "kind": t.kind}, t) for t in tracks.values())
+        return {"sources": rows, "selected": pub.clock.source}
+
+
+def _merge(row: dict[str, Any], track: Any) -> dict[str, Any]:
+    out = dict(row)
+    if track is not None:
+        out.update(
+            samples=track.samples,
+            bound_ns=math.ceil(track.bound_now * 1e9) if track.bound_now is not None else None,
+            usable=track.usable,
+            selected=track.selected,
+            engine_state=track.reason,
+        )
+    for key in ("last_offset", "last_delay"):
+        value = out.pop(key, None)
+        out[key + "_ns"] = round(value * 1e9) if value is not None else None
+    last_t = out.pop("last_t", None)
+    out["last_ns"] = round(last_t * 1e9) if last_t is not None else None
+    return out

@@ -1,0 +1,1 @@
+"""Time sources: each measures the system clock against a reference and reports Measurements."""

@@ -1,0 +1,136 @@
+"""chronotick-cli: ask the daemon for the time, its status and its sources."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from chronotick_client.client import Client, DaemonUnavailable, RequestFailed
+from chronotick_client.protocol import default_socket_path
+
+
+def iso_ns(ns: int) -> str:
+    """ISO 8601 UTC with all nine fractional digits."""
+    secs, frac = divmod(ns, 1_000_000_000)
+    return datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{frac:09d}Z"
+
+
+def fmt_s(ns: int | None) -> str:
+    """A duration in the unit a person reads most easily."""
+    if ns is None:
+        return "-"
+    a = abs(ns)
+    if a < 1_000:
+        return f"{ns} ns"
+    if a < 1_000_000:
+        return f"{ns / 1e3:.3f} µs"
+    if a < 1_000_000_000:
+        return f"{ns / 1e6:.3f} ms"
+    return f"{ns / 1e9:.3f} s"
+
+
+def render_now(r: dict[str, Any]) -> str:
+    age = fmt_s(r.get("age_ns")) if r.get("age_ns") is not None else "never measured"
+    return "\n".join([
+        f"{iso_ns(r['corrected_time_ns'])}  ± {fmt_s(r['bound_ns'])}  ({r['status']}, "
+        f"source {r['source']})",
+        f"  earliest  {iso_ns(r['earliest_ns'])}",
+        f"  latest    {iso_ns(r['latest_ns'])}",
+        f"  offset    {fmt_s(r['offset_ns'])} (reference − system)",
+        f"  age       {age}",
+    ])
+
+
+def render_status(r: dict[str, Any]) -> str:
+    bound = fmt_s(r.get("bound_ns"))
+    lines = [f"status     {r.get('status')} via {r.get('source')}  (bound {bound})"]
+    for key in ("version", "pid", "uptime_s", "warmup_progress", "socket", "config",
+                "measurements", "steps", "outliers", "connections", "requests"):
+        if key in r:
+            lines.append(f"{key:<10} {r[key]}")
+    for name, model in (r.get("models") or {}).items():
+        lines.append(f"model      {name}: {model}")
+    return "\n".join(lines)
+
+
+def render_sources(r: dict[str, Any]) -> str:
+    head = f"{'':2}{'name':<28} {'kind':<5} {'state':<12} {'offset':>12} {'delay':>12} " \
+           f"{'bound':>12}  reason"
+    lines = [head]
+    for s in r.get("sources", []):
+        mark = "*" if s.get("selected") else " "
+        lines.append(
+            f"{mark:2}{s.get('name', ''):<28} {s.get('kind', ''):<5} {s.get('state', '-'):<12} "
+            f"{fmt_s(s.get('last_offset_ns')):>12} {fmt_s(s.get('last_delay_ns')):>12} "
+            f"{fmt_s(s.get('bound_ns')):>12}  {s.get('reason') or s.get('engine_state') or ''}")
+    lines.append(f"selected: {r.get('selected')}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chronotick-cli",
+                                description="Query chronotickd for corrected time")
+    p.add_argument("--socket", default=None,
+                   help=f"daemon socket (default: $CHRONOTICK_SOCKET or {default_socket_path()})")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the daemon")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("now", help="corrected time with its bound")
+    sub.add_parser("status", help="daemon health")
+    sub.add_parser("sources", help="time sources and which one is selected")
+    f = sub.add_parser("future", help="bound projected SECONDS ahead")
+    f.add_argument("seconds", type=float)
+    a = sub.add_parser("at", help="retrospective estimate for a past system time (ns)")
+    a.add_argument("system_time_ns", type=int)
+    w = sub.add_parser("watch", help="print `now` repeatedly")
+    w.add_argument("--interval", type=float, default=1.0)
+    w.add_argument("--count", type=int, default=0, help="stop after N lines (0: forever)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    client = Client(args.socket, timeout=args.timeout)
+    out = print
+    try:
+        if args.command == "watch":
+            n = 0
+            while True:
+                r = client.now()
+                out(json.dumps(r) if args.json else
+                    f"{iso_ns(r['corrected_time_ns'])} ± {fmt_s(r['bound_ns'])} {r['status']}")
+                sys.stdout.flush()
+                n += 1
+                if args.count and n >= args.count:
+                    return 0
+                time.sleep(args.interval)
+        if args.command == "now":
+            r, render = client.now(), render_now
+        elif args.command == "status":
+            r, render = client.status(), render_status
+        elif args.command == "sources":
+            r, render = client.sources(), render_sources
+        elif args.command == "future":
+            r, render = client.future(args.seconds), render_now
+        else:
+            r, render = client.at(args.system_time_ns), render_now
+        out(json.dumps(r, indent=None if args.json else 2) if args.json else render(r))
+        return 0
+    except DaemonUnavailable as exc:
+        print(f"chronotick-cli: {exc}", file=sys.stderr)
+        return 3
+    except RequestFailed as exc:
+        print(f"chronotick-cli: the daemon refused the request: {exc}", file=sys.stderr)
+        return 4
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Blocking client for the chronotickd socket. Standard library + msgpack only.
+
+Reconnects on the next call after any failure, so long-lived users (the MCP adapter) survive a
+daemon restart.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import threading
+from typing import Any
+
+from chronotick_client.protocol import (
+    HEADER,
+    MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    ProtocolError,
+    decode_body,
+    default_socket_path,
+    encode,
+    request,
+)
+
+START_HINT = (
+    "start the daemon with `sudo systemctl start chronotickd` (or `make run` in a checkout), "
+    "or point --socket / CHRONOTICK_SOCKET at the socket it listens on"
+)
+
+
+class DaemonUnavailable(ConnectionError):
+    """The daemon's socket could not be reached; the message says which and what to do."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot reach chronotickd at {path}: {reason}; {START_HINT}")
+        self.path = path
+
+
+class RequestFailed(RuntimeError):
+    """The daemon answered with an error reply."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+class Client:
+    """One connection to chronotickd, opened lazily; thread-safe."""
+
+    def __init__(self, path: str | None = None, timeout: float = 2.0) -> None:
+        self.path = path or default_socket_path()
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+        except FileNotFoundError:
+            sock.close()
+            raise DaemonUnavailable(self.path, "no such socket") from None
+        except OSError as exc:
+            sock.close()
+            raise DaemonUnavailable(self.path, exc.strerror or str(exc)) from None
+        return sock
+
+    def _recv_exact(self, sock: socket.socket, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = sock.recv(n - len(buf))
+            if not chunk:
+                raise DaemonUnavailable(self.path, "connection closed by the daemon")
+            buf += chunk
+        return bytes(buf)
+
+    def call(self, op: str, **args: Any) -> dict[str, Any]:
+        """Send one request and return its ``result`` map; raises on error replies."""
+        with self._lock:
+            req_id = next(self._ids)
+            frame = encode(request(op, req_id, **args))
+            for attempt in (0, 1):
+                if self._sock is None:
+                    self._sock = self._connect()
+                try:
+                    self._sock.sendall(frame)
+                    (length,) = HEADER.unpack(self._recv_exact(self._sock, HEADER.size))
+                    if length > MAX_FRAME_BYTES:
+                        raise ProtocolError("frame_too_large", f"reply of {length} bytes")
+                    reply = decode_body(self._recv_exact(self._sock, length))
+                    break
+                except (OSError, DaemonUnavailable) as exc:
+                    self.close()
+                    if attempt:
+                        if isinstance(exc, DaemonUnavailable):
+                            raise
+                        raise DaemonUnavailable(self.path, str(exc)) from None
+            if reply.get("v") != PROTOCOL_VERSION:
+                raise ProtocolError("unsupported_version", f"daemon speaks v{reply.get('v')}")
+            if not reply.get("ok"):
+                err = reply.get("error") or {}
+                raise RequestFailed(str(err.get("code")), str(err.get("message")))
+            return dict(reply.get("result") or {})
+
+    # convenience wrappers -------------------------------------------------------------
+    def now(self) -> dict[str, Any]:
+        return self.call("now")
+
+    def status(self) -> dict[str, Any]:
+        return self.call("status")
+
+    def sources(self) -> dict[str, Any]:
+        return self.call("sources")
+
+    def future(self, seconds: float) -> dict[str, Any]:
+        return self.call("future", seconds=float(seconds))
+
+    def at(self, system_time_ns: int) -> dict[str, Any]:
+        return self.call("at", system_time_ns=int(system_time_ns))

@@ -1,0 +1,175 @@
+"""Real parts for tests: a loopback chronyd that never touches the clock, and a daemon process.
+
+Everything started here is killed by PID and its files removed, even when a test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHONPATH = os.pathsep.join([str(REPO), str(REPO / "clients"), os.environ.get("PYTHONPATH", "")])
+CHRONYD = shutil.which("chronyd") or ("/usr/sbin/chronyd" if Path("/usr/sbin/chronyd").exists()
+                                      else None)
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kill_pid(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    """Stop one process we started (SIGTERM, then SIGKILL). Never by name."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
+@dataclass
+class Chronyd:
+    proc: subprocess.Popen
+    port: int
+    workdir: Path
+
+    @property
+    def server(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@contextlib.contextmanager
+def chronyd_server(port: int | None = None) -> Iterator[Chronyd]:
+    """A real chronyd serving NTP on 127.0.0.1 (``-x``: it never adjusts the clock)."""
+    if CHRONYD is None:
+        raise RuntimeError("chronyd not installed (apt-get install chrony)")
+    if os.geteuid() != 0:
+        raise RuntimeError("chronyd needs root to start here")
+    port = port or free_udp_port()
+    work = Path(tempfile.mkdtemp(prefix="ct-chronyd-"))
+    os.chmod(work, 0o700)
+    conf = work / "chrony.conf"
+    conf.write_text(
+        f"port {port}\nbindaddress 127.0.0.1\nallow 127.0.0.1\nlocal stratum 1\n"
+        f"cmdport 0\nbindcmdaddress {work}/chronyd.sock\npidfile {work}/chronyd.pid\n"
+        f"driftfile {work}/drift\n"
+    )
+    proc = subprocess.Popen([CHRONYD, "-x", "-d", "-f", str(conf), "-u", "root"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_ntp(port, proc)
+        yield Chronyd(proc, port, work)
+    finally:
+        kill_pid(proc)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _wait_ntp(port: int, proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    import ntplib
+
+    deadline = time.monotonic() + timeout
+    client = ntplib.NTPClient()
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"chronyd exited with {proc.returncode}")
+        try:
+            client.request("127.0.0.1", port=port, timeout=0.2)
+            return
+        except Exception:
+            time.sleep(0.1)
+    raise RuntimeError("chronyd did not answer NTP in time")
+
+
+@dataclass
+class DaemonProc:
+    proc: subprocess.Popen
+    socket: str
+    workdir: Path
+    config: Path
+
+    def log(self) -> str:
+        path = self.workdir / "daemon.log"
+        return path.read_text() if path.exists() else ""
+
+
+def write_config(workdir: Path, **overrides: object) -> Path:
+    cfg: dict = {
+        "socket": str(workdir / "ct.sock"),
+        "state_dir": str(workdir / "state"),
+        "log_level": "info",
+        "ntp": {"servers": [], "warmup_s": 30, "warmup_interval_s": 0.5, "interval_s": 2,
+                "timeout_s": 0.5},
+    }
+    for key, value in overrides.items():
+        section, _, name = key.partition("__")
+        if name:
+            cfg.setdefault(section, {})[name] = value
+        else:
+            cfg[section] = value
+    path = workdir / "chronotick.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def wait_for_socket(path: str, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"daemon exited with {proc.returncode}")
+        if os.path.exists(path):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                try:
+                    s.connect(path)
+                    return
+                except OSError:
+                    pass
+        time.sleep(0.05)
+    raise RuntimeError(f"daemon socket {path} did not appear")
+
+
+@contextlib.contextmanager
+def daemon_process(workdir: Path | None = None, env: dict[str, str] | None = None,
+                   **config: object) -> Iterator[DaemonProc]:
+    """Run the real ``chronotickd`` (``python -m chronotickd``) with a temporary config."""
+    own = workdir is None
+    work = workdir or Path(tempfile.mkdtemp(prefix="ct-daemon-"))
+    conf = write_config(work, **config)
+    sock = str(work / "ct.sock")
+    logf = open(work / "daemon.log", "w")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen([sys.executable, "-m", "chronotickd", "--config", str(conf)],
+                            stdout=logf, stderr=subprocess.STDOUT, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": PYTHONPATH, **(env or {})})
+    try:
+        wait_for_socket(sock, proc)
+        yield DaemonProc(proc, sock, work, conf)
+    finally:
+        kill_pid(proc)
+        logf.close()
+        if own:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def cli(*args: str, socket_path: str | None = None, timeout: float = 10.0
+        ) -> subprocess.CompletedProcess:
+    """Run the real chronotick-cli (``python -m chronotick_client``)."""
+    cmd = [sys.executable, "-m", "chronotick_client"]
+    if socket_path:
+        cmd += ["--socket", socket_path]
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": PYTHONPATH})
