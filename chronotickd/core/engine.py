@@ -40,10 +40,30 @@ class EngineConfig:
     switch_ratio: float = 1.5  # a new source must be this much tighter to take over
     outlier_k: float = 5.0  # residual (in fit standard deviations) that makes an outlier
     outlier_floor_s: float = 100e-6  # ... and never less than this
+    # window lengths (samples) the track chooses among by their one-poll-ahead prediction
+    # error; capped by max_samples (see Track)
+    candidate_windows: tuple[int, ...] = (8, 16, 32, 64)
+    window_score_alpha: float = 1.0 / 16.0  # EWMA weight of each new prediction error
+    step_false_rate: float = 1e-4  # tolerated chance that a run of outliers is not a step
+    step_confirm_max: int = 8  # never wait for more agreeing outliers than this
 
 
 class Track:
-    """Measurements of one source and their current fit."""
+    """Measurements of one source and their current fit.
+
+    Two things the replay bench showed matter (docs/replay.md):
+
+    - *Window length.* A long window averages noise, a short one follows a wandering
+      frequency; which wins depends on the clock and the poll. The track keeps a fit per
+      candidate length and scores each by how well it predicted the next accepted measurement
+      (an exponentially weighted mean square, errors clipped so one bad sample cannot decide).
+      It serves the best-scoring fit. Only past data decide: each score is updated with a
+      measurement the fit had not seen.
+    - *Step or recurring outliers?* A few consecutive agreeing outliers mean a step only if
+      outliers are rare. On a path where a fifth of the replies take another route, three in a
+      row happen every few hundred polls, so the confirmation count grows with the observed
+      outlier rate until a false step is unlikely (``step_false_rate``).
+    """
 
     def __init__(self, name: str, kind: str, cfg: EngineConfig) -> None:
         self.name = name
@@ -57,11 +77,32 @@ class Track:
         self.last: Measurement | None = None
         self.steps = 0
         self.outliers = 0
+        self.outlier_rate = 0.0  # EWMA of isolated-outlier verdicts (a step's don't count)
+        self.run = 0  # length of the current run of outliers
+        self.windows = sorted({min(w, cfg.max_samples) for w in cfg.candidate_windows}
+                              | {cfg.max_samples})
+        self.cand_fits: dict[int, LineFit | None] = {}
+        self.cand_score: dict[int, float] = {}
+        self.window = self.windows[-1]
 
     def _threshold(self, fit: LineFit, m: Measurement) -> float:
         spread = math.hypot(fit.stddev(m.t), fit.sigma)
         drift = self.cfg.max_drift_ppm * 1e-6 * max(0.0, m.t - fit.t_last)
         return max(self.cfg.outlier_k * spread, self.cfg.outlier_floor_s) + drift
+
+    def step_confirm(self) -> int:
+        """Agreeing consecutive outliers needed to call a step at the current outlier rate."""
+        need = self.cfg.step_confirm
+        r = self.outlier_rate
+        if 0.0 < r < 1.0:
+            need = max(need, math.ceil(math.log(self.cfg.step_false_rate) / math.log(r)))
+        return min(need, max(self.cfg.step_confirm, self.cfg.step_confirm_max))
+
+    def _note(self, outlier: bool) -> None:
+        """Count a resolved verdict in the outlier rate (counted once a run is resolved, so a
+        real step's own outliers do not delay its confirmation)."""
+        a = self.cfg.window_score_alpha
+        self.outlier_rate += a * ((1.0 if outlier else 0.0) - self.outlier_rate)
 
     def add(self, m: Measurement) -> str:
         """Take one measurement; returns ``accepted``, ``outlier`` or ``step``."""
@@ -71,27 +112,68 @@ class Track:
             residual = m.offset - fit.predict(m.t)
             if abs(residual) > self._threshold(fit, m):
                 self.pending.append(m)
-                if len(self.pending) < self.cfg.step_confirm or not self._pending_agree(fit):
-                    self.pending = self.pending[-self.cfg.step_confirm :]
+                need = self.step_confirm()
+                self.run += 1
+                if len(self.pending) < need or not self._pending_agree(fit, need):
+                    self.pending = self.pending[-need:]
                     self.outliers += 1
                     return "outlier"
                 self.prior_freq = fit.freq
                 self.samples.clear()
-                self.samples.extend(self.pending)
-                self.history.extend(self.pending)
+                self.samples.extend(self.pending[-need:])
+                self.history.extend(self.pending[-need:])
                 self.pending.clear()
                 self.steps += 1
-                self.fit = fit_line(self.samples, self.cfg.fit, self.prior_freq)
+                self.run = 0
+                self.cand_score.clear()
+                self._refit()
                 return "step"
         self.pending.clear()
+        for _ in range(self.run):  # the run ended without a step: isolated outliers
+            self._note(True)
+        self.run = 0
+        self._note(False)
+        self._score(m)
         self.samples.append(m)
         self.history.append(m)
-        self.fit = fit_line(self.samples, self.cfg.fit, self.prior_freq)
+        self._refit()
         return "accepted"
 
-    def _pending_agree(self, fit: LineFit) -> bool:
+    def _score(self, m: Measurement) -> None:
+        """Update each candidate's prediction score with a measurement it has not seen."""
+        a = self.cfg.window_score_alpha
+        for w, f in self.cand_fits.items():
+            if f is None:
+                continue
+            err = m.offset - f.predict(m.t)
+            cap = self.cfg.fit.reject_k * max(f.sigma, self.cfg.fit.noise_floor_s)
+            e2 = min(err * err, cap * cap)
+            old = self.cand_score.get(w)
+            self.cand_score[w] = e2 if old is None else old + a * (e2 - old)
+
+    def _refit(self) -> None:
+        n = len(self.samples)
+        samples = list(self.samples)
+        fits: dict[int, LineFit | None] = {}
+        for w in self.windows:
+            if w >= n and fits:  # same samples as a shorter candidate's: same fit
+                fits[w] = fits[max(fits)] if max(fits) >= n else fit_line(
+                    samples, self.cfg.fit, self.prior_freq, runs_test=False)
+                continue
+            fits[w] = fit_line(samples[-w:], self.cfg.fit, self.prior_freq, runs_test=False)
+        self.cand_fits = fits
+        scored = {w: s for w, s in self.cand_score.items() if fits.get(w) is not None}
+        if scored:
+            best = min(scored.values())
+            # ties (within 2 %) go to the longest window: same accuracy, less variance
+            self.window = max(w for w, s in scored.items() if s <= best * 1.02)
+        else:
+            self.window = self.windows[-1]
+        self.fit = fits[self.window]
+
+    def _pending_agree(self, fit: LineFit, need: int) -> bool:
         """Do the pending outliers describe one new offset (a step) rather than noise?"""
-        res = [p.offset - fit.predict(p.t) for p in self.pending[-self.cfg.step_confirm :]]
+        res = [p.offset - fit.predict(p.t) for p in self.pending[-need:]]
         if not (all(r > 0 for r in res) or all(r < 0 for r in res)):
             return False
         spread = max(res) - min(res)

@@ -4,12 +4,18 @@ Pure arithmetic: no I/O, no clock. ``fit_line`` turns a window of measurements i
 ``LineFit``: an offset at a reference time, a frequency (slope), their uncertainties and the
 systematic error the fit cannot see (path asymmetry, the measurements' own bounds).
 
-Why this shape:
+Why this shape (each point measured on the replay bench, docs/replay.md):
 - NTP offset noise is skewed and spiky, so the fit is an iteratively re-weighted (Huber)
-  regression whose scale is a weighted MAD, not plain least squares.
-- Samples with more queueing delay are worse, so base weights fall with excess delay.
+  regression whose scale is a weighted MAD, not plain least squares. It starts from a
+  Theil–Sen slope and a weighted-median intercept, so a minority of wrong samples (a second
+  network path, a burst of spikes) cannot drag the first iteration and then survive it.
+- Samples with more queueing delay are worse, so base weights fall with the delay *above the
+  window's median delay*. Not above the minimum: when the path is bimodal (a minority of
+  replies on a different route) the minimum belongs to the minority, whose offset the
+  majority contradicts, and trusting it makes the estimate jump between routes.
 - A frequency that wanders makes old samples misleading; like chrony, a runs test on the
-  residual signs drops the oldest samples until the residuals look random.
+  residual signs can drop the oldest samples until the residuals look random (the engine
+  instead chooses among several window lengths by their prediction error, see engine.Track).
 """
 
 from __future__ import annotations
@@ -87,6 +93,23 @@ def _runs_ok(residuals: np.ndarray) -> bool:
     return runs >= mean - 2.0 * math.sqrt(max(var, 1e-12))
 
 
+_PAIRS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _theil_sen(t: np.ndarray, y: np.ndarray) -> float:
+    """Median of pairwise slopes: a starting slope that ignores up to ~29 % bad samples."""
+    n = len(t)
+    pairs = _PAIRS.get(n)
+    if pairs is None:
+        pairs = _PAIRS[n] = np.triu_indices(n, 1)
+    i, j = pairs
+    dt = t[j] - t[i]
+    ok = dt > 0
+    if not ok.any():
+        return 0.0
+    return float(np.median((y[j] - y[i])[ok] / dt[ok]))
+
+
 def _irls(
     t: np.ndarray,
     y: np.ndarray,
@@ -95,10 +118,20 @@ def _irls(
     prior_freq: float | None,
 ) -> tuple[float, float, float, float, np.ndarray, np.ndarray]:
     """Huber IRLS of y on t. Returns (t_ref, offset_ref, freq, scale, weights, residuals)."""
-    w = w0.copy()
     use_slope = len(t) >= cfg.min_samples_for_slope or prior_freq is None
     freq = prior_freq or 0.0
-    scale = cfg.noise_floor_s
+    if use_slope and len(t) >= 3:
+        freq = _theil_sen(t, y)
+    # robust start: weighted-median intercept, MAD scale, robust weights from those residuals
+    t_ref = float((w0 * t).sum() / w0.sum())
+    res = y - freq * (t - t_ref)
+    res = res - _weighted_median(res, w0)
+    scale = max(MAD_TO_SIGMA * _weighted_median(np.abs(res), w0), cfg.noise_floor_s * 0.1)
+    u = np.abs(res) / scale
+    w = w0 * np.where(u <= cfg.huber_k, 1.0, cfg.huber_k / np.maximum(u, 1e-12))
+    w[u > cfg.reject_k] = 0.0
+    if w.sum() <= 0:
+        w = w0.copy()
     for _ in range(4):
         sw = w.sum()
         t_ref = float((w * t).sum() / sw)
@@ -124,15 +157,19 @@ def fit_line(
     samples: Sequence[Measurement],
     cfg: FitConfig = FitConfig(),
     prior_freq: float | None = None,
+    runs_test: bool = True,
 ) -> LineFit | None:
-    """Robust weighted line through ``samples`` (oldest first); None when there are none."""
+    """Robust weighted line through ``samples`` (oldest first); None when there are none.
+
+    ``runs_test=False`` keeps the whole window (the caller chooses the window length).
+    """
     if not samples:
         return None
     t = np.fromiter((m.t for m in samples), float, len(samples))
     y = np.fromiter((m.offset for m in samples), float, len(samples))
     d = np.fromiter((m.delay for m in samples), float, len(samples))
     b = np.fromiter((m.bound for m in samples), float, len(samples))
-    excess = (d - d.min()) / 2.0
+    excess = np.maximum(d - float(np.median(d)), 0.0) / 2.0
     w0 = 1.0 / (cfg.noise_floor_s**2 + excess * excess)
 
     start = 0
@@ -140,7 +177,7 @@ def fit_line(
         tt, yy, ww0 = t[start:], y[start:], w0[start:]
         t_ref, offset_ref, freq, scale, w, res = _irls(tt, yy, ww0, cfg, prior_freq)
         remaining = len(tt)
-        if remaining <= cfg.runs_test_min or _runs_ok(res[w > 0]):
+        if not runs_test or remaining <= cfg.runs_test_min or _runs_ok(res[w > 0]):
             break
         start += max(1, remaining // 4)
         start = min(start, len(t) - cfg.runs_test_min)

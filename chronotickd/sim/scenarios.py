@@ -13,8 +13,9 @@ SCENARIOS: dict[str, tuple[str, ClockModel]] = {
                     ClockModel(freq_ppm=3.0, rw_ppm_per_sqrt_h=0.5)),
     "spikes": ("10 ppm; 8 % congestion spikes (long delay) and 2 % wrong offsets",
                ClockModel(freq_ppm=10.0, spike_rate=0.08, outlier_rate=0.02)),
-    "asymmetric": ("1 ppm; forward path 1 ms longer, queueing 300 µs forward vs 30 µs back",
-                   ClockModel(freq_ppm=1.0, asym_s=1e-3, queue_fwd_s=300e-6,
+    "asymmetric": ("forward path 1 ms longer, queueing 300 µs forward vs 30 µs back; −2 ppm "
+                   "(drift adds to the bias, so a lagging method cannot cancel it by chance)",
+                   ClockModel(freq_ppm=-2.0, asym_s=1e-3, queue_fwd_s=300e-6,
                               queue_back_s=30e-6)),
     "outage": ("10 ppm with 0.3 ppm wander; no replies for 20 min at 1.5 h and 50 min at 3.5 h",
                ClockModel(freq_ppm=10.0, wander_ppm=0.3, wander_period_s=10800.0,
