@@ -11,14 +11,14 @@ The daemon and the replay bench drive this same class; nothing here reads a cloc
 
 from __future__ import annotations
 
-import itertools
 import math
-import statistics
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from chronotickd.core.estimator import FitConfig, LineFit, fit_line
+import numpy as np
+
+from chronotickd.core.estimator import FitConfig, LineFit, fast_median, fit_arrays
 from chronotickd.core.measurement import Measurement
 from chronotickd.core.state import KERNEL_UNSYNC_MAXERROR_S, ClockState, TrackSummary
 
@@ -84,6 +84,7 @@ class Track:
         self.cand_fits: dict[int, LineFit | None] = {}
         self.cand_score: dict[int, float] = {}
         self.window = self.windows[-1]
+        self._gap = 0.0
 
     def _threshold(self, fit: LineFit, m: Measurement) -> float:
         spread = math.hypot(fit.stddev(m.t), fit.sigma)
@@ -152,15 +153,23 @@ class Track:
             self.cand_score[w] = e2 if old is None else old + a * (e2 - old)
 
     def _refit(self) -> None:
-        n = len(self.samples)
-        samples = list(self.samples)
+        samples = self.samples
+        n = len(samples)
+        t = np.fromiter((m.t for m in samples), float, n)
+        y = np.fromiter((m.offset for m in samples), float, n)
+        d = np.fromiter((m.delay for m in samples), float, n)
+        b = np.fromiter((m.bound for m in samples), float, n)
+        self._gap = fast_median(np.diff(t)) if n >= 2 else 0.0
         fits: dict[int, LineFit | None] = {}
+        full: LineFit | None = None
         for w in self.windows:
-            if w >= n and fits:  # same samples as a shorter candidate's: same fit
-                fits[w] = fits[max(fits)] if max(fits) >= n else fit_line(
-                    samples, self.cfg.fit, self.prior_freq, runs_test=False)
-                continue
-            fits[w] = fit_line(samples[-w:], self.cfg.fit, self.prior_freq, runs_test=False)
+            if w >= n:  # every candidate this long sees all samples: one fit for them all
+                if full is None:
+                    full = fit_arrays(t, y, d, b, self.cfg.fit, self.prior_freq, False)
+                fits[w] = full
+            else:
+                fits[w] = fit_arrays(t[-w:], y[-w:], d[-w:], b[-w:], self.cfg.fit,
+                                     self.prior_freq, False)
         self.cand_fits = fits
         scored = {w: s for w, s in self.cand_score.items() if fits.get(w) is not None}
         if scored:
@@ -183,10 +192,8 @@ class Track:
         return self.fit is not None and len(self.samples) >= self.cfg.min_samples
 
     def typical_gap(self) -> float:
-        times = [m.t for m in self.samples]
-        if len(times) < 2:
-            return 0.0
-        return statistics.median(b - a for a, b in itertools.pairwise(times))
+        """Median spacing of the window's samples (cached at each refit)."""
+        return self._gap
 
 
 class Engine:

@@ -72,6 +72,16 @@ class LineFit:
         return math.sqrt(self.var_offset + self.var_freq * dt * dt)
 
 
+def fast_median(a: np.ndarray) -> float:
+    """Median of a non-empty 1-D array without ``np.median``'s overhead (hot in the fit)."""
+    n = len(a)
+    k = n // 2
+    if n % 2:
+        return float(np.partition(a, k)[k])
+    p = np.partition(a, (k - 1, k))
+    return 0.5 * float(p[k - 1] + p[k])
+
+
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     order = np.argsort(values)
     cw = np.cumsum(weights[order])
@@ -107,7 +117,7 @@ def _theil_sen(t: np.ndarray, y: np.ndarray) -> float:
     ok = dt > 0
     if not ok.any():
         return 0.0
-    return float(np.median((y[j] - y[i])[ok] / dt[ok]))
+    return fast_median((y[j] - y[i])[ok] / dt[ok])
 
 
 def _irls(
@@ -133,23 +143,27 @@ def _irls(
     if w.sum() <= 0:
         w = w0.copy()
     for _ in range(4):
-        sw = w.sum()
-        t_ref = float((w * t).sum() / sw)
+        sw = float(w.sum())
+        t_ref = float(w.dot(t)) / sw
         dt = t - t_ref
         if use_slope:
-            sxx = float((w * dt * dt).sum())
-            freq = float((w * dt * (y - (w * y).sum() / sw)).sum() / sxx) if sxx > 0 else freq
-        offset_ref = float((w * (y - freq * dt)).sum() / sw)
+            wdt = w * dt
+            sxx = float(wdt.dot(dt))
+            freq = float(wdt.dot(y)) / sxx if sxx > 0 else freq
+        offset_ref = float(w.dot(y - freq * dt)) / sw
         res = y - offset_ref - freq * dt
-        mad = _weighted_median(np.abs(res), w0)
-        scale = max(MAD_TO_SIGMA * mad, cfg.noise_floor_s * 0.1)
-        u = np.abs(res) / scale
-        robust = np.where(u <= cfg.huber_k, 1.0, cfg.huber_k / np.maximum(u, 1e-12))
+        ares = np.abs(res)
+        scale = max(MAD_TO_SIGMA * _weighted_median(ares, w0), cfg.noise_floor_s * 0.1)
+        u = ares / scale
+        robust = np.minimum(1.0, cfg.huber_k / np.maximum(u, 1e-12))
         robust[u > cfg.reject_k] = 0.0
         w_new = w0 * robust
         if w_new.sum() <= 0:
             break
+        done = bool(np.abs(w_new - w).max() <= 1e-3 * float(w.max()))
         w = w_new
+        if done:  # weights settled: another pass would give the same line
+            break
     return t_ref, offset_ref, freq, scale, w, res
 
 
@@ -165,11 +179,27 @@ def fit_line(
     """
     if not samples:
         return None
-    t = np.fromiter((m.t for m in samples), float, len(samples))
-    y = np.fromiter((m.offset for m in samples), float, len(samples))
-    d = np.fromiter((m.delay for m in samples), float, len(samples))
-    b = np.fromiter((m.bound for m in samples), float, len(samples))
-    excess = np.maximum(d - float(np.median(d)), 0.0) / 2.0
+    n = len(samples)
+    t = np.fromiter((m.t for m in samples), float, n)
+    y = np.fromiter((m.offset for m in samples), float, n)
+    d = np.fromiter((m.delay for m in samples), float, n)
+    b = np.fromiter((m.bound for m in samples), float, n)
+    return fit_arrays(t, y, d, b, cfg, prior_freq, runs_test)
+
+
+def fit_arrays(
+    t: np.ndarray,
+    y: np.ndarray,
+    d: np.ndarray,
+    b: np.ndarray,
+    cfg: FitConfig = FitConfig(),
+    prior_freq: float | None = None,
+    runs_test: bool = True,
+) -> LineFit | None:
+    """``fit_line`` on arrays of times, offsets, delays and bounds (oldest first)."""
+    if len(t) == 0:
+        return None
+    excess = np.maximum(d - fast_median(d), 0.0) / 2.0
     w0 = 1.0 / (cfg.noise_floor_s**2 + excess * excess)
 
     start = 0
