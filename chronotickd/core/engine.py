@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from chronotickd.core.estimator import FitConfig, LineFit, fast_median, fit_arrays
+from chronotickd.core.estimator import FitConfig, LineFit, fast_median, fit_arrays, fit_line
 from chronotickd.core.measurement import Measurement
 from chronotickd.core.state import KERNEL_UNSYNC_MAXERROR_S, ClockState, TrackSummary
 
@@ -115,6 +115,8 @@ class Track:
                 self.pending.append(m)
                 need = self.step_confirm()
                 self.run += 1
+                if len(self.pending) >= need and self._fit_was_wrong(need):
+                    return "accepted"
                 if len(self.pending) < need or not self._pending_agree(fit, need):
                     self.pending = self.pending[-need:]
                     self.outliers += 1
@@ -179,6 +181,21 @@ class Track:
         else:
             self.window = self.windows[-1]
         self.fit = fits[self.window]
+
+    def _fit_was_wrong(self, need: int) -> bool:
+        """A run of outliers that a robust fit over window + run accepts was not made of
+        outliers: the fit was (e.g. a young track seeded by a bad first sample). Take them."""
+        run = self.pending[-need:]
+        joint = fit_line([*self.samples, *run], self.cfg.fit, self.prior_freq, runs_test=False)
+        if joint is None or any(abs(p.offset - joint.predict(p.t)) > self._threshold(joint, p)
+                                for p in run):
+            return False
+        self.samples.extend(run)
+        self.history.extend(run)
+        self.pending.clear()
+        self.run = 0
+        self._refit()
+        return True
 
     def _pending_agree(self, fit: LineFit, need: int) -> bool:
         """Do the pending outliers describe one new offset (a step) rather than noise?"""
