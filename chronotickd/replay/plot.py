@@ -41,8 +41,10 @@ def plot_replay(res: ReplayResult, out: str | Path, title: str | None = None,
     for name, run in res.runs.items():
         if name == "none":
             continue
-        ax.plot(hs, run.offset * 1e3, lw=0.8, color=COLORS.get(name), label=name)
-    ax.plot(hs, truth * 1e3, lw=1.0, color="#1f77b4", ls="--",
+        top = name == band_method
+        ax.plot(hs, run.offset * 1e3, lw=1.2 if top else 0.7, color=COLORS.get(name), label=name,
+                zorder=4 if top else 2, alpha=1.0 if top else 0.7)
+    ax.plot(hs, truth * 1e3, lw=1.0, color="#1f77b4", ls="--", zorder=5,
             label="truth" if tr.truth is not None else "reference")
     lo, hi = np.nanpercentile(tr.offset[ok], [0.5, 99.5]) * 1e3 if ok.any() else (-1, 1)
     pad = 0.3 * (hi - lo) + 0.05
