@@ -11,6 +11,7 @@ The daemon and the replay bench drive this same class; nothing here reads a cloc
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -72,7 +73,8 @@ class Track:
         self.samples: deque[Measurement] = deque(maxlen=cfg.max_samples)
         self.history: deque[Measurement] = deque(maxlen=cfg.history_samples)
         self.pending: list[Measurement] = []
-        self.fit: LineFit | None = None
+        self.fit: LineFit | None = None  # what is served (``base_fit``, widened while in doubt)
+        self.base_fit: LineFit | None = None  # the fit itself
         self.prior_freq: float | None = None
         self.last: Measurement | None = None
         self.steps = 0
@@ -108,7 +110,7 @@ class Track:
     def add(self, m: Measurement) -> str:
         """Take one measurement; returns ``accepted``, ``outlier`` or ``step``."""
         self.last = m
-        fit = self.fit
+        fit = self.base_fit
         if fit is not None and len(self.samples) >= self.cfg.min_samples:
             residual = m.offset - fit.predict(m.t)
             if abs(residual) > self._threshold(fit, m):
@@ -120,6 +122,7 @@ class Track:
                 if len(self.pending) < need or not self._pending_agree(fit, need):
                     self.pending = self.pending[-need:]
                     self.outliers += 1
+                    self.fit = self._in_doubt(fit)
                     return "outlier"
                 self.prior_freq = fit.freq
                 self.samples.clear()
@@ -180,7 +183,24 @@ class Track:
             self.window = max(w for w, s in scored.items() if s <= best * 1.02)
         else:
             self.window = self.windows[-1]
-        self.fit = fits[self.window]
+        self.base_fit = self.fit = fits[self.window]
+
+    def _in_doubt(self, fit: LineFit) -> LineFit:
+        """The fit to serve while a run of outliers is unresolved.
+
+        A pending measurement whose own interval excludes the fitted line contradicts it, and
+        until more data decide (isolated outlier or step) either may be right: the served
+        bound is widened to hold that measurement's interval too. Delay spikes, whose wide
+        interval still holds the line, widen nothing.
+        """
+        worst = 0.0
+        for p in self.pending:
+            r = abs(p.offset - fit.predict(p.t))
+            if r > p.bound:
+                worst = max(worst, r + p.bound)
+        if worst <= fit.systematic:
+            return fit
+        return dataclasses.replace(fit, systematic=worst)
 
     def _fit_was_wrong(self, need: int) -> bool:
         """A run of outliers that a robust fit over window + run accepts was not made of
