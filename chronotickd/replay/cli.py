@@ -52,8 +52,9 @@ def report(res: ReplayResult) -> str:
         f"trace {tr.path}: {len(tr)} rows, {(tr.t[-1] - tr.t[0]) / 3600:.2f} h, "
         f"poll {res.poll_s:g} s, {int(res.polled.sum())} polls, {int(res.scored.sum())} scored;"
         f" truth: {res.truth_kind}",
-        format_table({n: r.metrics for n, r in res.runs.items()}, res.default_method),
-        f"(* = default method {res.default_method})",
+        format_table({n: r.metrics for n, r in res.runs.items()}, res.default_method,
+                     {n: r.median_bound for n, r in res.runs.items()}),
+        f"(* = default method {res.default_method}; bound = mean half-width, med bnd = median)",
     ]
     for name, reason in res.unavailable.items():
         lines.append(f"{name}: unavailable ({reason})")

@@ -29,6 +29,10 @@ class MethodRun:
     metrics: dict[str, float | int]
 
     @property
+    def median_bound(self) -> float:
+        return float(np.median(self.bound)) if len(self.bound) else math.nan
+
+    @property
     def rows_per_s(self) -> float:
         return self._rows / self.seconds if self.seconds > 0 else math.inf
 
