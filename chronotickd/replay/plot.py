@@ -26,31 +26,43 @@ def plot_replay(res: ReplayResult, out: str | Path, title: str | None = None,
     h = (tr.t - tr.t[0]) / 3600.0
     hs = h[res.scored]
     truth = res.truth[res.scored]
+    # a clock drifting by tens of ms hides everything else: show offsets minus a straight line
+    ok_truth = np.isfinite(res.truth)
+    trend = np.zeros(len(h))
+    ylabel = "offset (ms)"
+    if ok_truth.sum() > 2 and np.ptp(res.truth[ok_truth]) > 20e-3:
+        b, a = np.polyfit(h[ok_truth], res.truth[ok_truth], 1)
+        trend = a + b * h
+        ylabel = f"offset − ({a * 1e3:.1f} ms {b * 1e3:+.2f} ms/h · t)  (ms)"
+    ts = trend[res.scored]
     fig = plt.figure(figsize=(13, 8.5), constrained_layout=True)
     gs = fig.add_gridspec(2, 2, height_ratios=(1.4, 1.0))
     ax = fig.add_subplot(gs[0, :])
     ok = np.isfinite(tr.offset)
-    ax.plot(h[ok], tr.offset[ok] * 1e3, ",", color="#c7c7c7", label="measurements (all rows)")
+    ax.plot(h[ok], (tr.offset - trend)[ok] * 1e3, ",", color="#c7c7c7",
+            label="measurements (all rows)")
     pol = res.polled & ok
-    ax.plot(h[pol], tr.offset[pol] * 1e3, ".", ms=3, color="black", label="polled")
+    ax.plot(h[pol], (tr.offset - trend)[pol] * 1e3, ".", ms=3, color="black", label="polled")
     band = res.runs.get(band_method)
     if band is not None:
-        ax.fill_between(hs, (band.offset - band.bound) * 1e3, (band.offset + band.bound) * 1e3,
+        ax.fill_between(hs, (band.offset - ts - band.bound) * 1e3,
+                        (band.offset - ts + band.bound) * 1e3,
                         color=COLORS.get(band_method, "red"), alpha=0.15, lw=0,
                         label=f"{band_method} bound")
     for name, run in res.runs.items():
         if name == "none":
             continue
         top = name == band_method
-        ax.plot(hs, run.offset * 1e3, lw=1.2 if top else 0.7, color=COLORS.get(name), label=name,
-                zorder=4 if top else 2, alpha=1.0 if top else 0.7)
-    ax.plot(hs, truth * 1e3, lw=1.0, color="#1f77b4", ls="--", zorder=5,
+        ax.plot(hs, (run.offset - ts) * 1e3, lw=1.2 if top else 0.7, color=COLORS.get(name),
+                label=name, zorder=4 if top else 2, alpha=1.0 if top else 0.7)
+    ax.plot(hs, (truth - ts) * 1e3, lw=1.0, color="#1f77b4", ls="--", zorder=5,
             label="truth" if tr.truth is not None else "reference")
-    lo, hi = np.nanpercentile(tr.offset[ok], [0.5, 99.5]) * 1e3 if ok.any() else (-1, 1)
+    lo, hi = (np.nanpercentile((tr.offset - trend)[ok], [0.5, 99.5]) * 1e3 if ok.any()
+              else (-1, 1))
     pad = 0.3 * (hi - lo) + 0.05
     ax.set_ylim(lo - pad, hi + pad)
     ax.set_xlabel("hours")
-    ax.set_ylabel("offset (ms)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title or f"{Path(tr.path).name}, poll {res.poll_s:g} s ({res.truth_kind})")
     ax.legend(loc="best", fontsize=7, ncol=3, markerscale=3)
 
