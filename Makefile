@@ -51,6 +51,10 @@ test: system-deps $(VENV)/.dev
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 
+# Replay bench: tables and figures of docs/results.md (synced_tacc + every sim scenario).
+results: $(VENV)/.dev
+	$(PY) -m chronotickd.replay.results
+
 bench: $(VENV)/.dev
 	$(PY) benchmarks/bench_socket.py
 

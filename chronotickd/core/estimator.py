@@ -4,12 +4,18 @@ Pure arithmetic: no I/O, no clock. ``fit_line`` turns a window of measurements i
 ``LineFit``: an offset at a reference time, a frequency (slope), their uncertainties and the
 systematic error the fit cannot see (path asymmetry, the measurements' own bounds).
 
-Why this shape:
+Why this shape (each point measured on the replay bench, docs/replay.md):
 - NTP offset noise is skewed and spiky, so the fit is an iteratively re-weighted (Huber)
-  regression whose scale is a weighted MAD, not plain least squares.
-- Samples with more queueing delay are worse, so base weights fall with excess delay.
+  regression whose scale is a weighted MAD, not plain least squares. It starts from a
+  Theil–Sen slope and a weighted-median intercept, so a minority of wrong samples (a second
+  network path, a burst of spikes) cannot drag the first iteration and then survive it.
+- Samples with more queueing delay are worse, so base weights fall with the delay *above the
+  window's median delay*. Not above the minimum: when the path is bimodal (a minority of
+  replies on a different route) the minimum belongs to the minority, whose offset the
+  majority contradicts, and trusting it makes the estimate jump between routes.
 - A frequency that wanders makes old samples misleading; like chrony, a runs test on the
-  residual signs drops the oldest samples until the residuals look random.
+  residual signs can drop the oldest samples until the residuals look random (the engine
+  instead chooses among several window lengths by their prediction error, see engine.Track).
 """
 
 from __future__ import annotations
@@ -66,6 +72,16 @@ class LineFit:
         return math.sqrt(self.var_offset + self.var_freq * dt * dt)
 
 
+def fast_median(a: np.ndarray) -> float:
+    """Median of a non-empty 1-D array without ``np.median``'s overhead (hot in the fit)."""
+    n = len(a)
+    k = n // 2
+    if n % 2:
+        return float(np.partition(a, k)[k])
+    p = np.partition(a, (k - 1, k))
+    return 0.5 * float(p[k - 1] + p[k])
+
+
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     order = np.argsort(values)
     cw = np.cumsum(weights[order])
@@ -87,6 +103,29 @@ def _runs_ok(residuals: np.ndarray) -> bool:
     return runs >= mean - 2.0 * math.sqrt(max(var, 1e-12))
 
 
+_PAIRS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _theil_sen(t: np.ndarray, y: np.ndarray) -> float:
+    """Median of pairwise slopes: a starting slope that ignores up to ~29 % bad samples."""
+    n = len(t)
+    pairs = _PAIRS.get(n)
+    if pairs is None:
+        if n <= 96:  # all pairs
+            pairs = np.triu_indices(n, 1)
+        else:  # long windows: each sample with the one half a window later, O(n)
+            i = np.arange(n - n // 2)
+            pairs = (i, i + n // 2)
+        if len(_PAIRS) < 256:
+            _PAIRS[n] = pairs
+    i, j = pairs
+    dt = t[j] - t[i]
+    ok = dt > 0
+    if not ok.any():
+        return 0.0
+    return fast_median((y[j] - y[i])[ok] / dt[ok])
+
+
 def _irls(
     t: np.ndarray,
     y: np.ndarray,
@@ -95,28 +134,42 @@ def _irls(
     prior_freq: float | None,
 ) -> tuple[float, float, float, float, np.ndarray, np.ndarray]:
     """Huber IRLS of y on t. Returns (t_ref, offset_ref, freq, scale, weights, residuals)."""
-    w = w0.copy()
     use_slope = len(t) >= cfg.min_samples_for_slope or prior_freq is None
     freq = prior_freq or 0.0
-    scale = cfg.noise_floor_s
+    if use_slope and len(t) >= 3:
+        freq = _theil_sen(t, y)
+    # robust start: weighted-median intercept, MAD scale, robust weights from those residuals
+    t_ref = float((w0 * t).sum() / w0.sum())
+    res = y - freq * (t - t_ref)
+    res = res - _weighted_median(res, w0)
+    scale = max(MAD_TO_SIGMA * _weighted_median(np.abs(res), w0), cfg.noise_floor_s * 0.1)
+    u = np.abs(res) / scale
+    w = w0 * np.where(u <= cfg.huber_k, 1.0, cfg.huber_k / np.maximum(u, 1e-12))
+    w[u > cfg.reject_k] = 0.0
+    if w.sum() <= 0:
+        w = w0.copy()
     for _ in range(4):
-        sw = w.sum()
-        t_ref = float((w * t).sum() / sw)
+        sw = float(w.sum())
+        t_ref = float(w.dot(t)) / sw
         dt = t - t_ref
         if use_slope:
-            sxx = float((w * dt * dt).sum())
-            freq = float((w * dt * (y - (w * y).sum() / sw)).sum() / sxx) if sxx > 0 else freq
-        offset_ref = float((w * (y - freq * dt)).sum() / sw)
+            wdt = w * dt
+            sxx = float(wdt.dot(dt))
+            freq = float(wdt.dot(y)) / sxx if sxx > 0 else freq
+        offset_ref = float(w.dot(y - freq * dt)) / sw
         res = y - offset_ref - freq * dt
-        mad = _weighted_median(np.abs(res), w0)
-        scale = max(MAD_TO_SIGMA * mad, cfg.noise_floor_s * 0.1)
-        u = np.abs(res) / scale
-        robust = np.where(u <= cfg.huber_k, 1.0, cfg.huber_k / np.maximum(u, 1e-12))
+        ares = np.abs(res)
+        scale = max(MAD_TO_SIGMA * _weighted_median(ares, w0), cfg.noise_floor_s * 0.1)
+        u = ares / scale
+        robust = np.minimum(1.0, cfg.huber_k / np.maximum(u, 1e-12))
         robust[u > cfg.reject_k] = 0.0
         w_new = w0 * robust
         if w_new.sum() <= 0:
             break
+        done = bool(np.abs(w_new - w).max() <= 1e-2 * float(w.max()))
         w = w_new
+        if done:  # weights settled: another pass would give the same line
+            break
     return t_ref, offset_ref, freq, scale, w, res
 
 
@@ -124,15 +177,35 @@ def fit_line(
     samples: Sequence[Measurement],
     cfg: FitConfig = FitConfig(),
     prior_freq: float | None = None,
+    runs_test: bool = True,
 ) -> LineFit | None:
-    """Robust weighted line through ``samples`` (oldest first); None when there are none."""
+    """Robust weighted line through ``samples`` (oldest first); None when there are none.
+
+    ``runs_test=False`` keeps the whole window (the caller chooses the window length).
+    """
     if not samples:
         return None
-    t = np.fromiter((m.t for m in samples), float, len(samples))
-    y = np.fromiter((m.offset for m in samples), float, len(samples))
-    d = np.fromiter((m.delay for m in samples), float, len(samples))
-    b = np.fromiter((m.bound for m in samples), float, len(samples))
-    excess = (d - d.min()) / 2.0
+    n = len(samples)
+    t = np.fromiter((m.t for m in samples), float, n)
+    y = np.fromiter((m.offset for m in samples), float, n)
+    d = np.fromiter((m.delay for m in samples), float, n)
+    b = np.fromiter((m.bound for m in samples), float, n)
+    return fit_arrays(t, y, d, b, cfg, prior_freq, runs_test)
+
+
+def fit_arrays(
+    t: np.ndarray,
+    y: np.ndarray,
+    d: np.ndarray,
+    b: np.ndarray,
+    cfg: FitConfig = FitConfig(),
+    prior_freq: float | None = None,
+    runs_test: bool = True,
+) -> LineFit | None:
+    """``fit_line`` on arrays of times, offsets, delays and bounds (oldest first)."""
+    if len(t) == 0:
+        return None
+    excess = np.maximum(d - fast_median(d), 0.0) / 2.0
     w0 = 1.0 / (cfg.noise_floor_s**2 + excess * excess)
 
     start = 0
@@ -140,7 +213,7 @@ def fit_line(
         tt, yy, ww0 = t[start:], y[start:], w0[start:]
         t_ref, offset_ref, freq, scale, w, res = _irls(tt, yy, ww0, cfg, prior_freq)
         remaining = len(tt)
-        if remaining <= cfg.runs_test_min or _runs_ok(res[w > 0]):
+        if not runs_test or remaining <= cfg.runs_test_min or _runs_ok(res[w > 0]):
             break
         start += max(1, remaining // 4)
         start = min(start, len(t) - cfg.runs_test_min)

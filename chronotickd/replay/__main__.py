@@ -1,0 +1,5 @@
+import sys
+
+from chronotickd.replay.cli import main
+
+sys.exit(main())

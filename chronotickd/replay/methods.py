@@ -1,0 +1,207 @@
+"""Methods the bench compares, behind one small interface, and their registry.
+
+A method sees the polled measurements in time order (``observe``) and answers, at any later
+local time, an offset and the half-width of the interval it promises contains the true offset
+(``answer``). Baselines are deliberately simple, each with a simple honest-looking bound so that
+coverage compares too. ``engine`` is the daemon's own code path.
+
+Forecasting methods live in ``chronotickd.forecast.replay_methods`` and are resolved lazily:
+when that module (or torch) is missing, the method is reported unavailable and the run goes on.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from chronotickd.core.engine import Engine
+from chronotickd.core.measurement import Measurement
+from chronotickd.core.state import KERNEL_UNSYNC_MAXERROR_S, ClockState
+
+# How fast a baseline lets its bound grow with age: the engine's default max_drift_ppm.
+BASELINE_DRIFT = 1e-6
+UNKNOWN = (0.0, KERNEL_UNSYNC_MAXERROR_S)  # answer before any measurement: the kernel's
+
+
+@runtime_checkable
+class ReplayMethod(Protocol):
+    name: str
+
+    def observe(self, m: Measurement) -> None: ...  # the poll's measurement, time order
+
+    def answer(self, t: float) -> tuple[float, float]: ...  # (offset_s, bound_half_width_s) at t
+
+
+class MethodUnavailable(RuntimeError):
+    """A registered method cannot run here (e.g. its module or model is missing)."""
+
+
+class NoneMethod:
+    """Uncorrected clock: offset 0; bound wide enough to hold the last measured interval."""
+
+    name = "none"
+
+    def __init__(self) -> None:
+        self.last: Measurement | None = None
+
+    def observe(self, m: Measurement) -> None:
+        self.last = m
+
+    def answer(self, t: float) -> tuple[float, float]:
+        m = self.last
+        if m is None:
+            return UNKNOWN
+        return 0.0, abs(m.offset) + m.bound + BASELINE_DRIFT * max(0.0, t - m.t)
+
+
+class HoldMethod:
+    """The last polled offset, bound = its half round trip + drift allowance × age."""
+
+    name = "hold"
+
+    def __init__(self) -> None:
+        self.last: Measurement | None = None
+
+    def observe(self, m: Measurement) -> None:
+        self.last = m
+
+    def answer(self, t: float) -> tuple[float, float]:
+        m = self.last
+        if m is None:
+            return UNKNOWN
+        return m.offset, m.bound + BASELINE_DRIFT * max(0.0, t - m.t)
+
+
+class MedianMethod:
+    """Median of the last ``n`` polled offsets; bound = median half round trip + drift × age."""
+
+    name = "median"
+
+    def __init__(self, n: int = 8) -> None:
+        self.window: deque[Measurement] = deque(maxlen=n)
+        self._cache: tuple[float, float, float] | None = None
+
+    def observe(self, m: Measurement) -> None:
+        self.window.append(m)
+        w = self.window
+        offset = float(np.median([x.offset for x in w]))
+        bound = float(np.median([x.bound for x in w]))
+        t_mid = 0.5 * (w[0].t + w[-1].t)
+        self._cache = (offset, bound, t_mid)
+
+    def answer(self, t: float) -> tuple[float, float]:
+        if self._cache is None:
+            return UNKNOWN
+        offset, bound, t_mid = self._cache
+        return offset, bound + BASELINE_DRIFT * max(0.0, t - t_mid)
+
+
+class LinearMethod:
+    """Least squares line over the last ``n`` polls; bound = mean half RTT + 3·rms + drift·age."""
+
+    name = "linear"
+
+    def __init__(self, n: int = 16) -> None:
+        self.window: deque[Measurement] = deque(maxlen=n)
+        self._fit: tuple[float, float, float, float, float] | None = None
+
+    def observe(self, m: Measurement) -> None:
+        self.window.append(m)
+        t = np.array([x.t for x in self.window])
+        y = np.array([x.offset for x in self.window])
+        b = float(np.mean([x.bound for x in self.window]))
+        t0 = float(t.mean())
+        if len(t) >= 3:
+            slope, icpt = np.polyfit(t - t0, y, 1)
+            rms = float(np.sqrt(np.mean((y - icpt - slope * (t - t0)) ** 2)))
+        else:
+            slope, icpt, rms = 0.0, float(y.mean()), float(np.ptp(y))
+        self._fit = (t0, float(icpt), float(slope), b + 3.0 * rms, float(t[-1]))
+
+    def answer(self, t: float) -> tuple[float, float]:
+        if self._fit is None:
+            return UNKNOWN
+        t0, icpt, slope, bound, t_last = self._fit
+        return icpt + slope * (t - t0), bound + BASELINE_DRIFT * max(0.0, t - t_last)
+
+
+class EngineMethod:
+    """Exactly the daemon's path: ``Engine.add`` → ``snapshot`` → ``ClockState.query``.
+
+    The daemon republishes at least every second; the replay snapshots once after each poll.
+    With one source that changes nothing the bench scores: ``query`` depends only on the fit,
+    and selection with a single track always returns it (only the status text would differ).
+    """
+
+    name = "engine"
+
+    def __init__(self, engine: Engine | None = None) -> None:
+        self.engine = engine or Engine()
+        self.state: ClockState = self.engine.snapshot(0.0)
+
+    def observe(self, m: Measurement) -> None:
+        self.engine.add(m)
+        self.state = self.engine.snapshot(m.t)
+
+    def answer(self, t: float) -> tuple[float, float]:
+        a = self.state.query(t)
+        return a.offset, a.bound
+
+
+FORECAST_MODULE = "chronotickd.forecast.replay_methods"
+
+
+def _lazy(attr: str) -> Callable[[], ReplayMethod]:
+    """A factory that imports the forecaster module only when the method is asked for."""
+
+    def factory() -> ReplayMethod:
+        try:
+            mod = importlib.import_module(FORECAST_MODULE)
+        except Exception as exc:  # missing module, torch, model files...
+            raise MethodUnavailable(f"{FORECAST_MODULE}: {type(exc).__name__}: {exc}") from exc
+        try:
+            return getattr(mod, attr)()
+        except Exception as exc:
+            raise MethodUnavailable(f"{FORECAST_MODULE}.{attr}: {type(exc).__name__}: {exc}"
+                                    ) from exc
+
+    factory.__name__ = attr
+    return factory
+
+
+METHODS: dict[str, Callable[[], ReplayMethod]] = {
+    "none": NoneMethod,
+    "hold": HoldMethod,
+    "median": MedianMethod,
+    "linear": LinearMethod,
+    "engine": EngineMethod,
+    "chronos-short": _lazy("make_chronos_short"),
+    "chronos-long": _lazy("make_chronos_long"),
+    "fused": _lazy("make_fused"),
+}
+BASELINES = ("none", "hold", "median", "linear")
+CLASSICAL = (*BASELINES, "engine")
+
+
+def default_method() -> str:
+    """What the daemon serves by default: ``fused`` when the forecaster says it is on."""
+    try:
+        if importlib.util.find_spec(FORECAST_MODULE) is None:
+            return "engine"
+        mod = importlib.import_module(FORECAST_MODULE)
+    except Exception:
+        return "engine"
+    return "fused" if getattr(mod, "DEFAULT_ON", False) is True else "engine"
+
+
+def make_method(name: str) -> ReplayMethod:
+    """Instantiate a registered method; raises ``MethodUnavailable`` with the reason."""
+    factory = METHODS.get(name)
+    if factory is None:
+        raise MethodUnavailable(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+    return factory()

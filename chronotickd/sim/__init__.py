@@ -1,0 +1,1 @@
+"""Clock and NTP-path simulator: traces with a truth column for ``chronotick-replay``."""

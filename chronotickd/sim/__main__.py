@@ -1,0 +1,5 @@
+import sys
+
+from chronotickd.sim.cli import main
+
+sys.exit(main())

@@ -1,0 +1,103 @@
+"""A local clock against a reference, measured by NTP round trips. Deterministic per seed.
+
+Truth: ``true_offset(t) = offset0 + ∫ freq(t) dt + step·[t ≥ t_step]`` with
+``freq(t) = freq_ppm + wander_ppm·sin(2πt/period) + random walk``; the wander stands for
+temperature, the random walk for oscillator noise.
+
+One NTP exchange per row: forward one-way delay ``base + asym + Exp(queue_fwd)``, back
+``base + Exp(queue_back)``; the measured offset is ``truth + (fwd − back)/2`` (RFC 5905
+arithmetic) plus timestamp noise, the delay ``fwd + back``. So the half round trip always
+covers the path error, as the NTP bound promises, except for *outliers*: wrong offsets at a
+normal delay (a misbehaving server), which no honest bound can cover and robust methods must
+reject. *Spikes* are congestion on one leg (long delay, offset off by half of it). Outages
+and lost packets leave the row's offset and delay empty; the truth is always present.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+COLUMNS = ("high_precision_time", "ntp_offset", "ntp_delay", "true_offset")
+T0 = 1.7e9  # a realistic epoch for the local time column
+
+
+@dataclass(frozen=True)
+class ClockModel:
+    hours: float = 6.0
+    row_s: float = 2.0  # one measurement instant per row, like the recorded traces
+    offset0_s: float = 1e-3
+    freq_ppm: float = 0.0
+    wander_ppm: float = 0.0
+    wander_period_s: float = 7200.0
+    rw_ppm_per_sqrt_h: float = 0.0
+    base_delay_s: float = 0.4e-3  # minimum one-way delay, each direction
+    asym_s: float = 0.0  # fixed extra one-way delay on the forward path
+    queue_fwd_s: float = 40e-6  # mean exponential queueing, forward
+    queue_back_s: float = 40e-6  # ... and back
+    ts_noise_s: float = 3e-6  # timestamping noise (normal, per measurement)
+    spike_rate: float = 0.0  # share of exchanges with a congestion spike on one leg
+    spike_scale_s: float = 4e-3  # mean extra one-way delay of a spike
+    outlier_rate: float = 0.0  # share of exchanges with a wrong offset at normal delay
+    outlier_scale_s: float = 2e-3  # mean |error| of an outlier
+    loss_rate: float = 0.0  # share of exchanges that get no reply
+    outages: tuple[tuple[float, float], ...] = ()  # (start hour, length hours): no replies
+    step_at_h: float | None = None  # the system clock is stepped here ...
+    step_s: float = 0.0  # ... changing the offset by this much
+
+
+@dataclass(frozen=True)
+class SimTrace:
+    t: np.ndarray
+    offset: np.ndarray  # NaN where no reply
+    delay: np.ndarray  # NaN where no reply
+    truth: np.ndarray
+
+    def write_csv(self, path: str | Path) -> None:
+        with open(path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(COLUMNS)
+            for t, o, d, x in zip(self.t, self.offset, self.delay, self.truth, strict=True):
+                w.writerow((f"{t:.6f}", "" if math.isnan(o) else f"{o:.9f}",
+                            "" if math.isnan(d) else f"{d:.9f}", f"{x:.9f}"))
+
+
+def simulate(model: ClockModel, seed: int = 0) -> SimTrace:
+    """Draw one trace; the same (model, seed) always gives the same numbers."""
+    rng = np.random.default_rng(seed)
+    n = max(2, int(model.hours * 3600.0 / model.row_s) + 1)
+    rel = np.arange(n) * model.row_s
+    dt = model.row_s
+    phase = rng.uniform(0, 2 * math.pi)
+    freq = (model.freq_ppm + model.wander_ppm * np.sin(2 * math.pi * rel / model.wander_period_s
+                                                        + phase)) * 1e-6
+    if model.rw_ppm_per_sqrt_h > 0:
+        sigma = model.rw_ppm_per_sqrt_h * 1e-6 * math.sqrt(dt / 3600.0)
+        freq = freq + np.cumsum(rng.normal(0.0, sigma, n))
+    truth = model.offset0_s + np.concatenate(([0.0], np.cumsum(freq[:-1] * dt)))
+    if model.step_at_h is not None:
+        truth = truth + np.where(rel >= model.step_at_h * 3600.0, model.step_s, 0.0)
+
+    fwd = model.base_delay_s + model.asym_s + rng.exponential(model.queue_fwd_s, n)
+    back = model.base_delay_s + rng.exponential(model.queue_back_s, n)
+    spike = rng.random(n) < model.spike_rate
+    leg = rng.random(n) < 0.5
+    extra = rng.exponential(model.spike_scale_s, n)
+    fwd = fwd + np.where(spike & leg, extra, 0.0)
+    back = back + np.where(spike & ~leg, extra, 0.0)
+    offset = truth + (fwd - back) / 2.0 + rng.normal(0.0, model.ts_noise_s, n)
+    delay = fwd + back
+    outlier = rng.random(n) < model.outlier_rate
+    sign = np.where(rng.random(n) < 0.5, -1.0, 1.0)
+    offset = offset + np.where(outlier, sign * (0.5e-3 + rng.exponential(model.outlier_scale_s,
+                                                                          n)), 0.0)
+    lost = rng.random(n) < model.loss_rate
+    for start_h, length_h in model.outages:
+        lost |= (rel >= start_h * 3600.0) & (rel < (start_h + length_h) * 3600.0)
+    offset = np.where(lost, np.nan, offset)
+    delay = np.where(lost, np.nan, delay)
+    return SimTrace(T0 + rel, offset, delay, truth)
