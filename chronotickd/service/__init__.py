@@ -48,6 +48,9 @@ def attach(daemon: Daemon, env: Mapping[str, str] | None = None) -> ServiceHooks
     reporter = StatusReporter(notifier)
     interval = watchdog_interval(env) if notifier.enabled else None
     watchdog = Watchdog(notifier, interval) if interval else None
+    log.debug("service manager: notify %s (%s), watchdog %s", notifier.backend,
+              notifier.socket_name or "no NOTIFY_SOCKET",
+              f"every {interval:.2f} s" if interval else "off")
 
     def ready() -> None:
         # Config loaded, socket listening, sources started: clients may connect now, while

@@ -32,6 +32,7 @@ def inherited_socket(env: MutableMapping[str, str] | None = None) -> socket.sock
     for var in _VARS:
         env.pop(var, None)
     if not count:
+        log.debug("no socket passed in (LISTEN_FDS unset); binding our own")
         return None
     if not pid.isdigit() or int(pid) != os.getpid():
         log.info("LISTEN_FDS is meant for pid %s, not us (%d); binding our own socket",
@@ -52,6 +53,8 @@ def inherited_socket(env: MutableMapping[str, str] | None = None) -> socket.sock
         if _usable(sock):
             os.set_inheritable(fd, False)
             sock.setblocking(False)
+            log.info("using the listening socket passed in on fd %d (%s)", fd,
+                     socket_path(sock) or "unnamed")
             return sock
         sock.detach()  # not ours to close: leave it as it was
         log.warning("inherited fd %d is not a listening Unix stream socket; ignoring it", fd)
