@@ -56,6 +56,7 @@ lint: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(PY) benchmarks/bench_socket.py
+	$(PY) benchmarks/bench_service.py
 
 clean:
 	rm -rf $(VENV) $(RUN_DIR) .pytest_cache .ruff_cache
@@ -84,7 +85,10 @@ install: install-venv install-data
 # A venv records its own absolute path: staged under DESTDIR, that prefix is stripped again.
 install-venv:
 	$(PYTHON) -m venv --clear $(DESTDIR)$(CT_LIBDIR)/venv
+	@for d in build chronotick.egg-info; do [ -e $$d ] || touch .ct-rm-$$d; done
 	$(DESTDIR)$(CT_LIBDIR)/venv/bin/python -m pip install -q --no-cache-dir ".[$(INSTALL_EXTRAS)]"
+	@for d in build chronotick.egg-info; do \
+	  if [ -e .ct-rm-$$d ]; then rm -rf $$d .ct-rm-$$d; fi; done  # leave the tree as it was
 	if [ -n "$(DESTDIR)" ]; then \
 	  grep -rlIF -- "$(DESTDIR)" $(DESTDIR)$(CT_LIBDIR)/venv | xargs -r sed -i "s|$(DESTDIR)||g"; fi
 	install -d $(DESTDIR)$(PREFIX)/bin

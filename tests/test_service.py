@@ -538,8 +538,12 @@ def test_make_install_builds_a_working_entry_point() -> None:
                              text=True, timeout=300)
         assert res.returncode == 0, res.stdout + res.stderr
         exe = d / "usr/bin/chronotickd"
-        out = subprocess.run([str(exe), "--version"], capture_output=True, text=True,
-                             timeout=60)
+        # Its shebang names the final path (/usr/lib/chronotick/venv/bin/python), so in the
+        # staging dir it runs through the staged venv's interpreter.
+        venv_python = d / "usr/lib/chronotick/venv/bin/python"
+        assert exe.read_text().startswith("#!/usr/lib/chronotick/venv/bin/python")
+        out = subprocess.run([str(venv_python), str(exe), "--version"], capture_output=True,
+                             text=True, timeout=60)
         assert out.returncode == 0 and "chronotickd" in out.stdout, out
         installed = (d / "usr/lib/systemd/system/chronotickd.service").read_text()
         (d / "verify").mkdir()
