@@ -201,6 +201,46 @@ def test_status_line_and_watchdog_interval() -> None:
     assert not Notifier({}).notify("READY=1")  # not under systemd: a no-op
 
 
+class _Recorder(Notifier):
+    def __init__(self) -> None:
+        super().__init__({})
+        self.sent: list[tuple[float, str]] = []
+
+    def notify(self, *fields: str) -> bool:
+        self.sent.extend((time.monotonic(), f) for f in fields)
+        return True
+
+
+def test_watchdog_pings_come_from_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A blocked loop sends no pings (systemd then restarts us); a stalled engine neither."""
+    import asyncio
+
+    from chronotickd.service import watchdog as wd
+
+    monkeypatch.setattr(wd, "ENGINE_STALL_MIN_S", 0.5)
+    rec = _Recorder()
+    dog = wd.Watchdog(rec, 0.05)
+
+    async def scenario() -> tuple[int, int, int]:
+        dog.start()
+        await asyncio.sleep(0.3)
+        dog.tick()
+        before = len(rec.sent)
+        time.sleep(0.4)  # the loop hangs: nothing may be sent meanwhile
+        during = len(rec.sent) - before
+        # Engine silent from now on: pings stop once it has been quiet for 0.5 s.
+        await asyncio.sleep(1.0)
+        n = len(rec.sent)
+        await asyncio.sleep(0.3)
+        after_stall = len(rec.sent) - n
+        dog.stop()
+        return before, during, after_stall
+
+    before, during, after_stall = asyncio.run(scenario())
+    assert before >= 4 and during == 0 and after_stall == 0, (before, during, after_stall)
+    assert {f for _, f in rec.sent} == {"WATCHDOG=1"}
+
+
 def test_notify_protocol_with_real_daemon(chronyd) -> None:
     """READY=1 while warm-up runs, STATUS= progress, WATCHDOG=1, STOPPING=1 on SIGTERM."""
     with workdir() as d:
