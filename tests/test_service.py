@@ -564,6 +564,16 @@ def test_make_install_data_honours_destdir_and_keeps_config() -> None:
         out = install()
         assert conf.read_text() == "log_level: debug\n"  # an admin's config is never replaced
         assert (d / "etc/chronotick/chronotick.yaml.dist").is_file() and "kept" in out
+        # The snippets work: sysusers creates the user, tmpfiles its directories.
+        sysusers, tmpfiles = shutil.which("systemd-sysusers"), shutil.which("systemd-tmpfiles")
+        if sysusers and tmpfiles and os.geteuid() == 0:  # they chown: root only
+            subprocess.run([sysusers, f"--root={d}"], check=True, capture_output=True)
+            assert re.search(r"^chronotick:x:\d+:\d+:", (d / "etc/passwd").read_text(), re.M)
+            subprocess.run([tmpfiles, "--create", f"--root={d}"], check=True,
+                           capture_output=True)
+            state = (d / "var/lib/chronotick").stat()
+            assert oct(state.st_mode & 0o777) == "0o750"
+            assert (d / "run/chronotick").is_dir()
 
 
 @pytest.mark.slow
