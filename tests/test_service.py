@@ -143,7 +143,8 @@ def test_units_declare_what_the_issue_asks() -> None:
                  "StateDirectory=chronotick", "ConfigurationDirectory=chronotick",
                  "WatchdogSec=", "CapabilityBoundingSet=\n", "DeviceAllow=char-ptp",
                  "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", "User=chronotick",
-                 "ExecStart=/usr/bin/chronotickd --config /etc/chronotick/chronotick.yaml"):
+                 "ExecStart=/usr/bin/chronotickd --config /etc/chronotick/chronotick.yaml",
+                 "RuntimeDirectoryPreserve=yes", "Wants=chronotickd.socket"):
         assert line in service, line
     assert "CAP_SYS_TIME" not in service and "PrivateDevices=yes" not in service
     sock = (UNITS / "chronotickd.socket").read_text()

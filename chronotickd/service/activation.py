@@ -42,7 +42,7 @@ def inherited_socket(env: MutableMapping[str, str] | None = None) -> socket.sock
         log.warning("LISTEN_FDS=%r is not a positive count; binding our own socket", count)
         return None
     fds = list(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(count)))
-    if FD_NAME in names:  # prefer the fd the socket unit named, else the first usable one
+    if FD_NAME in names and len(names) == len(fds):  # prefer the fd named so, else the first
         fds.sort(key=lambda fd: names[fd - SD_LISTEN_FDS_START] != FD_NAME)
     for fd in fds:
         try:
