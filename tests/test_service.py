@@ -605,3 +605,16 @@ def test_make_install_builds_a_working_entry_point() -> None:
         res = subprocess.run([ANALYZE, "verify", str(d / "verify/chronotickd.service")],
                              capture_output=True, text=True, timeout=60, cwd=d)
         assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_journal_stream_must_be_our_stderr() -> None:
+    """$JOURNAL_STREAM inherited by a program whose stderr was redirected does not count."""
+    from chronotickd.service.logs import stderr_is_journal, under_systemd
+
+    with tempfile.TemporaryFile("w") as stream, tempfile.TemporaryFile("w") as other:
+        st, ot = os.fstat(stream.fileno()), os.fstat(other.fileno())
+        assert stderr_is_journal({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}, stream)
+        assert not stderr_is_journal({"JOURNAL_STREAM": f"{ot.st_dev}:{ot.st_ino}"}, stream)
+        assert not stderr_is_journal({"JOURNAL_STREAM": "junk"}, stream)
+        assert not under_systemd({}, stream)
+        assert under_systemd({"INVOCATION_ID": "ab12"}, stream)
