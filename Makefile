@@ -34,6 +34,9 @@ system-deps:
 	  for c in chronyd:chrony ptp4l:linuxptp ip:iproute2 pkg-config:pkg-config; do \
 	    command -v $${c%%:*} >/dev/null || missing="$$missing $${c#*:}"; done; \
 	  dpkg -s libsystemd-dev >/dev/null 2>&1 || missing="$$missing libsystemd-dev"; \
+	  for c in gcc:gcc systemd-analyze:systemd; do \
+	    command -v $${c%%:*} >/dev/null || missing="$$missing $${c#*:}"; done; \
+	  dpkg -s python3-dev >/dev/null 2>&1 || missing="$$missing python3-dev"; \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing:$$missing"; \
 	    (apt-get install -y -q $$missing || (apt-get update -q && apt-get install -y -q $$missing)) >/dev/null; \
@@ -57,6 +60,60 @@ results: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(PY) benchmarks/bench_socket.py
+	$(PY) benchmarks/bench_service.py
 
 clean:
 	rm -rf $(VENV) $(RUN_DIR) .pytest_cache .ruff_cache
+
+# -- install, for packagers (docs/service.md) --------------------------------------------
+# `make install DESTDIR=/tmp/stage PREFIX=/usr`: a private venv under $(PREFIX)/lib/chronotick
+# with the entry points linked into $(PREFIX)/bin, the systemd units, sysusers.d/tmpfiles.d,
+# a udev rule for /dev/ptp*, and /etc/chronotick/chronotick.yaml (an existing one is kept).
+PREFIX        ?= /usr/local
+SYSCONFDIR    ?= /etc
+CT_LIBDIR     := $(PREFIX)/lib/chronotick
+UNITDIR       ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR   ?= $(PREFIX)/lib/sysusers.d
+TMPFILESDIR   ?= $(PREFIX)/lib/tmpfiles.d
+UDEVRULESDIR  ?= $(PREFIX)/lib/udev/rules.d
+DOCDIR        ?= $(PREFIX)/share/doc/chronotick
+INSTALL_EXTRAS ?= systemd
+
+.PHONY: install-venv install-data
+
+install: install-venv install-data
+	@echo "installed under $(DESTDIR)$(PREFIX); on the target run: systemd-sysusers;" \
+	  "systemd-tmpfiles --create; udevadm trigger -s ptp; systemctl daemon-reload;" \
+	  "systemctl enable --now chronotickd.socket chronotickd.service"
+
+# A venv records its own absolute path: staged under DESTDIR, that prefix is stripped again.
+install-venv:
+	$(PYTHON) -m venv --clear $(DESTDIR)$(CT_LIBDIR)/venv
+	@for d in build chronotick.egg-info; do [ -e $$d ] || touch .ct-rm-$$d; done
+	$(DESTDIR)$(CT_LIBDIR)/venv/bin/python -m pip install -q --no-cache-dir ".[$(INSTALL_EXTRAS)]"
+	@for d in build chronotick.egg-info; do \
+	  if [ -e .ct-rm-$$d ]; then rm -rf $$d .ct-rm-$$d; fi; done  # leave the tree as it was
+	if [ -n "$(DESTDIR)" ]; then \
+	  grep -rlIF -- "$(DESTDIR)" $(DESTDIR)$(CT_LIBDIR)/venv | xargs -r sed -i "s|$(DESTDIR)||g"; fi
+	install -d $(DESTDIR)$(PREFIX)/bin
+	for exe in chronotickd chronotick-cli chronotick-mcp; do \
+	  if [ -e $(DESTDIR)$(CT_LIBDIR)/venv/bin/$$exe ]; then \
+	    ln -sfn ../lib/chronotick/venv/bin/$$exe $(DESTDIR)$(PREFIX)/bin/$$exe; fi; done
+
+install-data:
+	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/chronotick
+	sed -e "s|/usr/bin/chronotickd|$(PREFIX)/bin/chronotickd|" \
+	  -e "s|/usr/share/doc/chronotick|$(DOCDIR)|" packaging/systemd/chronotickd.service \
+	  > $(DESTDIR)$(UNITDIR)/chronotickd.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/chronotickd.service
+	install -m 644 packaging/systemd/chronotickd.socket $(DESTDIR)$(UNITDIR)/chronotickd.socket
+	install -D -m 644 packaging/sysusers.d/chronotick.conf $(DESTDIR)$(SYSUSERSDIR)/chronotick.conf
+	install -D -m 644 packaging/tmpfiles.d/chronotick.conf $(DESTDIR)$(TMPFILESDIR)/chronotick.conf
+	install -D -m 644 packaging/udev/60-chronotick-ptp.rules \
+	  $(DESTDIR)$(UDEVRULESDIR)/60-chronotick-ptp.rules
+	install -D -m 644 docs/service.md $(DESTDIR)$(DOCDIR)/service.md
+	@conf=$(DESTDIR)$(SYSCONFDIR)/chronotick/chronotick.yaml; \
+	if [ -e $$conf ]; then \
+	  install -m 644 etc/chronotick.yaml $$conf.dist; \
+	  echo "kept existing $$conf; the shipped defaults are in $$conf.dist"; \
+	else install -m 644 etc/chronotick.yaml $$conf; fi

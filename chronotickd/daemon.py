@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from chronotick_client.protocol import PROTOCOL_VERSION
-from chronotickd import __version__, statefile
+from chronotickd import __version__, service, statefile
 from chronotickd.config import DEFAULT_CONFIG_PATH, Config, ConfigError
 from chronotickd.core.engine import Engine, EngineConfig
 from chronotickd.core.estimator import FitConfig
@@ -259,19 +259,25 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args)
     except ConfigError as exc:
         print(f"chronotickd: config error: {exc}", file=sys.stderr)
+        service.notify_failure(f"config error: {exc}")
         return 2
     if args.check_config:
         for key, value in cfg.as_dict().items():
             print(f"{key}: {value!r}")
         print(f"chronotickd: {args.config} is valid", file=sys.stderr)
         return 0
-    setup_logging(cfg["log_level"])
+    service.setup_logging(cfg["log_level"])  # journald under systemd, stderr otherwise
     try:
-        daemon = Daemon(cfg)
+        listen = service.inherited_socket()  # socket activation (LISTEN_FDS), else our own
+        if listen is not None:
+            cfg = cfg.override(socket=service.socket_path(listen) or cfg["socket"])
+        daemon = Daemon(cfg, listen_sock=listen)
         daemon.build_sources()
+        service.attach(daemon)  # sd_notify READY/STATUS/WATCHDOG/STOPPING; no-op otherwise
         daemon.run()
     except OSError as exc:
         log.error("cannot start: %s", exc)
+        service.notify_failure(str(exc), exc.errno)
         return 1
     return 0
 
