@@ -229,8 +229,10 @@ class PtpSource:
                 self._fail("ptp4l-silent", f"ptp4l not answering on {s.uds} (pmc exit {rc}); "
                                            "is ptp4l running?")
             return None
-        if status.master_offset_ns is None or not status.ports:
-            self._fail("pmc-incomplete", "ptp4l's reply lacks TIME_STATUS_NP or PORT_DATA_SET")
+        if status.master_offset_ns is None or not status.ports or (
+                status.mean_path_delay_ns is None):
+            self._fail("pmc-incomplete", "ptp4l's reply lacks TIME_STATUS_NP, PORT_DATA_SET "
+                                         "or CURRENT_DATA_SET (cut short?)")
             return None
         return status
 
