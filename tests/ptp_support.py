@@ -134,3 +134,63 @@ def ptp_pair(wait: bool = True) -> Iterator[PtpPair]:
         # a veth left in the root namespace (failure before the move) goes too
         subprocess.run(["ip", "link", "del", pair.veth_master], capture_output=True, timeout=10)
         shutil.rmtree(work, ignore_errors=True)
+
+
+# -- the failover scenario (test_ptp_failover.py asserts it, benchmarks/ptp_failover.py times it)
+@dataclass
+class FailoverRun:
+    poll_interval_s: float
+    to_ptp_s: float  # daemon start → `now` says source ptp with bound < 1 ms
+    ptp_bound_s: float  # the bound `now` reported then
+    to_ntp_s: list[float] = field(default_factory=list)  # master killed → source ntp
+    back_to_ptp_s: list[float] = field(default_factory=list)  # master restarted → ptp
+    ntp_bound_s: list[float] = field(default_factory=list)
+    sources_while_dead: dict = field(default_factory=dict)
+    cli_now_ptp: dict = field(default_factory=dict)
+    cli_now_ntp: dict = field(default_factory=dict)
+    sources_text: str = ""
+
+
+def _wait_source(client, want: str, timeout: float, max_bound_s: float = 1e-3
+                 ) -> tuple[float, dict]:
+    began = time.monotonic()
+    last: dict = {}
+    while time.monotonic() - began < timeout:
+        last = client.now()
+        if last["source"] == want and last["bound_ns"] < max_bound_s * 1e9:
+            return time.monotonic() - began, last
+        time.sleep(0.1)
+    raise AssertionError(f"source {want!r} not reached in {timeout} s; last answer {last}")
+
+
+def failover_scenario(pair: PtpPair, ntp_server: str, poll_interval_s: float = 2.0,
+                      cycles: int = 1, start_timeout: float = 30.0) -> FailoverRun:
+    """Daemon with PTP (the pair's client) + NTP (a loopback chronyd); kill/restart master."""
+    import json
+
+    from support import cli, daemon_process
+
+    from chronotick_client.client import Client
+
+    with daemon_process(ntp__servers=[ntp_server], ptp__enabled=True,
+                        ptp__uds=pair.uds_client,
+                        ptp__poll_interval_s=poll_interval_s) as d:
+        client = Client(d.socket, timeout=2.0)
+        try:
+            t, ans = _wait_source(client, "ptp", start_timeout)
+            run = FailoverRun(poll_interval_s, t, ans["bound_ns"] / 1e9)
+            run.cli_now_ptp = json.loads(cli("now", "--json", socket_path=d.socket).stdout)
+            for _ in range(cycles):
+                pair.kill_master()
+                t, ans = _wait_source(client, "ntp", 30.0)
+                run.to_ntp_s.append(t)
+                run.ntp_bound_s.append(ans["bound_ns"] / 1e9)
+                run.cli_now_ntp = json.loads(cli("now", "--json", socket_path=d.socket).stdout)
+                run.sources_while_dead = client.sources()
+                run.sources_text = cli("sources", socket_path=d.socket).stdout
+                pair.start_master()
+                t, _ans = _wait_source(client, "ptp", 90.0)
+                run.back_to_ptp_s.append(t)
+            return run
+        finally:
+            client.close()
