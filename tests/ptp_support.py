@@ -142,6 +142,7 @@ class FailoverRun:
     poll_interval_s: float
     to_ptp_s: float  # daemon start → `now` says source ptp with bound < 1 ms
     ptp_bound_s: float  # the bound `now` reported then
+    ptp_bound_settled_s: float | None = None  # ... and ``settle_s`` later
     to_ntp_s: list[float] = field(default_factory=list)  # master killed → source ntp
     back_to_ptp_s: list[float] = field(default_factory=list)  # master restarted → ptp
     ntp_bound_s: list[float] = field(default_factory=list)
@@ -164,7 +165,8 @@ def _wait_source(client, want: str, timeout: float, max_bound_s: float = 1e-3
 
 
 def failover_scenario(pair: PtpPair, ntp_server: str, poll_interval_s: float = 2.0,
-                      cycles: int = 1, start_timeout: float = 30.0) -> FailoverRun:
+                      cycles: int = 1, start_timeout: float = 30.0, settle_s: float = 0.0
+                      ) -> FailoverRun:
     """Daemon with PTP (the pair's client) + NTP (a loopback chronyd); kill/restart master."""
     import json
 
@@ -180,6 +182,10 @@ def failover_scenario(pair: PtpPair, ntp_server: str, poll_interval_s: float = 2
             t, ans = _wait_source(client, "ptp", start_timeout)
             run = FailoverRun(poll_interval_s, t, ans["bound_ns"] / 1e9)
             run.cli_now_ptp = json.loads(cli("now", "--json", socket_path=d.socket).stdout)
+            if settle_s > 0:
+                time.sleep(settle_s)
+                ans = client.now()
+                run.ptp_bound_settled_s = ans["bound_ns"] / 1e9 if ans["source"] == "ptp" else None
             for _ in range(cycles):
                 pair.kill_master()
                 t, ans = _wait_source(client, "ntp", 30.0)
