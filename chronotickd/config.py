@@ -65,6 +65,16 @@ SCHEMA: dict[str, Key] = {
     "clock.stale_after_s": Key("float", 64.0, "age before status turns freerunning", 1, 86400),
     "clock.void_after_s": Key("float", 3600.0, "age after which the estimate is dropped",
                               1, 10 * 86400),
+    "ptp.enabled": Key("bool", False, "poll ptp4l through pmc (PTP preferred over NTP)"),
+    "ptp.uds": Key("str", "/var/run/ptp4l", "ptp4l's management socket (its uds_address)"),
+    "ptp.phc_device": Key("str", "", "PHC ptp4l disciplines/measures, e.g. /dev/ptp0; "
+                          "empty: software timestamping (ptp4l's clock is the system clock)"),
+    "ptp.poll_interval_s": Key("float", 2.0, "seconds between pmc polls", 0.2, 3600),
+    "ptp.pmc_path": Key("str", "pmc", "pmc executable (linuxptp)"),
+    "ptp.phc_ctl_path": Key("str", "phc_ctl", "phc_ctl executable (linuxptp)"),
+    "ptp.timeout_s": Key("float", 1.0, "timeout of one pmc or phc_ctl run", 0.05, 30),
+    "ptp.unknown_gm_accuracy_s": Key("float", 0.0, "error assumed for a grandmaster whose "
+                                     "clockAccuracy is 0xFE (unknown)", 0, 16),
     "server.max_frame_bytes": Key("int", 65536, "largest request frame accepted", 64, 1 << 20),
     "server.max_connections": Key("int", 256, "concurrent client connections", 1, 65536),
     "server.idle_timeout_s": Key("float", 60.0, "close connections idle this long", 0.1, 86400),

@@ -32,6 +32,7 @@ from chronotickd.handlers import Handlers
 from chronotickd.publish import Publisher
 from chronotickd.server import ServerLimits, SocketServer, bind_unix_socket
 from chronotickd.sources.ntp import NtpSettings, NtpSource
+from chronotickd.sources.ptp import PtpSettings, PtpSource
 from chronotickd.sources.system_clock import kernel_maxerror
 
 log = logging.getLogger("chronotickd")
@@ -127,6 +128,16 @@ class Daemon:
                 max_root_distance_s=self.cfg["ntp.max_root_distance_s"],
             )
             self.sources.append(NtpSource(settings, self.submit))
+        if self.cfg["ptp.enabled"]:
+            self.sources.append(PtpSource(PtpSettings(
+                uds=self.cfg["ptp.uds"],
+                phc_device=self.cfg["ptp.phc_device"],
+                poll_interval_s=self.cfg["ptp.poll_interval_s"],
+                pmc_path=self.cfg["ptp.pmc_path"],
+                phc_ctl_path=self.cfg["ptp.phc_ctl_path"],
+                timeout_s=self.cfg["ptp.timeout_s"],
+                unknown_gm_accuracy_s=self.cfg["ptp.unknown_gm_accuracy_s"],
+            ), self.submit))
 
     # -- engine thread ---------------------------------------------------------------------
     def status_facts(self) -> dict[str, Any]:
@@ -148,6 +159,13 @@ class Daemon:
 
     def publish_now(self) -> None:
         now = time.time()
+        # sources with their own liveness signal (PTP: port state, Sync age) steer selection
+        for source in self.sources:
+            for name, reason in getattr(source, "health", dict)().items():
+                if reason is None:
+                    self.engine.mark_usable(name)
+                else:
+                    self.engine.mark_unusable(name, reason)
         clock = self.engine.snapshot(now, kernel_maxerror()[0])
         rows = tuple(row for s in self.sources for row in s.describe())
         facts = self.status_facts()

@@ -100,15 +100,16 @@ class Handlers:
     def sources(self, req: dict[str, Any]) -> dict[str, Any]:
         pub = self.publisher.current
         tracks = {t.name: t for t in pub.clock.tracks}
+        now_ns = self.clock_ns()
         rows = []
         for row in pub.sources:
             track = tracks.pop(row.get("name", ""), None)
-            rows.append(_merge(row, track))
-        rows.extend(_merge({"name": t.name, "kind": t.kind}, t) for t in tracks.values())
+            rows.append(_merge(row, track, now_ns))
+        rows.extend(_merge({"name": t.name, "kind": t.kind}, t, now_ns) for t in tracks.values())
         return {"sources": rows, "selected": pub.clock.source}
 
 
-def _merge(row: dict[str, Any], track: Any) -> dict[str, Any]:
+def _merge(row: dict[str, Any], track: Any, now_ns: int | None = None) -> dict[str, Any]:
     out = dict(row)
     if track is not None:
         out.update(
@@ -123,4 +124,6 @@ def _merge(row: dict[str, Any], track: Any) -> dict[str, Any]:
         out[key + "_ns"] = round(value * 1e9) if value is not None else None
     last_t = out.pop("last_t", None)
     out["last_ns"] = round(last_t * 1e9) if last_t is not None else None
+    if now_ns is not None:  # age of the newest sample, as the daemon sees it now
+        out["age_ns"] = max(0, now_ns - out["last_ns"]) if out["last_ns"] is not None else None
     return out

@@ -47,6 +47,7 @@ class EngineConfig:
     window_score_alpha: float = 1.0 / 16.0  # EWMA weight of each new prediction error
     step_false_rate: float = 1e-4  # tolerated chance that a run of outliers is not a step
     step_confirm_max: int = 8  # never wait for more agreeing outliers than this
+    failover_floor_s: float = 10.0  # silence (s) before selection moves on, at least
 
 
 class Track:
@@ -242,6 +243,7 @@ class Engine:
         self.selected: str | None = None
         self.restored: LineFit | None = None
         self.last_verdict: str = ""
+        self.unusable: dict[str, str] = {}  # source name -> reason its source gave
 
     # -- input -------------------------------------------------------------------------
     def add(self, m: Measurement) -> str:
@@ -264,25 +266,48 @@ class Engine:
         return (fit.systematic + self.cfg.confidence_k * fit.stddev(now)
                 + self.cfg.max_drift_ppm * 1e-6 * age)
 
+    # Order among equally good sources: the seed's hierarchy PTP > NTP > anything else.
+    KIND_RANK: dict[str, int] = {"ptp": 0, "ntp": 1}  # noqa: RUF012 - read-only table
+
+    def mark_unusable(self, source: str, reason: str) -> None:
+        """A source's own liveness signal (e.g. ptp4l lost its master): stop selecting it.
+
+        Its track and fit stay (for ``at`` queries and a quick return); ``_select`` skips it
+        at once instead of waiting for the age-based staleness.
+        """
+        self.unusable[source] = reason
+
+    def mark_usable(self, source: str) -> None:
+        self.unusable.pop(source, None)
+
+    def _selectable(self, track: Track, now: float) -> bool:
+        """Usable, not declared dead by its source, and not silent for 3 typical poll gaps."""
+        if track.name in self.unusable or not track.usable() or track.fit is None:
+            return False
+        limit = min(self._stale_after(track),
+                    max(3.0 * track.typical_gap(), self.cfg.failover_floor_s))
+        return now - track.fit.t_last <= limit
+
     def _select(self, now: float) -> Track | None:
         fresh = {
             name: self._bound_now(t, now)
             for name, t in self.tracks.items()
-            if t.usable() and t.fit is not None and now - t.fit.t_last <= self._stale_after(t)
+            if self._selectable(t, now)
         }
         if fresh:
-            best = min(fresh, key=fresh.__getitem__)
+            best = min(fresh, key=lambda n: (fresh[n], self.KIND_RANK.get(self.tracks[n].kind, 9)))
             cur = self.selected
             if cur in fresh and fresh[best] * self.cfg.switch_ratio >= fresh[cur]:
                 best = cur
             self.selected = best
             return self.tracks[best]
-        # nothing fresh: keep serving the most recent usable fit (freerunning)
+        # nothing fresh: keep serving the best usable fit (freerunning), preferring tracks
+        # whose source has not declared itself dead
         usable = [t for t in self.tracks.values() if t.usable()]
         if usable:
-            newest = max(usable, key=lambda t: t.fit.t_last if t.fit else 0.0)
-            self.selected = newest.name
-            return newest
+            chosen = min(usable, key=lambda t: (t.name in self.unusable, self._bound_now(t, now)))
+            self.selected = chosen.name
+            return chosen
         self.selected = None
         return None
 
@@ -323,12 +348,20 @@ class Engine:
         usable = track.usable()
         fresh = usable and track.fit is not None and now - track.fit.t_last <= self._stale_after(
             track)
-        if not usable:
+        dead = self.unusable.get(track.name)
+        if dead is not None:
+            reason = f"unusable: {dead}"
+            fresh = False
+        elif not usable:
             reason = f"collecting ({len(track.samples)}/{self.cfg.min_samples} samples)"
         elif not fresh:
             reason = "stale"
+        elif not self._selectable(track, now):
+            reason = "silent (failover)"
         else:
             reason = "selected" if selected else "standby"
+        if selected and reason not in ("selected",):
+            reason += " (serving freerunning)"
         return TrackSummary(
             name=track.name,
             kind=track.kind,

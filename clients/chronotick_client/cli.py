@@ -59,14 +59,15 @@ def render_status(r: dict[str, Any]) -> str:
 
 def render_sources(r: dict[str, Any]) -> str:
     head = f"{'':2}{'name':<28} {'kind':<5} {'state':<12} {'offset':>12} {'delay':>12} " \
-           f"{'bound':>12}  reason"
+           f"{'age':>12} {'bound':>12}  reason"
     lines = [head]
     for s in r.get("sources", []):
         mark = "*" if s.get("selected") else " "
         lines.append(
             f"{mark:2}{s.get('name', ''):<28} {s.get('kind', ''):<5} {s.get('state', '-'):<12} "
             f"{fmt_s(s.get('last_offset_ns')):>12} {fmt_s(s.get('last_delay_ns')):>12} "
-            f"{fmt_s(s.get('bound_ns')):>12}  {s.get('reason') or s.get('engine_state') or ''}")
+            f"{fmt_s(s.get('age_ns')):>12} {fmt_s(s.get('bound_ns')):>12}  "
+            f"{s.get('reason') or s.get('engine_state') or ''}")
     lines.append(f"selected: {r.get('selected')}")
     return "\n".join(lines)
 
@@ -89,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("watch", help="print `now` repeatedly")
     w.add_argument("--interval", type=float, default=1.0)
     w.add_argument("--count", type=int, default=0, help="stop after N lines (0: forever)")
+    for sp in sub.choices.values():  # `now --json` works as well as `--json now`
+        sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print JSON for scripts")
     return p
 
 

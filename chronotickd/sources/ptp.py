@@ -1,0 +1,375 @@
+"""PTP source: reads ptp4l's view of its master through linuxptp's ``pmc`` (and ``phc_ctl``).
+
+Runs in its own thread; every ``poll_interval_s`` it runs::
+
+    pmc -u -b 0 -s UDS 'GET TIME_STATUS_NP' 'GET PORT_DATA_SET' 'GET CURRENT_DATA_SET' \
+        'GET PARENT_DATA_SET' 'GET TIME_PROPERTIES_DATA_SET'
+
+as a subprocess with a timeout (request serving never waits on it), and, when
+``ptp.phc_device`` is set, ``phc_ctl DEV cmp``. One new Sync (a new ``ingress_time``) gives
+one ``Measurement(kind="ptp")``.
+
+Offsets (our convention: ``offset = reference − system``; ptp4l's ``master_offset`` is
+``own clock − master``):
+
+- no PHC (ptp4l timestamps in software and its clock *is* the system clock; ptp4l already
+  converts a PTP-timescale master to UTC): ``offset = −master_offset``, measured at
+  ``t = ingress_time``.
+- PHC: ``offset = (PHC − system) − master_offset − UTC shift`` where the shift is the
+  master's ``currentUtcOffset`` when it runs the PTP (TAI) timescale; ``t`` is the system
+  time of the ``phc_ctl`` reading.
+
+Liveness comes from ptp4l itself, not from the offset (``TIME_STATUS_NP`` keeps showing the
+last offset after the master dies): the port must be SLAVE or UNCALIBRATED (``free_running
+1`` keeps it UNCALIBRATED while offsets stay valid), a grandmaster present, and the last Sync
+(``ingress_time``) younger than ``STALE_SYNCS`` sync intervals. Otherwise the source stops
+feeding the engine and reports itself unusable with the reason (``health()``); the engine
+then fails over. The bound is PTP's own (see ``PtpSource.bound`` and docs/ptp.md).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import statistics
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from chronotickd.core.measurement import Measurement
+from chronotickd.sources.pmc_parse import (
+    ACCURACY_UNKNOWN,
+    MEASURING_STATES,
+    PhcError,
+    PmcParseError,
+    PtpStatus,
+    gm_accuracy_s,
+    parse_phc_cmp,
+    parse_pmc_status,
+    pmc_failure,
+)
+
+log = logging.getLogger("chronotickd.ptp")
+
+PMC_QUERIES = ("GET TIME_STATUS_NP", "GET PORT_DATA_SET", "GET CURRENT_DATA_SET",
+               "GET PARENT_DATA_SET", "GET TIME_PROPERTIES_DATA_SET")
+STALE_SYNCS = 2.5  # Syncs missed (in sync intervals) before the master counts as silent
+STALE_FLOOR_S = 1.0  # ... and never less than this
+SPREAD_WINDOW = 16  # recent offsets whose spread enters the bound
+SPREAD_K = 3.0  # multiplier on the spread's robust standard deviation
+JITTER_PRIOR_S = 10e-6  # spread assumed before 4 offsets are known (software timestamping)
+PHC_READ_S = 5e-6  # uncertainty of one phc_ctl cmp reading (phc_ctl does not print it)
+PHC_FREE_PPM = 100.0  # frequency error of an undisciplined PHC, for ingress→read extrapolation
+RECOVER_SYNCS = 3  # consecutive good Syncs before a (re)started source counts as usable
+
+Runner = Callable[[list[str], float], tuple[int, str]]
+
+
+def run_tool(argv: list[str], timeout: float) -> tuple[int, str]:
+    """Run one linuxptp tool; (exit status, stdout + stderr). Raises OSError / TimeoutExpired."""
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, check=False)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+@dataclass
+class PtpSettings:
+    uds: str = "/var/run/ptp4l"
+    phc_device: str = ""
+    poll_interval_s: float = 2.0
+    pmc_path: str = "pmc"
+    phc_ctl_path: str = "phc_ctl"
+    timeout_s: float = 1.0
+    unknown_gm_accuracy_s: float = 0.0
+
+
+def robust_jitter(offsets_ns: list[float]) -> float | None:
+    """Robust σ (s) of one offset from the spread of successive differences.
+
+    Differences remove a linear trend (a free-running clock drifts against the master), the
+    median absolute deviation ignores the odd delayed packet; ``/√2`` because a difference
+    carries the noise of two samples.
+    """
+    if len(offsets_ns) < 4:
+        return None
+    diffs = [b - a for a, b in itertools.pairwise(offsets_ns)]
+    med = statistics.median(diffs)
+    mad = statistics.median(abs(d - med) for d in diffs)
+    return 1.4826 * mad / math.sqrt(2.0) * 1e-9
+
+
+def port_reason(state: str | None) -> str:
+    """Why a port in this state gives no usable offset (one line, with the likely cause)."""
+    if state is None:
+        return "ptp4l reported no port"
+    if state == "LISTENING":
+        return "no master: port LISTENING (announce receipt timeout: master gone or unreachable)"
+    if state in ("MASTER", "GRAND_MASTER", "PRE_MASTER", "PASSIVE"):
+        return f"port {state}: this ptp4l is not following a master (run it as a client, -s)"
+    if state == "FAULTY":
+        return "port FAULTY: ptp4l reports a fault on the interface (see ptp4l's log)"
+    return f"port {state}: not following a master"
+
+
+class PtpSource:
+    """Polls one ptp4l instance; ``on_measurement`` receives one measurement per new Sync."""
+
+    kind = "ptp"
+
+    def __init__(
+        self,
+        settings: PtpSettings,
+        on_measurement: Callable[[Measurement], None],
+        runner: Runner = run_tool,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        exists: Callable[[str], bool] = os.path.exists,
+    ) -> None:
+        self.settings = settings
+        self.on_measurement = on_measurement
+        self.runner = runner
+        self.clock = clock
+        self.monotonic = monotonic
+        self.exists = exists
+        self.name = f"ptp:{settings.uds}"
+        self.state = "init"  # init | recovering | ok | unusable
+        self.reason = "starting: no pmc poll yet"
+        self._problem_key = ""
+        self.status: PtpStatus | None = None
+        self.last_offset: float | None = None
+        self.last_delay: float | None = None
+        self.last_t: float | None = None
+        self.last_bound: float | None = None
+        self.polls = 0
+        self.good = 0
+        self._offsets: deque[float] = deque(maxlen=SPREAD_WINDOW)
+        self._last_ingress: int | None = None
+        self._fresh = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="ptp-source", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2 * self.settings.timeout_s + 1)
+
+    def warmup_progress(self) -> float:
+        return 1.0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            began = self.monotonic()
+            try:
+                self.poll_once()
+            except Exception:  # a bug here must not kill the source thread
+                log.exception("PTP poll failed unexpectedly; retrying next interval")
+            self._stop.wait(max(0.0, self.settings.poll_interval_s - (self.monotonic() - began)))
+
+    # -- state -----------------------------------------------------------------------------
+    def _fail(self, key: str, reason: str) -> None:
+        """Mark the source unusable; log once per kind of problem, not once per poll."""
+        if key != self._problem_key:
+            log.warning("PTP source %s unusable: %s", self.name, reason)
+            self._problem_key = key
+        self.state, self.reason = "unusable", reason
+        self._fresh = 0
+        self._offsets.clear()
+        self._last_ingress = None
+
+    def health(self) -> dict[str, str | None]:
+        """Source name → None when usable, else the reason (read by the engine thread)."""
+        return {self.name: None if self.state == "ok" else self.reason}
+
+    # -- one poll --------------------------------------------------------------------------
+    def _pmc(self) -> PtpStatus | None:
+        s = self.settings
+        argv = [s.pmc_path, "-u", "-b", "0", "-s", s.uds, *PMC_QUERIES]
+        try:
+            rc, out = self.runner(argv, s.timeout_s)
+        except FileNotFoundError:
+            self._fail("pmc-missing", f"pmc not found ({s.pmc_path}): install linuxptp or set "
+                                      "ptp.pmc_path")
+            return None
+        except PermissionError:
+            self._fail("pmc-exec", f"permission denied executing {s.pmc_path}; check "
+                                   "ptp.pmc_path")
+            return None
+        except subprocess.TimeoutExpired:
+            self._fail("pmc-timeout", f"pmc gave no answer within {s.timeout_s:g} s "
+                                      "(ptp4l hung or overloaded); raise ptp.timeout_s?")
+            return None
+        except OSError as exc:
+            self._fail("pmc-os", f"cannot run {s.pmc_path}: {exc.strerror or exc}")
+            return None
+        problem = pmc_failure(out)
+        if problem:
+            self._fail("pmc-perm" if "permission" in problem else "pmc-open", problem)
+            return None
+        try:
+            status = parse_pmc_status(out)
+        except PmcParseError as exc:
+            self._fail("pmc-parse", f"unexpected pmc output ({exc}); is this linuxptp?")
+            return None
+        if status.replies == 0:
+            if not self.exists(s.uds):
+                self._fail("no-ptp4l", f"ptp4l not running: no management socket at {s.uds} "
+                                       "(start ptp4l, or set ptp.uds to its uds_address)")
+            else:
+                self._fail("ptp4l-silent", f"ptp4l not answering on {s.uds} (pmc exit {rc}); "
+                                           "is ptp4l running?")
+            return None
+        if status.master_offset_ns is None or not status.ports or (
+                status.mean_path_delay_ns is None):
+            self._fail("pmc-incomplete", "ptp4l's reply lacks TIME_STATUS_NP, PORT_DATA_SET "
+                                         "or CURRENT_DATA_SET (cut short?)")
+            return None
+        return status
+
+    def _phc_minus_sys(self) -> tuple[float, float] | None:
+        """(PHC − system in s, system time of the reading) or None after marking unusable."""
+        s = self.settings
+        before = self.clock()
+        try:
+            _rc, out = self.runner([s.phc_ctl_path, "-q", s.phc_device, "cmp"], s.timeout_s)
+        except FileNotFoundError:
+            self._fail("phc-missing", f"phc_ctl not found ({s.phc_ctl_path}): install linuxptp "
+                                      "or set ptp.phc_ctl_path")
+            return None
+        except subprocess.TimeoutExpired:
+            self._fail("phc-timeout", f"phc_ctl gave no answer within {s.timeout_s:g} s")
+            return None
+        except OSError as exc:
+            self._fail("phc-exec", f"cannot run {s.phc_ctl_path}: {exc.strerror or exc}")
+            return None
+        after = self.clock()
+        try:
+            ns = parse_phc_cmp(out, s.phc_device)
+        except PhcError as exc:
+            self._fail("phc-" + str(exc).split(":")[0], str(exc))
+            return None
+        return ns * 1e-9, (before + after) / 2.0
+
+    def poll_once(self) -> Measurement | None:
+        """One pmc (+ phc_ctl) round; feeds and returns a measurement when a new Sync came."""
+        self.polls += 1
+        status = self._pmc()
+        if status is None:
+            return None
+        self.status = status
+        state = status.port_state
+        if state not in MEASURING_STATES:
+            self._fail("port-" + str(state), port_reason(state))
+            return None
+        if status.gm_present is False:
+            self._fail("no-gm", "no grandmaster (gmPresent false)")
+            return None
+        ingress = status.ingress_time_ns
+        if not ingress:
+            self._fail("no-sync", f"port {state} but no Sync received yet (ingress_time 0)")
+            return None
+        accuracy = gm_accuracy_s(status.gm_clock_accuracy, self.settings.unknown_gm_accuracy_s)
+        if not math.isfinite(accuracy):
+            self._fail("gm-accuracy", "grandmaster claims an accuracy worse than 10 s")
+            return None
+        phc = None
+        if self.settings.phc_device:
+            phc = self._phc_minus_sys()
+            if phc is None:
+                return None
+            now_domain = (phc[1] + phc[0]) * 1e9  # PHC time now (ns)
+        else:
+            now_domain = self.clock() * 1e9  # ptp4l's clock is the system clock
+        age = (now_domain - ingress) * 1e-9
+        sync_s = status.sync_interval_s or 1.0
+        limit = max(STALE_SYNCS * sync_s, STALE_FLOOR_S)
+        if age > limit:
+            self._fail("stale", f"master silent: last Sync {age:.1f} s ago (limit {limit:g} s, "
+                                f"port {state})")
+            return None
+        if ingress == self._last_ingress:
+            return None  # polled faster than Syncs arrive: nothing new
+        self._last_ingress = ingress
+        m = self._measurement(status, phc, max(age, 0.0))
+        self._fresh += 1
+        if self.state != "ok":
+            if self._fresh >= RECOVER_SYNCS:
+                if self.state == "unusable":
+                    log.info("PTP source %s usable again (port %s, master %s)", self.name,
+                             state, status.gm_identity)
+                self.state, self.reason, self._problem_key = "ok", "", ""
+            else:
+                self.state = "recovering"
+                self.reason = f"waiting for {RECOVER_SYNCS} consecutive Syncs " \
+                              f"({self._fresh}/{RECOVER_SYNCS})"
+        self.good += 1
+        self.last_offset, self.last_delay, self.last_t, self.last_bound = (
+            m.offset, m.delay, m.t, m.bound)
+        self.on_measurement(m)
+        return m
+
+    # -- the measurement and its bound -----------------------------------------------------
+    def bound(self, status: PtpStatus, phc_read: bool, ingress_age: float) -> float:
+        """Half-width (s) of the interval holding the true offset, from what PTP knows.
+
+        ``meanPathDelay`` (PTP assumes symmetric paths; the worst asymmetry puts all the delay
+        one way, an error of up to the one-way mean) + the grandmaster's clockAccuracy + 3 ×
+        the robust spread of recent offsets + with a PHC: the PHC read uncertainty, the
+        ingress→read extrapolation at ``PHC_FREE_PPM`` and, when ptp4l's servo steers the PHC
+        (SLAVE), the |master_offset| it may already have removed.
+        """
+        delay = max(status.mean_path_delay_ns or 0.0, 0.0) * 1e-9
+        accuracy = gm_accuracy_s(status.gm_clock_accuracy, self.settings.unknown_gm_accuracy_s)
+        jitter = robust_jitter(list(self._offsets))
+        spread = SPREAD_K * (jitter if jitter is not None else JITTER_PRIOR_S)
+        b = delay + accuracy + spread
+        if phc_read:
+            b += PHC_READ_S + ingress_age * PHC_FREE_PPM * 1e-6
+            if status.port_state == "SLAVE":
+                b += abs(status.master_offset_ns or 0) * 1e-9
+        return b
+
+    def _measurement(self, status: PtpStatus, phc: tuple[float, float] | None,
+                     ingress_age: float) -> Measurement:
+        mo = float(status.master_offset_ns or 0)
+        self._offsets.append(mo)
+        if phc is None:
+            offset = -mo * 1e-9
+            t = (status.ingress_time_ns or 0) * 1e-9
+        else:
+            phc_minus_sys, t = phc
+            shift = 0.0
+            if status.ptp_timescale and self.settings.phc_device != "CLOCK_REALTIME":
+                shift = float(status.current_utc_offset_s or 0)  # PHC runs TAI, we serve UTC
+            offset = phc_minus_sys - mo * 1e-9 - shift
+        delay = max(status.mean_path_delay_ns or 0.0, 0.0) * 1e-9
+        return Measurement(t=t, offset=offset, delay=delay,
+                           bound=self.bound(status, phc is not None, ingress_age),
+                           source=self.name, kind="ptp")
+
+    # -- reporting -------------------------------------------------------------------------
+    def describe(self) -> list[dict[str, Any]]:
+        st = self.status
+        acc = st.gm_clock_accuracy if st else None
+        return [{
+            "name": self.name, "kind": "ptp", "state": self.state, "reason": self.reason,
+            "last_offset": self.last_offset, "last_delay": self.last_delay,
+            "last_t": self.last_t,
+            "sample_bound_ns": math.ceil(self.last_bound * 1e9) if self.last_bound else None,
+            "port_state": st.port_state if st else None,
+            "gm_identity": st.gm_identity if st else None,
+            "gm_clock_accuracy": (f"0x{acc:02x}" + (" (unknown)" if acc == ACCURACY_UNKNOWN
+                                                     else "")) if acc is not None else None,
+            "phc_device": self.settings.phc_device or None,
+            "polls": self.polls, "good": self.good,
+        }]

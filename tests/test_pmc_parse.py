@@ -1,0 +1,134 @@
+"""Parsers of pmc / phc_ctl output, on outputs recorded from the real tools (tests/data/ptp)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from chronotickd.sources.pmc_parse import (
+    PhcError,
+    PmcParseError,
+    gm_accuracy_s,
+    parse_phc_cmp,
+    parse_pmc,
+    parse_pmc_status,
+    pmc_failure,
+)
+
+DATA = Path(__file__).parent / "data" / "ptp"
+
+
+def text(name: str) -> str:
+    return (DATA / name).read_text()
+
+
+def test_free_running_client_reply() -> None:
+    st = parse_pmc_status(text("slave_uncalibrated.txt"))
+    assert st.replies == 5
+    assert st.master_offset_ns == -252
+    assert st.ingress_time_ns is not None and st.ingress_time_ns > 1_700_000_000 * 10**9
+    assert st.gm_present is True
+    assert st.gm_identity == "ee5580.fffe.dc9762"
+    assert st.port_state == "UNCALIBRATED"
+    assert st.measuring_port is not None
+    assert st.sync_interval_s == 1.0
+    assert st.mean_path_delay_ns == 1294.0
+    assert st.steps_removed == 1
+    assert st.gm_clock_class == 248
+    assert st.gm_clock_accuracy == 0xFE
+    assert st.current_utc_offset_s == 37
+    assert st.ptp_timescale is False
+
+
+def test_dead_master_keeps_old_offset_but_port_and_ingress_tell() -> None:
+    st = parse_pmc_status(text("slave_master_dead_listening.txt"))
+    assert st.master_offset_ns == 383 and st.gm_present is True  # stale, looks alive
+    assert st.port_state == "LISTENING"
+    assert st.measuring_port is None
+    assert st.ingress_time_ns == 0
+
+
+def test_master_and_slave_states() -> None:
+    assert parse_pmc_status(text("master.txt")).port_state == "MASTER"
+    assert parse_pmc_status(text("derived_slave.txt")).port_state == "SLAVE"
+
+
+def test_no_ptp4l_gives_no_replies() -> None:
+    st = parse_pmc_status(text("no_ptp4l.txt"))
+    assert st.replies == 0 and st.master_offset_ns is None and st.port_state is None
+    assert pmc_failure(text("no_ptp4l.txt")) is None
+
+
+def test_permission_denied_is_recognised() -> None:
+    reason = pmc_failure(text("perm_denied.txt"))
+    assert reason is not None and "permission denied" in reason
+    assert "bind failed" in reason
+
+
+def test_unsupported_query_line_is_skipped() -> None:
+    replies = parse_pmc(text("mgmt_error.txt"))
+    assert [r.tlv for r in replies] == ["TIME_STATUS_NP"]
+    assert replies[0].fields["master_offset"] == "383"
+
+
+def test_management_error_status_is_ignored() -> None:
+    replies = parse_pmc(text("synthetic_error_status.txt"))
+    assert [(r.error, r.tlv) for r in replies] == [(True, ""), (False, "PORT_DATA_SET")]
+    st = parse_pmc_status(text("synthetic_error_status.txt"))
+    assert st.master_offset_ns is None and st.port_state == "UNCALIBRATED"
+
+
+@pytest.mark.parametrize("name, field", [
+    ("malformed_offset.txt", "master_offset"),
+    ("malformed_state.txt", "portState"),
+    ("malformed_delay.txt", "meanPathDelay"),
+])
+def test_malformed_values_raise_naming_the_field(name: str, field: str) -> None:
+    with pytest.raises(PmcParseError, match=field):
+        parse_pmc_status(text(name))
+
+
+def test_truncated_output_is_incomplete_not_wrong() -> None:
+    st = parse_pmc_status(text("malformed_truncated.txt"))
+    assert st.master_offset_ns == -252 and st.port_state == "UNCALIBRATED"
+    assert st.mean_path_delay_ns is None  # the source refuses this poll
+
+
+def test_garbage_input() -> None:
+    assert parse_pmc("") == []
+    assert parse_pmc("\t\tmaster_offset 5\nrandom words\n") == []
+    with pytest.raises(PmcParseError):
+        parse_pmc_status("\tx seq 0 RESPONSE MANAGEMENT TIME_STATUS_NP\n\t\tgmPresent maybe\n")
+
+
+def test_phc_cmp_signs() -> None:
+    # fallback path prints PHC − system; PTP_SYS_OFFSET path prints system − PHC
+    assert parse_phc_cmp(text("phc_cmp_realtime_approx.txt")) == 45.0
+    assert parse_phc_cmp(text("synthetic_phc_cmp_exact.txt")) == 37_000_000_008.0
+    assert parse_phc_cmp("phc_ctl[1.0]: offset from CLOCK_REALTIME is -12ns\n") == 12.0
+
+
+@pytest.mark.parametrize("name, words", [
+    ("phc_no_phc.txt", "no PHC"),
+    ("phc_nodev.txt", "no PHC device"),
+])
+def test_phc_errors(name: str, words: str) -> None:
+    with pytest.raises(PhcError, match=words):
+        parse_phc_cmp(text(name), "/dev/ptp0")
+
+
+def test_phc_permission_and_empty() -> None:
+    with pytest.raises(PhcError, match="permission denied"):
+        parse_phc_cmp("phc_ctl[1.0]: cannot open /dev/ptp0: Permission denied\n", "/dev/ptp0")
+    with pytest.raises(PhcError, match="no offset"):
+        parse_phc_cmp("")
+
+
+def test_gm_accuracy_table() -> None:
+    assert gm_accuracy_s(0x21, 0.0) == 100e-9
+    assert gm_accuracy_s(0x29, 0.0) == 1e-3
+    assert gm_accuracy_s(0xFE, 5e-6) == 5e-6
+    assert gm_accuracy_s(None, 7e-6) == 7e-6
+    assert math.isinf(gm_accuracy_s(0x31, 0.0))

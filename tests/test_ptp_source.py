@@ -1,0 +1,198 @@
+"""PtpSource logic with recorded pmc/phc_ctl outputs played back (no ptp4l needed)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from chronotickd.core.measurement import Measurement
+from chronotickd.sources.ptp import RECOVER_SYNCS, PtpSettings, PtpSource
+
+DATA = Path(__file__).parent / "data" / "ptp"
+LIVE = (DATA / "slave_uncalibrated.txt").read_text()
+DEAD = (DATA / "slave_master_dead_listening.txt").read_text()
+T0 = 1_795_531_453.0  # system time of the recording
+
+
+def with_values(text: str, ingress_ns: int, offset_ns: int = -252, state: str | None = None,
+                timescale: int | None = None) -> str:
+    text = re.sub(r"(ingress_time\s+)\d+", rf"\g<1>{ingress_ns}", text)
+    text = re.sub(r"(master_offset\s+)-?\d+", rf"\g<1>{offset_ns}", text)
+    if state:
+        text = re.sub(r"(portState\s+)\S+", rf"\g<1>{state}", text)
+    if timescale is not None:
+        text = re.sub(r"(ptpTimescale\s+)\d", rf"\g<1>{timescale}", text)
+    return text
+
+
+class Fake:
+    """Clock + runner: each pmc call returns ``self.pmc_out``; phc_ctl ``self.phc_out``."""
+
+    def __init__(self) -> None:
+        self.now = T0
+        self.pmc_out: str | Exception = ""
+        self.phc_out: str | Exception = ""
+        self.calls: list[list[str]] = []
+        self.got: list[Measurement] = []
+
+    def run(self, argv: list[str], timeout: float) -> tuple[int, str]:
+        self.calls.append(argv)
+        out = self.pmc_out if "pmc" in argv[0] else self.phc_out
+        if isinstance(out, Exception):
+            raise out
+        return 0, out
+
+    def source(self, **settings: object) -> PtpSource:
+        return PtpSource(PtpSettings(uds="/tmp/ptp-test", **settings),  # type: ignore[arg-type]
+                         self.got.append, runner=self.run, clock=lambda: self.now,
+                         monotonic=lambda: self.now, exists=lambda p: False)
+
+    def sync(self, src: PtpSource, offset_ns: int = -252, **kw: object) -> Measurement | None:
+        """Advance one second with a Sync received 0.2 s ago; poll."""
+        self.now += 1.0
+        self.pmc_out = with_values(LIVE, int((self.now - 0.2) * 1e9), offset_ns, **kw)
+        return src.poll_once()
+
+
+def test_software_timestamping_sign_and_time() -> None:
+    f = Fake()
+    src = f.source()
+    m = f.sync(src, offset_ns=-252)
+    assert m is not None
+    assert m.kind == "ptp" and m.source == "ptp:/tmp/ptp-test"
+    assert m.offset == pytest.approx(252e-9)  # reference − system = −(own − master)
+    assert m.t == pytest.approx(f.now - 0.2)  # the Sync's ingress time
+    assert m.delay == pytest.approx(1294e-9)  # meanPathDelay
+    assert f.calls[0][:6] == ["pmc", "-u", "-b", "0", "-s", "/tmp/ptp-test"]
+    assert "GET TIME_STATUS_NP" in f.calls[0] and "GET PARENT_DATA_SET" in f.calls[0]
+
+
+def test_bound_uses_path_delay_accuracy_and_spread() -> None:
+    f = Fake()
+    src = f.source(unknown_gm_accuracy_s=2e-6)
+    first = f.sync(src)
+    assert first is not None
+    # prior spread until 4 offsets are known: delay + unknown-accuracy + 3 × 10 µs
+    assert first.bound == pytest.approx(1294e-9 + 2e-6 + 30e-6)
+    for off in (-240, -260, -250, -255, -245, -252, -248):
+        m = f.sync(src, offset_ns=off)
+    assert m is not None
+    assert 1294e-9 + 2e-6 < m.bound < 1294e-9 + 2e-6 + 1e-6  # a few ns of spread now
+    assert src.health() == {"ptp:/tmp/ptp-test": None}
+    assert src.state == "ok"
+
+
+def test_needs_consecutive_syncs_before_usable() -> None:
+    f = Fake()
+    src = f.source()
+    for i in range(RECOVER_SYNCS - 1):
+        f.sync(src)
+        reason = src.health()[src.name]
+        assert reason is not None and f"({i + 1}/{RECOVER_SYNCS})" in reason
+    f.sync(src)
+    assert src.health()[src.name] is None
+
+
+def test_same_ingress_is_not_fed_twice() -> None:
+    f = Fake()
+    src = f.source()
+    assert f.sync(src) is not None
+    f.now += 0.5
+    assert src.poll_once() is None
+    assert len(f.got) == 1
+
+
+def test_stale_ingress_marks_unusable_before_port_changes(caplog: pytest.LogCaptureFixture
+                                                          ) -> None:
+    f = Fake()
+    src = f.source()
+    for _ in range(4):
+        f.sync(src)
+    assert src.state == "ok"
+    caplog.set_level(logging.WARNING, "chronotickd.ptp")
+    for _ in range(4):  # master killed: same ingress, port still UNCALIBRATED
+        f.now += 1.0
+        src.poll_once()
+    assert src.state == "unusable"
+    assert "master silent" in src.reason
+    f.pmc_out = DEAD
+    for _ in range(3):
+        f.now += 1.0
+        assert src.poll_once() is None
+    assert "LISTENING" in (src.health()[src.name] or "")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2  # one line per problem, not one per poll
+    assert len(f.got) == 4  # nothing fed while dead
+    # master back: usable after RECOVER_SYNCS fresh Syncs
+    for _ in range(RECOVER_SYNCS):
+        f.sync(src)
+    assert src.state == "ok"
+
+
+@pytest.mark.parametrize("exc, words", [
+    (FileNotFoundError(2, "No such file"), "pmc not found"),
+    (PermissionError(13, "Permission denied"), "permission denied executing"),
+    (subprocess.TimeoutExpired("pmc", 1.0), "no answer within"),
+])
+def test_pmc_execution_errors(exc: Exception, words: str,
+                              caplog: pytest.LogCaptureFixture) -> None:
+    f = Fake()
+    src = f.source()
+    f.pmc_out = exc
+    caplog.set_level(logging.WARNING, "chronotickd.ptp")
+    for _ in range(3):
+        f.now += 1
+        assert src.poll_once() is None
+    assert words in (src.health()[src.name] or "")
+    assert len(caplog.records) == 1
+
+
+@pytest.mark.parametrize("fixture, words", [
+    ("no_ptp4l.txt", "ptp4l not running: no management socket"),
+    ("perm_denied.txt", "permission denied"),
+    ("master.txt", "port MASTER"),
+    ("malformed_offset.txt", "unexpected pmc output"),
+    ("malformed_truncated.txt", "lacks"),
+])
+def test_pmc_output_problems(fixture: str, words: str) -> None:
+    f = Fake()
+    src = f.source()
+    f.pmc_out = (DATA / fixture).read_text()
+    assert src.poll_once() is None
+    assert words in (src.health()[src.name] or "")
+    assert src.describe()[0]["state"] == "unusable"
+
+
+def test_phc_combination_and_tai_shift() -> None:
+    f = Fake()
+    src = f.source(phc_device="/dev/ptp0")
+    # PHC runs TAI: 37 s + 1 µs ahead of the system clock (phc_ctl prints system − PHC)
+    f.phc_out = "phc_ctl[1.0]: offset from CLOCK_REALTIME is -37000001000ns\n"
+    f.now += 1.0
+    ingress = int((f.now + 37.000001 - 0.3) * 1e9)  # in PHC time
+    f.pmc_out = with_values(LIVE, ingress, offset_ns=400, timescale=1)
+    m = src.poll_once()
+    assert m is not None
+    # reference − system = (PHC − system) − (PHC − master) − UTC offset = 1 µs − 400 ns
+    assert m.offset == pytest.approx(600e-9, abs=1e-12)
+    assert m.t == pytest.approx(f.now)
+    assert f.calls[-1] == ["phc_ctl", "-q", "/dev/ptp0", "cmp"]
+    # bound: + PHC read + 0.3 s × 100 ppm extrapolation
+    assert m.bound == pytest.approx(1294e-9 + 30e-6 + 5e-6 + 0.3 * 100e-6, rel=1e-3)
+
+
+@pytest.mark.parametrize("phc_out, words", [
+    ((DATA / "phc_no_phc.txt").read_text(), "no PHC"),
+    ((DATA / "phc_nodev.txt").read_text(), "no PHC device"),
+    (FileNotFoundError(2, "x"), "phc_ctl not found"),
+])
+def test_phc_errors_mark_unusable(phc_out: str | Exception, words: str) -> None:
+    f = Fake()
+    src = f.source(phc_device="/dev/ptp0")
+    f.phc_out = phc_out
+    assert f.sync(src) is None
+    assert words in (src.health()[src.name] or "")
