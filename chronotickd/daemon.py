@@ -137,6 +137,10 @@ class Daemon:
                 phc_ctl_path=self.cfg["ptp.phc_ctl_path"],
                 timeout_s=self.cfg["ptp.timeout_s"],
                 unknown_gm_accuracy_s=self.cfg["ptp.unknown_gm_accuracy_s"],
+                # pmc's own reply socket; its default /var/run/pmc.PID is read-only under
+                # the systemd sandbox, the socket's directory (RuntimeDirectory) is writable
+                pmc_local=os.path.join(os.path.dirname(self.cfg["socket"]),
+                                       f"pmc.{os.getpid()}"),
             ), self.submit))
 
     # -- engine thread ---------------------------------------------------------------------

@@ -29,6 +29,7 @@ then fails over. The bound is PTP's own (see ``PtpSource.bound`` and docs/ptp.md
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -87,6 +88,7 @@ class PtpSettings:
     phc_ctl_path: str = "phc_ctl"
     timeout_s: float = 1.0
     unknown_gm_accuracy_s: float = 0.0
+    pmc_local: str = ""  # pmc's reply socket (-i); empty: pmc's default /var/run/pmc.PID
 
 
 def robust_jitter(offsets_ns: list[float]) -> float | None:
@@ -194,7 +196,11 @@ class PtpSource:
     # -- one poll --------------------------------------------------------------------------
     def _pmc(self) -> PtpStatus | None:
         s = self.settings
-        argv = [s.pmc_path, "-u", "-b", "0", "-s", s.uds, *PMC_QUERIES]
+        local = ["-i", s.pmc_local] if s.pmc_local else []
+        if s.pmc_local:  # a pmc killed on timeout leaves its socket file behind
+            with contextlib.suppress(OSError):
+                os.unlink(s.pmc_local)
+        argv = [s.pmc_path, "-u", "-b", "0", "-s", s.uds, *local, *PMC_QUERIES]
         try:
             rc, out = self.runner(argv, s.timeout_s)
         except FileNotFoundError:
