@@ -270,11 +270,6 @@ def load_config(args: argparse.Namespace) -> Config:
     return cfg.override(socket=args.socket, state_dir=args.state_dir, log_level=args.log_level)
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s chronotickd[%(process)d] %(levelname)s %(message)s")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
