@@ -56,6 +56,7 @@ class Track:
         self.prior_freq: float | None = None
         self.last: Measurement | None = None
         self.steps = 0
+        self.step_times: list[float] = []  # first measurement after each step (for ``at``)
         self.outliers = 0
 
     def _threshold(self, fit: LineFit, m: Measurement) -> float:
@@ -76,11 +77,13 @@ class Track:
                     self.outliers += 1
                     return "outlier"
                 self.prior_freq = fit.freq
+                confirmed = self.pending[-self.cfg.step_confirm :]  # not an older lone spike
                 self.samples.clear()
-                self.samples.extend(self.pending)
-                self.history.extend(self.pending)
+                self.samples.extend(confirmed)
+                self.history.extend(confirmed)
                 self.pending.clear()
                 self.steps += 1
+                self.step_times.append(confirmed[0].t)
                 self.fit = fit_line(self.samples, self.cfg.fit, self.prior_freq)
                 return "step"
         self.pending.clear()
@@ -179,6 +182,7 @@ class Engine:
                 max_drift=self.cfg.max_drift_ppm * 1e-6,
                 stale_after=self._stale_after(chosen),
                 history=tuple(chosen.history),
+                steps=tuple(chosen.step_times),
                 **common,
             )
         if self.restored is not None:
