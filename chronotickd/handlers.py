@@ -12,10 +12,9 @@ from chronotick_client.protocol import (
     E_BAD_VERSION,
     PROTOCOL_VERSION,
     error_reply,
-    ok_reply,
 )
 from chronotickd.publish import Publisher
-from chronotickd.wire import answer_to_wire
+from chronotickd.wire import answer_to_wire, values_to_wire
 
 MAX_FUTURE_S = 86400.0
 
@@ -47,8 +46,8 @@ class Handlers:
 
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         req_id = req.get("id")
-        if not isinstance(req_id, int | str | None) or isinstance(req_id, bool):
-            req_id = None
+        if req_id is not None and type(req_id) is not int and type(req_id) is not str:
+            req_id = None  # only ints and strings are echoed (never bools, lists, maps)
         if req.get("v") != PROTOCOL_VERSION:
             return error_reply(req_id, E_BAD_VERSION,
                                f"protocol version {req.get('v')!r} not supported; "
@@ -59,14 +58,14 @@ class Handlers:
             return error_reply(req_id, E_BAD_REQUEST,
                                f"unknown op {op!r}; expected one of {', '.join(self.ops)}")
         try:
-            return ok_reply(req_id, fn(req))
+            return {"v": PROTOCOL_VERSION, "id": req_id, "ok": True, "result": fn(req)}
         except BadRequest as exc:
             return error_reply(req_id, E_BAD_REQUEST, str(exc))
 
     # -- ops -----------------------------------------------------------------------------
     def now(self, req: dict[str, Any]) -> dict[str, Any]:
         ns = self.clock_ns()
-        return answer_to_wire(self.publisher.current.clock.query(ns / 1e9), ns)
+        return values_to_wire(ns, *self.publisher.current.clock.answer(ns / 1e9))
 
     def future(self, req: dict[str, Any]) -> dict[str, Any]:
         seconds = _number(req, "seconds")
