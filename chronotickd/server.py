@@ -22,8 +22,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import msgpack
-
 from chronotick_client.protocol import (
     E_BAD_FRAME,
     E_BUSY,
@@ -123,8 +121,7 @@ class _Connection(asyncio.Protocol):
         self.last_active = now
         srv = self.server
         max_frame = srv.limits.max_frame_bytes
-        handle = srv.handlers.handle
-        pack = srv.packer.pack
+        respond = srv.handlers.respond
         replies: list[bytes] = []
         pos = 0
         end = len(buf)
@@ -147,7 +144,7 @@ class _Connection(asyncio.Protocol):
                 return
             srv.served += 1
             try:
-                body = pack(handle(req))
+                body = respond(req)
                 if len(body) > MAX_FRAME_BYTES:
                     raise ProtocolError(E_TOO_LARGE, f"reply of {len(body)} bytes")
                 replies.append(HEADER.pack(len(body)) + body)
@@ -202,8 +199,6 @@ class SocketServer:
         self.served = 0
         self.rejected = 0
         self.connections: set[_Connection] = set()
-        # one Packer reused for every reply (the loop is single-threaded): cheaper than packb
-        self.packer = msgpack.Packer(use_bin_type=True)
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
