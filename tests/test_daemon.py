@@ -339,3 +339,14 @@ def test_no_ntp_reachable_still_serves_unsynchronized(tmp_path: Path) -> None:
         lines = [ln for ln in d.log().splitlines() if "no NTP server usable" in ln]
         assert len(lines) == 1, d.log()
         assert "unsynchronized" in lines[0] and dead in lines[0]
+
+
+def test_protocol_doc_example_client_works(synced: DaemonProc) -> None:
+    """The stand-alone client in docs/protocol.md runs as printed against the real daemon."""
+    import re
+
+    text = (REPO / "docs" / "protocol.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", text, re.S)[-1]
+    scope: dict[str, Any] = {}
+    exec(code.replace("/run/chronotick/chronotick.sock", synced.socket), scope)
+    assert scope["r"]["source"] in ("ntp", "system")
