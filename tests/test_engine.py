@@ -183,6 +183,25 @@ def test_export_restore_serves_freerunning_with_growing_bound() -> None:
     assert abs(ans.offset - truth(t)) <= ans.bound
 
 
+def test_restart_never_narrows_the_bound_of_a_stale_estimate() -> None:
+    """Saved long after the last sample (NTP lost), restored: the bound must not shrink."""
+    truth = linear(0.004, 15e-6)
+    old = Engine()
+    feed(old, samples(truth, 60, noise=20e-6))
+    last = T0 + 59 * GAP
+    saved_at = last + 1800  # persisted every minute while no sample came for 30 min
+    saved = old.export_state(saved_at)
+    assert saved is not None
+    new = Engine()
+    new.restore_state(saved)
+    for t in (saved_at + 1, saved_at + 60, saved_at + 1000):
+        before = old.snapshot(t).query(t)
+        after = new.snapshot(t).query(t)
+        assert after.bound >= before.bound
+        assert abs(after.offset - truth(t)) <= after.bound
+        assert after.void_after == pytest.approx(before.void_after)
+
+
 def test_export_without_estimate_is_none() -> None:
     assert Engine().export_state(T0) is None
 

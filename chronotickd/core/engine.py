@@ -227,11 +227,14 @@ class Engine:
         fit = state.fit
         if fit is None or state.restored:
             return None
+        # anchored at the newest measurement, not at ``now``: a stale estimate saved later must
+        # not come back with its age (and the bound grown with it) forgotten
+        t = fit.t_last
         return {
-            "t": now,
-            "offset": fit.predict(now),
+            "t": t,
+            "offset": fit.predict(t),
             "freq": fit.freq,
-            "offset_stddev": fit.stddev(now),
+            "offset_stddev": fit.stddev(t),
             "freq_stddev": math.sqrt(fit.var_freq),
             "systematic": fit.systematic,
         }
