@@ -350,3 +350,13 @@ def test_protocol_doc_example_client_works(synced: DaemonProc) -> None:
     scope: dict[str, Any] = {}
     exec(code.replace("/run/chronotick/chronotick.sock", synced.socket), scope)
     assert scope["r"]["source"] in ("ntp", "system")
+
+
+def test_watch_prints_count_lines(synced: DaemonProc) -> None:
+    r = cli("watch", "--count", "3", "--interval", "0.05", socket_path=synced.socket)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and len(lines) == 3
+    assert all(" ± " in ln for ln in lines)
+    j = cli("watch", "--count", "2", "--interval", "0.05", "--json", socket_path=synced.socket)
+    rows = [json.loads(ln) for ln in j.stdout.splitlines()]
+    assert len(rows) == 2 and rows[0]["system_time_ns"] < rows[1]["system_time_ns"]
