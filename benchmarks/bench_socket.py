@@ -10,7 +10,7 @@ Each case runs N client *processes* (one connection each, one request in flight)
 client, total throughput, and the daemon/floor ratios (targets: p99 ≤ 1.5×, throughput at 16
 clients ≥ 0.7×). Rounds alternate floor and daemon; the median of the rounds is printed.
 
-    python benchmarks/bench_socket.py [--duration 3] [--clients 1,16] [--rounds 3]
+    python benchmarks/bench_socket.py [--duration 1] [--clients 1,16] [--rounds 5]
 
 The daemon runs against a loopback chronyd when one can be started (root, chronyd installed),
 so ``now`` takes the synchronized path with an NTP thread polling beside it; otherwise with no
@@ -267,10 +267,10 @@ def _now_status(path: str) -> str:
 # -- main ------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--duration", type=float, default=2.0, help="measured seconds per case")
+    ap.add_argument("--duration", type=float, default=1.0, help="measured seconds per case")
     ap.add_argument("--warmup", type=float, default=0.3, help="unmeasured seconds per case")
     ap.add_argument("--clients", default="1,16", help="comma-separated client process counts")
-    ap.add_argument("--rounds", type=int, default=3, help="floor/daemon alternations per case")
+    ap.add_argument("--rounds", type=int, default=5, help="floor/daemon alternations per case")
     ap.add_argument("--no-chronyd", action="store_true", help="run the daemon without NTP")
     args = ap.parse_args(argv)
     counts = [int(c) for c in args.clients.split(",")]
