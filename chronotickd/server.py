@@ -49,6 +49,18 @@ class ServerLimits:
 
 def bind_unix_socket(path: str, mode: int) -> socket.socket:
     """Create the listening socket, replacing a stale socket file but never a live one."""
+    try:
+        return _bind(path, mode)
+    except OSError as exc:
+        if exc.strerror:  # a system error (ours below carry only a message)
+            raise OSError(f"cannot create the socket {path}: {exc.strerror}"
+                          + (f" ({exc.filename})" if exc.filename not in (None, path) else "")
+                          + "; choose a writable path with --socket or the config key "
+                          "`socket`") from exc
+        raise
+
+
+def _bind(path: str, mode: int) -> socket.socket:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     if p.exists() or p.is_symlink():

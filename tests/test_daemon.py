@@ -280,6 +280,17 @@ def test_socket_path_that_is_not_a_socket_is_refused(tmp_path: Path) -> None:
     assert (tmp_path / "ct.sock").read_text() == "precious"
 
 
+def test_socket_in_impossible_place_names_it_and_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    bad = str(tmp_path / "file" / "ct.sock")  # parent is a regular file
+    conf = write_config(tmp_path, ntp__servers=[], socket=bad)
+    r = subprocess.run([sys.executable, "-m", "chronotickd", "--config", str(conf)],
+                       capture_output=True, text=True, timeout=30, cwd=REPO,
+                       env={**os.environ, "PYTHONPATH": PYTHONPATH})
+    assert r.returncode == 1
+    assert f"cannot create the socket {bad}" in r.stderr and "--socket" in r.stderr
+
+
 def test_socket_mode_is_applied(tmp_path: Path) -> None:
     with daemon_process(workdir=tmp_path, ntp__servers=[], socket_mode="0660") as d:
         assert (os.stat(d.socket).st_mode & 0o777) == 0o660
