@@ -129,7 +129,10 @@ def test_future_is_wider_than_now(synced: DaemonProc) -> None:
 def test_at_is_retrospective(synced: DaemonProc) -> None:
     wait_status(synced.socket, "synchronized")
     past = time.time_ns() - 1_000_000_000
-    time.sleep(1.2)  # let a measurement arrive after `past`
+    with Client(synced.socket) as c:  # let a measurement arrive after `past`
+        deadline = time.monotonic() + 15
+        while c.status()["last_sync_ns"] <= past and time.monotonic() < deadline:
+            time.sleep(0.2)
     r = cli_json(synced.socket, "at", str(past))
     assert r["system_time_ns"] == past
     assert r["status"] == "synchronized" and r["source"] == "ntp"
