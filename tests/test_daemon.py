@@ -374,3 +374,17 @@ def test_watch_prints_count_lines(synced: DaemonProc) -> None:
     j = cli("watch", "--count", "2", "--interval", "0.05", "--json", socket_path=synced.socket)
     rows = [json.loads(ln) for ln in j.stdout.splitlines()]
     assert len(rows) == 2 and rows[0]["system_time_ns"] < rows[1]["system_time_ns"]
+
+
+def test_client_survives_idle_close_and_daemon_restart(tmp_path: Path) -> None:
+    with Client(str(tmp_path / "ct.sock")) as c:
+        with daemon_process(workdir=tmp_path, ntp__servers=[],
+                            server__idle_timeout_s=0.3) as d:
+            first = c.status()["pid"]
+            time.sleep(1.0)  # the daemon closes the idle connection
+            assert c.status()["pid"] == first == d.proc.pid
+        with pytest.raises(ConnectionError) as exc:  # DaemonUnavailable
+            c.now()
+        assert str(tmp_path / "ct.sock") in str(exc.value)
+        with daemon_process(workdir=tmp_path, ntp__servers=[]) as d2:
+            assert c.status()["pid"] == d2.proc.pid
