@@ -12,11 +12,12 @@ import msgpack
 from chronotick_client.protocol import (
     E_BAD_REQUEST,
     E_BAD_VERSION,
+    HEADER,
     PROTOCOL_VERSION,
     error_reply,
 )
 from chronotickd.publish import Publisher
-from chronotickd.wire import answer_to_wire, now_reply_body, values_to_wire
+from chronotickd.wire import answer_to_wire, now_reply_frame, values_to_wire
 
 MAX_FUTURE_S = 86400.0
 
@@ -47,8 +48,9 @@ class Handlers:
             "at": self.at,
         }
 
-    def respond(self, req: dict[str, Any]) -> bytes:
-        """The msgpack body of the reply to ``req`` (what the server sends).
+    def reply_frame(self, req: dict[str, Any]) -> bytes:
+        """The whole reply frame (length prefix + msgpack body) for ``req``: what the server
+        sends.
 
         ``now`` with an integer id (every real client) takes a hand-packed fast path that
         decodes to exactly what ``handle`` + msgpack give; everything else goes through
@@ -57,8 +59,9 @@ class Handlers:
         if req.get("op") == "now" and req.get("v") == PROTOCOL_VERSION and \
                 type(req.get("id")) is int:
             ns = self.clock_ns()
-            return now_reply_body(req["id"], ns, *self.publisher.current.clock.answer(ns / 1e9))
-        return self._packer.pack(self.handle(req))
+            return now_reply_frame(req["id"], ns, *self.publisher.current.clock.answer(ns / 1e9))
+        body = self._packer.pack(self.handle(req))
+        return HEADER.pack(len(body)) + body
 
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         req_id = req.get("id")

@@ -38,6 +38,9 @@ from chronotickd.handlers import Handlers
 
 log = logging.getLogger("chronotickd.server")
 
+_monotonic = time.monotonic
+_unpack_header = HEADER.unpack_from
+
 
 @dataclass(frozen=True)
 class ServerLimits:
@@ -97,6 +100,8 @@ class _Connection(asyncio.Protocol):
         self.last_active = time.monotonic()
         self.frame_started: float | None = None  # when the incomplete frame in buf began
         self.closing = False
+        self.max_frame = server.limits.max_frame_bytes
+        self.reply_frame = server.handlers.reply_frame
 
     # -- asyncio callbacks ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -127,67 +132,78 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        self.last_active = now = _monotonic()
+        if not self.buf and len(data) > 4:
+            # the usual case, one whole request per read: no buffering, no list of replies
+            (length,) = _unpack_header(data)
+            if len(data) == 4 + length and length <= self.max_frame:
+                frame, last = self._answer(data[4:])
+                if last:
+                    self._close_after([frame])
+                else:
+                    self.transport.write(frame)  # type: ignore[union-attr]
+                return
         buf = self.buf
         buf += data
-        now = time.monotonic()
-        self.last_active = now
-        srv = self.server
-        max_frame = srv.limits.max_frame_bytes
-        respond = srv.handlers.respond
+        max_frame = self.max_frame
         replies: list[bytes] = []
         pos = 0
         end = len(buf)
         while end - pos >= 4:
-            (length,) = HEADER.unpack_from(buf, pos)
+            (length,) = _unpack_header(buf, pos)
             if length > max_frame:
-                self._flush(replies)
-                self.fail(error_reply(None, E_TOO_LARGE,
-                                      f"frame of {length} bytes over the {max_frame} limit"))
+                replies.append(encode(error_reply(
+                    None, E_TOO_LARGE, f"frame of {length} bytes over the {max_frame} limit")))
+                self._close_after(replies)
                 return
             if end - pos - 4 < length:
                 break
-            body = bytes(buf[pos + 4 : pos + 4 + length])
+            frame, last = self._answer(bytes(buf[pos + 4 : pos + 4 + length]))
             pos += 4 + length
-            try:
-                req = decode_body(body)
-            except ProtocolError as exc:
-                self._flush(replies)
-                self.fail(error_reply(None, exc.code or E_BAD_FRAME, exc.message))
-                return
-            srv.served += 1
-            try:
-                body = respond(req)
-                if len(body) > MAX_FRAME_BYTES:
-                    raise ProtocolError(E_TOO_LARGE, f"reply of {len(body)} bytes")
-                replies.append(HEADER.pack(len(body)) + body)
-            except Exception:
-                log.exception("unexpected error serving a request; connection closed")
-                self._flush(replies)
-                self.fail(error_reply(req.get("id") if isinstance(req.get("id"), int | str)
-                                      else None, E_INTERNAL, "internal error"))
+            replies.append(frame)
+            if last:
+                self._close_after(replies)
                 return
         if pos:
             del buf[:pos]
             self.frame_started = now if buf else None
         elif self.frame_started is None:
             self.frame_started = now
-        self._flush(replies)
+        if replies:
+            self.transport.write(b"".join(replies))  # type: ignore[union-attr]
+
+    def _answer(self, body: bytes) -> tuple[bytes, bool]:
+        """(reply frame, whether the connection must close after it) for one request body."""
+        try:
+            req = decode_body(body)
+        except ProtocolError as exc:
+            return encode(error_reply(None, exc.code or E_BAD_FRAME, exc.message)), True
+        self.server.served += 1
+        try:
+            frame = self.reply_frame(req)
+            if len(frame) > MAX_FRAME_BYTES + 4:
+                raise ProtocolError(E_TOO_LARGE, f"reply of {len(frame) - 4} bytes")
+            return frame, False
+        except Exception:
+            log.exception("unexpected error serving a request; connection closed")
+            req_id = req.get("id")
+            return encode(error_reply(req_id if type(req_id) in (int, str) else None,
+                                      E_INTERNAL, "internal error")), True
 
     def eof_received(self) -> bool:
         return False  # close our side too
 
     # -- helpers ----------------------------------------------------------------------------
-    def _flush(self, replies: list[bytes]) -> None:
-        if replies and self.transport is not None:
-            self.transport.write(replies[0] if len(replies) == 1 else b"".join(replies))
+    def _close_after(self, frames: list[bytes]) -> None:
+        """Send the last replies (the final one an error) and close once they are written."""
+        self.closing = True
+        if self.transport is not None:
+            self.transport.write(b"".join(frames))
+            self.transport.close()
 
     def fail(self, message: dict) -> None:
         """Send a last (error) reply and close once it is written."""
-        self.closing = True
-        if self.transport is not None:
-            with contextlib.suppress(Exception):
-                self.transport.write(encode(message))
-            self.transport.close()
+        self._close_after([encode(message)])
 
     def expire(self, now: float) -> None:
         """Enforce the idle and per-frame time limits (called by the server's sweep)."""

@@ -14,7 +14,7 @@ from chronotickd.core.measurement import Measurement, Status
 from chronotickd.core.state import TimeAnswer
 from chronotickd.handlers import Handlers
 from chronotickd.publish import Publisher
-from chronotickd.wire import answer_to_wire, now_reply_body, ns_up, values_to_wire
+from chronotickd.wire import answer_to_wire, now_reply_frame, ns_up, values_to_wire
 
 NS = 1_795_532_106_709_260_647
 
@@ -54,7 +54,9 @@ CASES: list[tuple[Any, ...]] = [
 @pytest.mark.parametrize("args", CASES)
 def test_hand_packed_now_matches_generic(args: tuple[Any, ...]) -> None:
     req_id, *rest = args
-    got = msgpack.unpackb(now_reply_body(req_id, *rest))
+    frame = now_reply_frame(req_id, *rest)
+    assert int.from_bytes(frame[:4], "big") == len(frame) - 4
+    got = msgpack.unpackb(frame[4:])
     want = {"v": 1, "id": req_id, "ok": True, "result": values_to_wire(*rest)}
     assert got == want
     assert list(got) == list(want) and list(got["result"]) == list(want["result"])
@@ -79,9 +81,11 @@ def _handlers() -> Handlers:
     {"v": 1, "id": 1, "op": "future", "seconds": 3},
     {"v": 1, "id": 1, "op": "nope"},
 ])
-def test_respond_is_handle_encoded(req: dict[str, Any]) -> None:
+def test_reply_frame_is_handle_encoded(req: dict[str, Any]) -> None:
     h = _handlers()
-    assert msgpack.unpackb(h.respond(req)) == msgpack.unpackb(msgpack.packb(h.handle(req)))
+    frame = h.reply_frame(req)
+    assert int.from_bytes(frame[:4], "big") == len(frame) - 4
+    assert msgpack.unpackb(frame[4:]) == msgpack.unpackb(msgpack.packb(h.handle(req)))
 
 
 def test_now_handler_is_the_published_state_at_clock_time() -> None:
