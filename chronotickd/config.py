@@ -122,13 +122,27 @@ def _validate(name: str, key: Key, value: Any) -> Any:
     return value
 
 
+def _unknown(name: str, what: str = "key") -> ConfigError:
+    """Name the unknown key, the likely intended one and the keys of its section."""
+    import difflib
+
+    section = name.rpartition(".")[0]
+    if section:
+        near = [k for k in SCHEMA if k.rpartition(".")[0] == section]
+    else:  # top level: plain keys and section names
+        near = list(dict.fromkeys(k.partition(".")[0] for k in SCHEMA))
+    guess = difflib.get_close_matches(name, near or list(SCHEMA), n=1)
+    hint = f"did you mean {guess[0]}? " if guess else ""
+    return ConfigError(f"{name}: unknown {what} ({hint}known: {', '.join(near)})")
+
+
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for k, v in data.items():
         name = f"{prefix}{k}"
         if isinstance(v, dict) and not any(s == name for s in SCHEMA):
             if not any(s.startswith(name + ".") for s in SCHEMA):
-                raise ConfigError(f"{name}: unknown section (known keys: {', '.join(SCHEMA)})")
+                raise _unknown(name, "section")
             flat.update(_flatten(v, name + "."))
         else:
             flat[name] = v
@@ -144,7 +158,7 @@ class Config:
         for name, value in values.items():
             key = SCHEMA.get(name)
             if key is None:
-                raise ConfigError(f"{name}: unknown key (known keys: {', '.join(SCHEMA)})")
+                raise _unknown(name)
             self._values[name] = _validate(name, key, value)
 
     def __getitem__(self, name: str) -> Any:

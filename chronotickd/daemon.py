@@ -225,6 +225,7 @@ class Daemon:
             self._loop.add_signal_handler(sig, self.stop)
         sock = self.listen_sock or bind_unix_socket(self.cfg["socket"],
                                                     int(self.cfg["socket_mode"], 8))
+        self.publish_now()  # `status` is complete from the first request on
         await self.server.start(sock)
         engine_thread = threading.Thread(target=self._engine_loop, name="engine", daemon=True)
         engine_thread.start()

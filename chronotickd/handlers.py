@@ -7,15 +7,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
+
 from chronotick_client.protocol import (
     E_BAD_REQUEST,
     E_BAD_VERSION,
+    HEADER,
     PROTOCOL_VERSION,
     error_reply,
-    ok_reply,
 )
 from chronotickd.publish import Publisher
-from chronotickd.wire import answer_to_wire
+from chronotickd.wire import answer_to_wire, now_reply_frame, values_to_wire
 
 MAX_FUTURE_S = 86400.0
 
@@ -37,6 +39,7 @@ class Handlers:
     def __init__(self, publisher: Publisher, clock_ns: Callable[[], int] = time.time_ns) -> None:
         self.publisher = publisher
         self.clock_ns = clock_ns
+        self._packer = msgpack.Packer(use_bin_type=True)  # used from the event loop only
         self.ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "now": self.now,
             "status": self.status,
@@ -45,10 +48,25 @@ class Handlers:
             "at": self.at,
         }
 
+    def reply_frame(self, req: dict[str, Any]) -> bytes:
+        """The whole reply frame (length prefix + msgpack body) for ``req``: what the server
+        sends.
+
+        ``now`` with an integer id (every real client) takes a hand-packed fast path that
+        decodes to exactly what ``handle`` + msgpack give; everything else goes through
+        ``handle``.
+        """
+        if req.get("op") == "now" and req.get("v") == PROTOCOL_VERSION and \
+                type(req.get("id")) is int:
+            ns = self.clock_ns()
+            return now_reply_frame(req["id"], ns, *self.publisher.current.clock.answer(ns / 1e9))
+        body = self._packer.pack(self.handle(req))
+        return HEADER.pack(len(body)) + body
+
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         req_id = req.get("id")
-        if not isinstance(req_id, int | str | None) or isinstance(req_id, bool):
-            req_id = None
+        if req_id is not None and type(req_id) is not int and type(req_id) is not str:
+            req_id = None  # only ints and strings are echoed (never bools, lists, maps)
         if req.get("v") != PROTOCOL_VERSION:
             return error_reply(req_id, E_BAD_VERSION,
                                f"protocol version {req.get('v')!r} not supported; "
@@ -59,14 +77,14 @@ class Handlers:
             return error_reply(req_id, E_BAD_REQUEST,
                                f"unknown op {op!r}; expected one of {', '.join(self.ops)}")
         try:
-            return ok_reply(req_id, fn(req))
+            return {"v": PROTOCOL_VERSION, "id": req_id, "ok": True, "result": fn(req)}
         except BadRequest as exc:
             return error_reply(req_id, E_BAD_REQUEST, str(exc))
 
     # -- ops -----------------------------------------------------------------------------
     def now(self, req: dict[str, Any]) -> dict[str, Any]:
         ns = self.clock_ns()
-        return answer_to_wire(self.publisher.current.clock.query(ns / 1e9), ns)
+        return values_to_wire(ns, *self.publisher.current.clock.answer(ns / 1e9))
 
     def future(self, req: dict[str, Any]) -> dict[str, Any]:
         seconds = _number(req, "seconds")

@@ -79,6 +79,7 @@ class Track:
         self.prior_freq: float | None = None
         self.last: Measurement | None = None
         self.steps = 0
+        self.step_times: list[float] = []  # first measurement after each step (for ``at``)
         self.outliers = 0
         self.outlier_rate = 0.0  # EWMA of isolated-outlier verdicts (a step's don't count)
         self.run = 0  # length of the current run of outliers
@@ -126,11 +127,13 @@ class Track:
                     self.fit = self._in_doubt(fit)
                     return "outlier"
                 self.prior_freq = fit.freq
+                confirmed = self.pending[-need:]  # not an older lone spike
                 self.samples.clear()
-                self.samples.extend(self.pending[-need:])
-                self.history.extend(self.pending[-need:])
+                self.samples.extend(confirmed)
+                self.history.extend(confirmed)
                 self.pending.clear()
                 self.steps += 1
+                self.step_times.append(confirmed[0].t)
                 self.run = 0
                 self.cand_score.clear()
                 self._refit()
@@ -330,6 +333,7 @@ class Engine:
                 max_drift=self.cfg.max_drift_ppm * 1e-6,
                 stale_after=self._stale_after(chosen),
                 history=tuple(chosen.history),
+                steps=tuple(chosen.step_times),
                 **common,
             )
         if self.restored is not None:
@@ -382,11 +386,14 @@ class Engine:
         fit = state.fit
         if fit is None or state.restored:
             return None
+        # anchored at the newest measurement, not at ``now``: a stale estimate saved later must
+        # not come back with its age (and the bound grown with it) forgotten
+        t = fit.t_last
         return {
-            "t": now,
-            "offset": fit.predict(now),
+            "t": t,
+            "offset": fit.predict(t),
             "freq": fit.freq,
-            "offset_stddev": fit.stddev(now),
+            "offset_stddev": fit.stddev(t),
             "freq_stddev": math.sqrt(fit.var_freq),
             "systematic": fit.systematic,
         }

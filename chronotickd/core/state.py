@@ -87,6 +87,7 @@ class ClockState:
     restored: bool = False
     tracks: tuple[TrackSummary, ...] = ()
     history: tuple[Measurement, ...] = field(default=(), repr=False)
+    steps: tuple[float, ...] = ()  # system times where the clock stepped (``at`` never fits across)
     fit_config: FitConfig = field(default_factory=FitConfig, repr=False)
 
     # -- queries -------------------------------------------------------------------------
@@ -94,24 +95,29 @@ class ClockState:
         age = max(0.0, t - last)
         return fit.systematic + self.confidence_k * fit.stddev(t) + self.max_drift * age
 
-    def _unsynchronized(self, t: float) -> TimeAnswer:
-        return TimeAnswer(t, 0.0, self.unsync_bound, Status.UNSYNCHRONIZED, "system", 0.0, 0.0)
+    def answer(self, t: float) -> tuple[float, float, Status, str, float, float]:
+        """``query(t)`` as a plain tuple ``(offset, bound, status, source, as_of, void_after)``.
 
-    def query(self, t: float) -> TimeAnswer:
-        """Best estimate for system time ``t`` (now, or ahead of the last measurement)."""
+        The serving hot path (``now`` thousands of times a second) uses this directly: building
+        a ``TimeAnswer`` costs more than the arithmetic itself.
+        """
         fit = self.fit
         if fit is None:
-            return self._unsynchronized(t)
-        void_after = fit.t_last + self.void_after_s
+            return 0.0, self.unsync_bound, Status.UNSYNCHRONIZED, "system", 0.0, 0.0
+        t_last = fit.t_last
+        void_after = t_last + self.void_after_s
         if t > void_after:
-            return self._unsynchronized(t)
-        age = t - fit.t_last
-        if self.restored or age > self.stale_after:
+            return 0.0, self.unsync_bound, Status.UNSYNCHRONIZED, "system", 0.0, 0.0
+        if self.restored or t - t_last > self.stale_after:
             status = Status.FREERUNNING
         else:
             status = Status.SYNCHRONIZED
-        bound = self._bound(fit, t, fit.t_last)
-        return TimeAnswer(t, fit.predict(t), bound, status, self.source, fit.t_last, void_after)
+        return (fit.predict(t), self._bound(fit, t, t_last), status, self.source, t_last,
+                void_after)
+
+    def query(self, t: float) -> TimeAnswer:
+        """Best estimate for system time ``t`` (now, or ahead of the last measurement)."""
+        return TimeAnswer(t, *self.answer(t))
 
     def future(self, now: float, seconds_ahead: float) -> TimeAnswer:
         """The answer for ``now + seconds_ahead`` as it can be promised at ``now``."""
@@ -121,21 +127,43 @@ class ClockState:
         """Retrospective estimate for a past system time, using measurements on both sides.
 
         Fits the history around ``t`` (measurements that arrived after it included), so the
-        answer is at least as good as what ``query`` would have said at that moment.
+        answer is at least as good as what ``query`` would have said at that moment. The fit
+        never straddles a clock step: a ``t`` between the last measurement before a step and
+        the first after it gets an answer whose bound covers both sides (which side ``t`` is
+        on cannot be known).
         """
         hist = self.history
         if not hist or self.fit is None:
             return self.query(t)
         times = [m.t for m in hist]
-        i = bisect.bisect_left(times, t)
-        window = max(8, min(32, len(hist)))
-        lo = max(0, i - window // 2)
-        hi = min(len(hist), lo + window)
-        lo = max(0, hi - window)
+        k = bisect.bisect_right(self.steps, t)
+        lo = bisect.bisect_left(times, self.steps[k - 1]) if k else 0
+        hi = bisect.bisect_left(times, self.steps[k]) if k < len(self.steps) else len(hist)
+        if lo >= hi:
+            return self.query(t)
+        ans = self._at_segment(t, hist, times, lo, hi)
+        if ans is not None and hi < len(hist) and t > times[hi - 1]:
+            after = self._at_segment(t, hist, times, hi, len(hist))
+            if after is not None:  # in the gap where the step happened: cover both sides
+                low = min(ans.offset - ans.bound, after.offset - after.bound)
+                high = max(ans.offset + ans.bound, after.offset + after.bound)
+                return TimeAnswer(t, (low + high) / 2, (high - low) / 2, ans.status,
+                                  ans.source, ans.as_of, ans.void_after)
+        return ans if ans is not None else self.query(t)
+
+    def _at_segment(self, t: float, hist: tuple[Measurement, ...], times: list[float],
+                    seg_lo: int, seg_hi: int) -> TimeAnswer | None:
+        """Local fit over the measurements ``hist[seg_lo:seg_hi]`` nearest to ``t``."""
+        assert self.fit is not None
+        i = bisect.bisect_left(times, t, seg_lo, seg_hi)
+        window = max(8, min(32, seg_hi - seg_lo))
+        lo = max(seg_lo, i - window // 2)
+        hi = min(seg_hi, lo + window)
+        lo = max(seg_lo, hi - window)
         local = fit_line(hist[lo:hi], self.fit_config, prior_freq=self.fit.freq)
         if local is None:
-            return self.query(t)
-        nearest = min(abs(t - times[j]) for j in range(max(0, i - 1), min(len(times), i + 1)))
+            return None
+        nearest = min(abs(t - times[j]) for j in range(max(lo, i - 1), min(hi, i + 1)))
         bound = local.systematic + self.confidence_k * local.stddev(t) + self.max_drift * nearest
         status = Status.SYNCHRONIZED if nearest <= self.stale_after else Status.FREERUNNING
         return TimeAnswer(t, local.predict(t), bound, status, self.source, local.t_last,

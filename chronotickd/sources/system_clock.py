@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 from chronotickd.core.state import KERNEL_UNSYNC_MAXERROR_S
@@ -29,12 +30,18 @@ class _Timex(ctypes.Structure):
     ]
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """Loaded once: ``find_library`` runs ``ldconfig -p`` in a subprocess on every call."""
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
 def kernel_maxerror() -> tuple[float, bool]:
     """(maxerror in seconds, kernel says synchronized). Read-only: modes = 0 changes nothing."""
     if not sys.platform.startswith("linux"):
         return KERNEL_UNSYNC_MAXERROR_S, False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = _libc()
         tx = _Timex()
         tx.modes = 0
         if libc.adjtimex(ctypes.byref(tx)) < 0:

@@ -79,15 +79,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"daemon socket (default: $CHRONOTICK_SOCKET or {default_socket_path()})")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the daemon")
+    # the same options after the command (`chronotick-cli now --json`); SUPPRESS keeps a
+    # value given before the command from being overwritten by the subparser's default
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--socket", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print JSON for scripts")
+    common.add_argument("--timeout", type=float, default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("now", help="corrected time with its bound")
-    sub.add_parser("status", help="daemon health")
-    sub.add_parser("sources", help="time sources and which one is selected")
-    f = sub.add_parser("future", help="bound projected SECONDS ahead")
+    sub.add_parser("now", parents=[common], help="corrected time with its bound")
+    sub.add_parser("status", parents=[common], help="daemon health")
+    sub.add_parser("sources", parents=[common], help="time sources and which one is selected")
+    f = sub.add_parser("future", parents=[common], help="bound projected SECONDS ahead")
     f.add_argument("seconds", type=float)
-    a = sub.add_parser("at", help="retrospective estimate for a past system time (ns)")
+    a = sub.add_parser("at", parents=[common],
+                       help="retrospective estimate for a past system time (ns)")
     a.add_argument("system_time_ns", type=int)
-    w = sub.add_parser("watch", help="print `now` repeatedly")
+    w = sub.add_parser("watch", parents=[common], help="print `now` repeatedly")
     w.add_argument("--interval", type=float, default=1.0)
     w.add_argument("--count", type=int, default=0, help="stop after N lines (0: forever)")
     for sp in sub.choices.values():  # `now --json` works as well as `--json now`

@@ -1,0 +1,328 @@
+"""The pure engine on synthetic measurements, time passed in: tracking, robustness, status,
+persistence, retrospective answers and source selection."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from chronotickd.core.engine import Engine, EngineConfig
+from chronotickd.core.measurement import Measurement, Status
+from chronotickd.core.state import KERNEL_UNSYNC_MAXERROR_S
+
+T0 = 1_700_000_000.0
+GAP = 2.0
+
+
+def linear(offset0: float, freq: float) -> Callable[[float], float]:
+    return lambda t: offset0 + freq * (t - T0)
+
+
+def samples(truth: Callable[[float], float], n: int, *, noise: float = 0.0, seed: int = 1,
+            start: int = 0, delay: float = 0.0004, source: str = "ntp:a", kind: str = "ntp",
+            gap: float = GAP) -> Iterator[Measurement]:
+    """NTP-like measurements: Gaussian offset noise, delay with a small queueing tail."""
+    rng = random.Random(seed)
+    for i in range(start, start + n):
+        t = T0 + i * gap
+        d = delay + abs(rng.gauss(0.0, delay / 8))
+        yield Measurement(t, truth(t) + rng.gauss(0.0, noise), d, d / 2, source, kind)
+
+
+def feed(engine: Engine, ms: Iterator[Measurement]) -> list[str]:
+    return [engine.add(m) for m in ms]
+
+
+# -- tracking ---------------------------------------------------------------------------------
+def test_pure_linear_drift_is_tracked() -> None:
+    truth = linear(0.0035, 12e-6)
+    e = Engine()
+    feed(e, samples(truth, 40))
+    t = T0 + 40 * GAP
+    ans = e.snapshot(t).query(t)
+    assert ans.status is Status.SYNCHRONIZED
+    assert abs(ans.offset - truth(t)) < 1e-6
+    assert e.tracks["ntp:a"].fit.freq == pytest.approx(12e-6, abs=1e-8)
+    # the bound is honest but not absurd: about half the round trip
+    assert abs(ans.offset - truth(t)) <= ans.bound < 1e-3
+
+
+def test_noise_is_averaged_and_spikes_rejected() -> None:
+    truth = linear(-0.001, -8e-6)
+    e = Engine()
+    verdicts = []
+    spikes = 0
+    for i, m in enumerate(samples(truth, 200, noise=50e-6, seed=3)):
+        if i % 23 == 11:  # an isolated 20 ms spike (one queued reply)
+            m = Measurement(m.t, m.offset + 0.020, m.delay, m.bound, m.source, m.kind)
+            spikes += 1
+        verdicts.append(e.add(m))
+    assert verdicts.count("outlier") == spikes
+    assert "step" not in verdicts
+    t = T0 + 200 * GAP
+    ans = e.snapshot(t).query(t)
+    assert abs(ans.offset - truth(t)) < 30e-6  # better than one sample's noise
+    assert abs(ans.offset - truth(t)) <= ans.bound
+
+
+def test_clock_step_is_detected_and_reconverges() -> None:
+    before = linear(0.001, 5e-6)
+
+    def after(t: float) -> float:
+        return before(t) - 0.050  # someone stepped the clock by 50 ms
+
+    e = Engine()
+    feed(e, samples(before, 60, noise=20e-6))
+    verdicts = feed(e, samples(after, 20, noise=20e-6, start=60, seed=9))
+    assert "step" in verdicts
+    assert verdicts.index("step") < e.cfg.step_confirm  # confirmed by the first few
+    assert e.tracks["ntp:a"].steps == 1
+    t = T0 + 80 * GAP
+    ans = e.snapshot(t).query(t)
+    assert ans.status is Status.SYNCHRONIZED
+    assert abs(ans.offset - after(t)) <= ans.bound
+    assert abs(ans.offset - after(t)) < 100e-6
+
+
+def test_bound_covers_truth_over_a_noisy_run() -> None:
+    """Coverage: at query times between measurements the bound contains the true offset."""
+    truth = linear(0.002, 20e-6)
+    e = Engine()
+    queries = misses = 0
+    for i, m in enumerate(samples(truth, 400, noise=60e-6, seed=11, delay=0.0008)):
+        e.add(m)
+        if i < e.cfg.min_samples:
+            continue
+        state = e.snapshot(m.t + 0.1)
+        for dt in (0.3, 1.0, 1.9):
+            ans = state.query(m.t + dt)
+            queries += 1
+            misses += abs(ans.offset - truth(m.t + dt)) > ans.bound
+    assert queries > 1000
+    assert misses / queries <= 0.01
+
+
+# -- status over time --------------------------------------------------------------------------
+def test_status_unsynchronized_until_min_samples() -> None:
+    truth = linear(0.001, 0.0)
+    e = Engine()
+    t = T0
+    state = e.snapshot(t)
+    ans = state.query(t)
+    assert ans.status is Status.UNSYNCHRONIZED and ans.source == "system"
+    assert ans.bound == KERNEL_UNSYNC_MAXERROR_S and ans.offset == 0.0
+    ms = list(samples(truth, e.cfg.min_samples))
+    for m in ms[:-1]:
+        e.add(m)
+        assert e.snapshot(m.t).query(m.t).status is Status.UNSYNCHRONIZED
+    e.add(ms[-1])
+    ans = e.snapshot(ms[-1].t).query(ms[-1].t)
+    assert ans.status is Status.SYNCHRONIZED and ans.source == "ntp"
+
+
+def test_unsync_bound_comes_from_caller() -> None:
+    ans = Engine().snapshot(T0, unsync_bound=0.25).query(T0)
+    assert ans.status is Status.UNSYNCHRONIZED and ans.bound == 0.25
+
+
+def test_freerunning_after_stale_and_unsynchronized_after_void() -> None:
+    cfg = EngineConfig(stale_after_s=30.0, void_after_s=600.0)
+    e = Engine(cfg)
+    feed(e, samples(linear(0.001, 3e-6), 20))
+    last = T0 + 19 * GAP
+    assert e.snapshot(last + 29).query(last + 29).status is Status.SYNCHRONIZED
+    state = e.snapshot(last + 31)
+    b1 = state.query(last + 31)
+    assert b1.status is Status.FREERUNNING and b1.source == "ntp"
+    b2 = state.query(last + 300)
+    assert b2.status is Status.FREERUNNING and b2.bound > b1.bound
+    # the bound grows at least at max_drift
+    assert b2.bound - b1.bound >= cfg.max_drift_ppm * 1e-6 * (300 - 31) * 0.999
+    gone = e.snapshot(last + 601).query(last + 601)
+    assert gone.status is Status.UNSYNCHRONIZED and gone.source == "system"
+
+
+def test_stale_after_scales_with_poll_interval() -> None:
+    """With 64 s polls a 100 s gap is not staleness (at least 4 poll intervals)."""
+    e = Engine(EngineConfig(stale_after_s=64.0))
+    feed(e, samples(linear(0.0, 1e-6), 10, gap=64.0))
+    last = T0 + 9 * 64.0
+    assert e.snapshot(last + 100).query(last + 100).status is Status.SYNCHRONIZED
+    assert e.snapshot(last + 300).query(last + 300).status is Status.FREERUNNING
+
+
+# -- persistence -----------------------------------------------------------------------------
+def test_export_restore_serves_freerunning_with_growing_bound() -> None:
+    truth = linear(0.004, 15e-6)
+    old = Engine()
+    feed(old, samples(truth, 60, noise=10e-6))
+    saved_at = T0 + 60 * GAP
+    saved = old.export_state(saved_at)
+    assert saved is not None and saved["freq"] == pytest.approx(15e-6, abs=1e-7)
+
+    new = Engine()
+    new.restore_state(saved)
+    restart = saved_at + 30
+    state = new.snapshot(restart)
+    a1 = state.query(restart)
+    a2 = state.query(restart + 100)
+    assert a1.status is Status.FREERUNNING and a1.source == "restored"
+    assert abs(a1.offset - truth(restart)) <= a1.bound
+    assert a2.bound > a1.bound
+    assert a2.bound - a1.bound == pytest.approx(new.cfg.restore_drift_ppm * 1e-6 * 100, rel=0.05)
+    # a restored estimate is never re-exported as if it were measured
+    assert new.export_state(restart) is None
+    # fresh samples take over: synchronized again, and the prior frequency seeds the new track
+    feed(new, samples(truth, new.cfg.min_samples, start=80))
+    assert new.tracks["ntp:a"].prior_freq == pytest.approx(saved["freq"])
+    t = T0 + 80 * GAP + (new.cfg.min_samples - 1) * GAP
+    ans = new.snapshot(t).query(t)
+    assert ans.status is Status.SYNCHRONIZED and ans.source == "ntp"
+    assert abs(ans.offset - truth(t)) <= ans.bound
+
+
+def test_restart_never_narrows_the_bound_of_a_stale_estimate() -> None:
+    """Saved long after the last sample (NTP lost), restored: the bound must not shrink."""
+    truth = linear(0.004, 15e-6)
+    old = Engine()
+    feed(old, samples(truth, 60, noise=20e-6))
+    last = T0 + 59 * GAP
+    saved_at = last + 1800  # persisted every minute while no sample came for 30 min
+    saved = old.export_state(saved_at)
+    assert saved is not None
+    new = Engine()
+    new.restore_state(saved)
+    for t in (saved_at + 1, saved_at + 60, saved_at + 1000):
+        before = old.snapshot(t).query(t)
+        after = new.snapshot(t).query(t)
+        assert after.bound >= before.bound
+        assert abs(after.offset - truth(t)) <= after.bound
+        assert after.void_after == pytest.approx(before.void_after)
+
+
+def test_export_without_estimate_is_none() -> None:
+    assert Engine().export_state(T0) is None
+
+
+# -- retrospective ----------------------------------------------------------------------------
+def test_at_uses_later_measurements() -> None:
+    truth = linear(0.001, 10e-6)
+    e = Engine()
+    ms = list(samples(truth, 100, noise=40e-6, seed=5))
+    feed(e, iter(ms[:50]))
+    t_past = ms[49].t + 1.0  # between measurement 49 and 50
+    then = e.snapshot(t_past).query(t_past)
+    feed(e, iter(ms[50:]))
+    late = e.snapshot(ms[-1].t)
+    ans = late.at(t_past)
+    assert ans.system_time == t_past
+    assert ans.status is Status.SYNCHRONIZED
+    assert abs(ans.offset - truth(t_past)) <= ans.bound
+    assert ans.as_of > t_past  # measurements after the instant were used
+    assert ans.bound <= then.bound
+
+
+def test_at_before_a_step_uses_the_old_offset() -> None:
+    before = linear(0.001, 0.0)
+    e = Engine()
+    feed(e, samples(before, 60, noise=10e-6))
+    feed(e, samples(lambda t: before(t) + 0.030, 30, noise=10e-6, start=60))
+    t_before = T0 + 55 * GAP + 1.0
+    ans = e.snapshot(T0 + 90 * GAP).at(t_before)
+    assert abs(ans.offset - before(t_before)) <= ans.bound
+
+
+def test_at_inside_the_step_gap_covers_both_sides() -> None:
+    """Between the last sample before a step and the first after it, either may be true."""
+    before = linear(0.001, 0.0)
+    e = Engine()
+    feed(e, samples(before, 60, noise=10e-6))
+    feed(e, samples(lambda t: before(t) + 0.030, 30, noise=10e-6, start=60))
+    t_gap = T0 + 59 * GAP + 1.0
+    ans = e.snapshot(T0 + 90 * GAP).at(t_gap)
+    assert ans.offset - ans.bound <= before(t_gap) <= ans.offset + ans.bound
+    assert ans.offset - ans.bound <= before(t_gap) + 0.030 <= ans.offset + ans.bound
+    after = e.snapshot(T0 + 90 * GAP).at(T0 + 61 * GAP)
+    assert abs(after.offset - (before(0) + 0.030)) <= after.bound < 1e-3
+
+
+def test_spike_before_a_step_is_not_kept() -> None:
+    before = linear(0.0, 0.0)
+    e = Engine()
+    feed(e, samples(before, 30))
+    spike = Measurement(T0 + 30 * GAP, 0.020, 0.0004, 0.0002, "ntp:a")
+    assert e.add(spike) == "outlier"
+    verdicts = feed(e, samples(lambda t: -0.050, 3, start=31))
+    assert verdicts[-1] == "step"
+    assert all(m.offset == pytest.approx(-0.050) for m in e.tracks["ntp:a"].samples)
+
+
+def test_at_without_history_falls_back_to_query() -> None:
+    state = Engine().snapshot(T0)
+    assert state.at(T0 - 5).status is Status.UNSYNCHRONIZED
+
+
+def test_future_bound_grows() -> None:
+    e = Engine()
+    feed(e, samples(linear(0.0, 2e-6), 30, noise=10e-6))
+    now = T0 + 30 * GAP
+    state = e.snapshot(now)
+    a0 = state.query(now)
+    a10 = state.future(now, 10.0)
+    assert a10.system_time == now + 10.0
+    assert a10.bound > a0.bound
+
+
+# -- selection --------------------------------------------------------------------------------
+def test_selection_prefers_tighter_source_with_hysteresis() -> None:
+    e = Engine()
+    wide = samples(linear(0.001, 0.0), 200, delay=0.002, source="ntp:wide", seed=1)
+    similar = samples(linear(0.001, 0.0), 200, delay=0.0016, source="ptp:similar",
+                      kind="ptp", seed=2)
+    # the wide one alone first: it is selected
+    for _ in range(5):
+        e.add(next(wide))
+    now = T0 + 5 * GAP
+    assert e.snapshot(now).source == "ntp" and e.selected == "ntp:wide"
+    # a source only ~1.25x tighter does not take over (switch_ratio 1.5)
+    for _ in range(40):
+        e.add(next(wide))
+        e.add(next(similar))
+        e.snapshot(T0 + 0.5)
+    now = T0 + 60 * GAP
+    assert e.selected == "ntp:wide"
+    # a much tighter source does
+    tight = samples(linear(0.001, 0.0), 10, delay=0.0001, source="ptp:tight", kind="ptp",
+                    start=45, seed=3)
+    feed(e, tight)
+    state = e.snapshot(T0 + 55 * GAP)
+    assert e.selected == "ptp:tight" and state.source == "ptp"
+    rows = {r.name: r for r in state.tracks}
+    assert rows["ptp:tight"].selected and rows["ptp:tight"].reason == "selected"
+    # not selected: standby, or already past the selection-silence rule (3 poll gaps)
+    assert rows["ntp:wide"].reason in ("standby", "silent (failover)")
+    assert not rows["ntp:wide"].selected
+    del now
+
+
+def test_selection_falls_back_when_selected_goes_stale() -> None:
+    cfg = EngineConfig(stale_after_s=20.0)
+    e = Engine(cfg)
+    feed(e, samples(linear(0.0, 0.0), 10, delay=0.0001, source="ptp:tight", kind="ptp"))
+    feed(e, samples(linear(0.0, 0.0), 40, delay=0.002, source="ntp:wide"))
+    e.snapshot(T0 + 9 * GAP)
+    state = e.snapshot(T0 + 39 * GAP)  # ptp stopped at T0+18, ntp is fresh
+    assert e.selected == "ntp:wide" and state.source == "ntp"
+    assert state.query(T0 + 39 * GAP).status is Status.SYNCHRONIZED
+    rows = {r.name: r for r in state.tracks}
+    assert rows["ptp:tight"].reason == "stale"
+
+
+def test_collecting_track_reports_progress() -> None:
+    e = Engine()
+    e.add(next(samples(linear(0.0, 0.0), 1)))
+    (row,) = e.snapshot(T0).tracks
+    assert not row.usable and row.reason.startswith("collecting (1/")
+    assert row.bound_now is None

@@ -1,0 +1,96 @@
+"""Core answers → wire results: integer ns, bounds rounded up, and the hand-packed `now` reply
+decoding to exactly what the generic path gives."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import msgpack
+import pytest
+
+from chronotickd.core.engine import Engine
+from chronotickd.core.measurement import Measurement, Status
+from chronotickd.core.state import TimeAnswer
+from chronotickd.handlers import Handlers
+from chronotickd.publish import Publisher
+from chronotickd.wire import answer_to_wire, now_reply_frame, ns_up, values_to_wire
+
+NS = 1_795_532_106_709_260_647
+
+
+def test_bound_rounds_up_and_offset_to_nearest() -> None:
+    ans = TimeAnswer(NS / 1e9, 1.4e-9, 1.0001e-6, Status.SYNCHRONIZED, "ntp", NS / 1e9 - 1, 9e9)
+    w = answer_to_wire(ans, NS)
+    assert w["offset_ns"] == 1 and w["bound_ns"] == 1001
+    assert w["corrected_time_ns"] == NS + 1
+    assert w["earliest_ns"] == NS + 1 - 1001 and w["latest_ns"] == NS + 1 + 1001
+    assert w["status"] == "synchronized" and type(w["status"]) is str
+    assert w["age_ns"] == NS - round((NS / 1e9 - 1) * 1e9)
+
+
+def test_never_measured_has_no_age() -> None:
+    w = values_to_wire(NS, 0.0, 16.0, Status.UNSYNCHRONIZED, "system", 0.0, 0.0)
+    assert w["as_of_ns"] == 0 and w["age_ns"] is None and w["void_after_ns"] == 0
+    assert w["bound_ns"] == 16_000_000_000
+
+
+@pytest.mark.parametrize("seconds", [math.inf, math.nan, 1e300])
+def test_absurd_bounds_saturate(seconds: float) -> None:
+    assert ns_up(seconds) == 2**62
+    assert values_to_wire(NS, 0.0, seconds, Status.FREERUNNING, "x", 1.0, 2.0)["bound_ns"] == 2**62
+
+
+CASES: list[tuple[Any, ...]] = [
+    (7, NS, 2.5e-5, 6.8e-5, Status.SYNCHRONIZED, "ntp", NS / 1e9 - 0.2, NS / 1e9 + 3600),
+    (0, NS, 0.0, 16.0, Status.UNSYNCHRONIZED, "system", 0.0, 0.0),
+    (-5, NS, -0.3, math.inf, Status.FREERUNNING, "restored", NS / 1e9 - 30, NS / 1e9 + 3600),
+    (2**63 - 1, 5, -1e-9, 1e-9, Status.SYNCHRONIZED, "ptp", 1.0, 2.0),
+    (2**64 - 1, NS, 1e-3, 2e-3, Status.SYNCHRONIZED, "ptp", NS / 1e9 + 5, NS / 1e9 + 9),
+    (-(2**63), NS, 1e-3, math.nan, Status.FREERUNNING, "model:chronos", NS / 1e9, 0.0),
+]
+
+
+@pytest.mark.parametrize("args", CASES)
+def test_hand_packed_now_matches_generic(args: tuple[Any, ...]) -> None:
+    req_id, *rest = args
+    frame = now_reply_frame(req_id, *rest)
+    assert int.from_bytes(frame[:4], "big") == len(frame) - 4
+    got = msgpack.unpackb(frame[4:])
+    want = {"v": 1, "id": req_id, "ok": True, "result": values_to_wire(*rest)}
+    assert got == want
+    assert list(got) == list(want) and list(got["result"]) == list(want["result"])
+
+
+def _handlers() -> Handlers:
+    e = Engine()
+    t0 = NS / 1e9 - 100
+    for i in range(20):
+        e.add(Measurement(t0 + 5 * i, 1e-4 + 2e-6 * i, 4e-4, 2e-4))
+    return Handlers(Publisher(e.snapshot(NS / 1e9)), clock_ns=lambda: NS)
+
+
+@pytest.mark.parametrize("req", [
+    {"v": 1, "id": 1, "op": "now"},
+    {"v": 1, "id": "s", "op": "now"},
+    {"v": 1, "id": True, "op": "now"},
+    {"v": 1, "id": [1], "op": "now"},
+    {"v": 1, "op": "now"},
+    {"v": 2, "id": 1, "op": "now"},
+    {"v": 1, "id": 1, "op": "status"},
+    {"v": 1, "id": 1, "op": "future", "seconds": 3},
+    {"v": 1, "id": 1, "op": "nope"},
+])
+def test_reply_frame_is_handle_encoded(req: dict[str, Any]) -> None:
+    h = _handlers()
+    frame = h.reply_frame(req)
+    assert int.from_bytes(frame[:4], "big") == len(frame) - 4
+    assert msgpack.unpackb(frame[4:]) == msgpack.unpackb(msgpack.packb(h.handle(req)))
+
+
+def test_now_handler_is_the_published_state_at_clock_time() -> None:
+    h = _handlers()
+    r = h.handle({"v": 1, "id": 1, "op": "now"})["result"]
+    ans = h.publisher.current.clock.query(NS / 1e9)
+    assert r == answer_to_wire(ans, NS)
+    assert r["status"] == "synchronized" and r["age_ns"] == pytest.approx(5e9, abs=1e3)
