@@ -11,7 +11,11 @@ import argparse
 import sys
 from typing import Any
 
-from mcp.server.mcpserver import MCPServer
+try:
+    from mcp.server.mcpserver import MCPServer
+except ImportError as exc:  # the SDK is an extra: say which one
+    raise SystemExit(f"chronotick-mcp needs the MCP Python SDK 2.x ({exc}); install it with "
+                     "`pip install 'chronotick[mcp]'` or `pip install 'mcp>=2,<3'`") from None
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, CallToolResult, InputRequiredResult, ToolAnnotations
