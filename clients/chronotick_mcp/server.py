@@ -8,6 +8,7 @@ MCP client can spawn it quickly.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Any
 
@@ -175,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.timeout <= 0:
         print("chronotick-mcp: --timeout must be > 0", file=sys.stderr)
         return 2
+    # One plain line per event on stderr (stdout is the protocol); set up before the SDK,
+    # whose own setup would otherwise install a wrapped, multi-line rich handler.
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="chronotick-mcp: %(levelname)s %(message)s")
     client = Client(args.socket, timeout=args.timeout)
     try:
         build_server(client, log_level=args.log_level).run("stdio")
