@@ -8,8 +8,10 @@ MCP client can spawn it quickly.
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 try:
@@ -101,10 +103,16 @@ def build_server(client: Client, log_level: str = "WARNING") -> ChronoTickServer
     server = ChronoTickServer("chronotick", title="ChronoTick", version=_version(),
                               instructions=INSTRUCTIONS, log_level=log_level)  # type: ignore[arg-type]
 
-    def register(name: str, title: str) -> Any:
-        server.tool_names.add(name)
-        return server.tool(name=name, title=title, annotations=_annotations(title),
-                           structured_output=True)
+    def register(name: str, title: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def add(fn: Callable[..., Any]) -> Callable[..., Any]:
+            # one paragraph, without the source's indentation, is what a model reads
+            text = " ".join(inspect.cleandoc(fn.__doc__ or "").split())
+            server.add_tool(fn, name=name, title=title, description=text,
+                            annotations=_annotations(title), structured_output=True)
+            server.tool_names.add(name)
+            return fn
+
+        return add
 
     @register("get_time", "Corrected time with error bound")
     def get_time() -> TimeResult:
