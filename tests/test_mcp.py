@@ -50,10 +50,11 @@ def parse_iso_ns(text: str) -> int:
 @contextlib.asynccontextmanager
 async def mcp_session(socket_path: str | None, *, python_flags: tuple[str, ...] = (),
                       env: dict[str, str] | None = None, errlog: Any = None,
-                      ) -> AsyncIterator[ClientSession]:
+                      timeout_s: float = 10.0) -> AsyncIterator[ClientSession]:
     """A real MCP client session with a freshly spawned adapter (tools listed, so the client
     validates every structured result against the tool's outputSchema)."""
-    args = [*python_flags, "-m", "chronotick_mcp"]
+    # a generous daemon timeout: CI machines are shared, and a slow answer is not the point
+    args = [*python_flags, "-m", "chronotick_mcp", "--timeout", str(timeout_s)]
     if socket_path is not None:
         args += ["--socket", socket_path]
     params = StdioServerParameters(command=sys.executable, args=args, cwd=str(REPO),
@@ -78,7 +79,7 @@ async def call_ok(session: ClientSession, name: str, args: dict[str, Any] | None
                   ) -> dict[str, Any]:
     res = await session.call_tool(name, args or {})
     text = res.content[0].text if res.content else ""
-    assert not res.is_error, text
+    assert not res.is_error, (name, args, text)
     data = res.structured_content
     assert isinstance(data, dict)
     assert json.loads(text) == data  # the text block carries the same JSON for text-only clients
@@ -93,15 +94,15 @@ async def call_invalid(session: ClientSession, name: str, args: dict[str, Any]) 
 
 
 def check_time_fields(r: dict[str, Any]) -> None:
-    assert r["status"] in STATUSES
-    assert parse_iso_ns(r["corrected_time"]) == r["corrected_time_ns"]
-    assert parse_iso_ns(r["earliest"]) == r["earliest_ns"]
-    assert parse_iso_ns(r["latest"]) == r["latest_ns"]
-    assert r["corrected_time_ns"] == r["system_time_ns"] + r["offset_ns"]
-    assert r["earliest_ns"] == r["corrected_time_ns"] - r["bound_ns"]
-    assert r["latest_ns"] == r["corrected_time_ns"] + r["bound_ns"]
-    assert r["bound_ns"] > 0
-    assert r["summary"] and "\n" not in r["summary"]
+    assert r["status"] in STATUSES, r
+    assert parse_iso_ns(r["corrected_time"]) == r["corrected_time_ns"], r
+    assert parse_iso_ns(r["earliest"]) == r["earliest_ns"], r
+    assert parse_iso_ns(r["latest"]) == r["latest_ns"], r
+    assert r["corrected_time_ns"] == r["system_time_ns"] + r["offset_ns"], r
+    assert r["earliest_ns"] == r["corrected_time_ns"] - r["bound_ns"], r
+    assert r["latest_ns"] == r["corrected_time_ns"] + r["bound_ns"], r
+    assert r["bound_ns"] > 0, r
+    assert r["summary"] and "\n" not in r["summary"], r
 
 
 def wait_synchronized(sock: str, timeout: float = 20.0) -> None:
@@ -366,8 +367,8 @@ def test_daemon_down_then_up_then_down(chronyd: Any) -> None:
                            ("get_time_with_future_uncertainty", {"future_seconds": 1}),
                            ("correct_timestamp", {"system_time_ns": time.time_ns()})):
             res = await s.call_tool(name, args)
-            assert res.is_error, name
             text = res.content[0].text
+            assert res.is_error, (name, text)
             assert sock in text and "start the daemon" in text, text
             assert "chronotickd" in text
 
@@ -384,12 +385,12 @@ def test_daemon_down_then_up_then_down(chronyd: Any) -> None:
             r = await call_ok(s, "get_time")  # reconnects on the next call
             check_time_fields(r)
             pid = (await call_ok(s, "get_daemon_status"))["pid"]
-            assert pid == d.proc.pid
+            assert pid == d.proc.pid, d.log()
             kill_pid(d.proc)
             await expect_down(s)
         with daemon_process(workdir=work, ntp__servers=[chronyd.server]) as d2:
             # the adapter held a connection to the old daemon: it must reconnect by itself
-            assert (await call_ok(s, "get_daemon_status"))["pid"] == d2.proc.pid
+            assert (await call_ok(s, "get_daemon_status"))["pid"] == d2.proc.pid, d2.log()
         await s.send_ping()
 
     try:
