@@ -50,11 +50,12 @@ def parse_iso_ns(text: str) -> int:
 @contextlib.asynccontextmanager
 async def mcp_session(socket_path: str | None, *, python_flags: tuple[str, ...] = (),
                       env: dict[str, str] | None = None, errlog: Any = None,
-                      timeout_s: float = 10.0) -> AsyncIterator[ClientSession]:
+                      timeout_s: float = 10.0, extra_args: tuple[str, ...] = (),
+                      ) -> AsyncIterator[ClientSession]:
     """A real MCP client session with a freshly spawned adapter (tools listed, so the client
     validates every structured result against the tool's outputSchema)."""
     # a generous daemon timeout: CI machines are shared, and a slow answer is not the point
-    args = [*python_flags, "-m", "chronotick_mcp", "--timeout", str(timeout_s)]
+    args = [*python_flags, "-m", "chronotick_mcp", "--timeout", str(timeout_s), *extra_args]
     if socket_path is not None:
         args += ["--socket", socket_path]
     params = StdioServerParameters(command=sys.executable, args=args, cwd=str(REPO),
@@ -355,6 +356,16 @@ def test_no_numpy_or_torch_in_the_adapter(daemon: DaemonProc, tmp_path: Path) ->
     heavy = sorted({m for m in modules if m.split(".")[0] in {"numpy", "torch", "chronos",
                                                                "pandas", "chronotickd"}})
     assert heavy == []
+
+
+def test_argument_errors_as_results_when_asked(tmp_path: Path) -> None:
+    """--argument-errors result: the SEP-1303 style, a tool result with isError."""
+    async def body(s: ClientSession) -> None:
+        res = await s.call_tool("get_time_with_future_uncertainty", {"future_seconds": 0})
+        assert res.is_error and "future_seconds" in res.content[0].text
+        await call_invalid(s, "no_such_tool", {})  # unknown tools stay protocol errors
+
+    run_session(str(tmp_path / "none.sock"), body, extra_args=("--argument-errors", "result"))
 
 
 # -- daemon down, restarted, down again: the adapter reports and reconnects -------------------

@@ -68,14 +68,17 @@ def _describe(errors: list[Any], limit: int = 5) -> str:
 class ChronoTickServer(MCPServer):
     """MCPServer whose argument errors are JSON-RPC invalid-params errors (-32602).
 
-    The SDK reports arguments that fail the input schema as a tool result with isError; the
-    issue asks for protocol errors, which is also what the spec prescribes for unknown tools.
-    Failures of the daemon stay tool results with isError, so the agent reads them.
+    The SDK reports arguments that fail the input schema as a tool result with isError (spec
+    2025-11-25, SEP-1303: so a model can read it and retry); spec 2025-06-18 and this project's
+    issue want a protocol error. ``argument_errors`` picks: "protocol" (default) or "result".
+    Unknown tools are protocol errors either way; failures of the daemon are always tool
+    results with isError, so the agent reads them.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, argument_errors: str = "protocol", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.tool_names: set[str] = set()
+        self.argument_errors = argument_errors
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None
                         ) -> CallToolResult | InputRequiredResult:
@@ -86,7 +89,8 @@ class ChronoTickServer(MCPServer):
             return await super().call_tool(name, arguments, context)
         except ToolError as exc:
             cause = exc.__cause__
-            if isinstance(cause, ValidationError) and not isinstance(exc, UnexpectedToolError):
+            if (self.argument_errors == "protocol" and isinstance(cause, ValidationError)
+                    and not isinstance(exc, UnexpectedToolError)):
                 errors = cause.errors(include_url=False)
                 raise MCPError(
                     INVALID_PARAMS, f"invalid arguments for {name}: {_describe(errors)}",
@@ -97,11 +101,13 @@ class ChronoTickServer(MCPServer):
             raise
 
 
-def build_server(client: Client, log_level: str = "WARNING") -> ChronoTickServer:
+def build_server(client: Client, log_level: str = "WARNING",
+                 argument_errors: str = "protocol") -> ChronoTickServer:
     """The MCP server with its five tools, bound to one daemon client."""
     daemon = tools.DaemonGateway(client)
     server = ChronoTickServer("chronotick", title="ChronoTick", version=_version(),
-                              instructions=INSTRUCTIONS, log_level=log_level)  # type: ignore[arg-type]
+                              instructions=INSTRUCTIONS, log_level=log_level,  # type: ignore[arg-type]
+                              argument_errors=argument_errors)
 
     def register(name: str, title: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def add(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -173,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"daemon socket (default: $CHRONOTICK_SOCKET or {default_socket_path()})")
     p.add_argument("--timeout", type=float, default=2.0,
                    help="seconds to wait for the daemon per request (default 2)")
+    p.add_argument("--argument-errors", choices=["protocol", "result"], default="protocol",
+                   help="report arguments that fail the input schema as a JSON-RPC "
+                        "invalid-params error (protocol, default; spec 2025-06-18) or as a tool "
+                        "result with isError that the model reads (result; spec 2025-11-25)")
     p.add_argument("--log-level", default="WARNING",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="stderr log level (stdout carries the MCP protocol)")
@@ -190,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="chronotick-mcp: %(levelname)s %(message)s")
     client = Client(args.socket, timeout=args.timeout)
     try:
-        build_server(client, log_level=args.log_level).run("stdio")
+        build_server(client, log_level=args.log_level,
+                     argument_errors=args.argument_errors).run("stdio")
     except KeyboardInterrupt:
         return 130
     finally:
