@@ -30,7 +30,7 @@ from mcp_types import INVALID_PARAMS
 from support import PYTHONPATH, REPO, DaemonProc, daemon_process, kill_pid
 
 from chronotick_client import Client
-from chronotick_mcp import ordering
+from chronotick_mcp import ordering, tools
 from chronotick_mcp.models import Event
 
 TOOLS = {"get_time", "get_daemon_status", "get_time_with_future_uncertainty", "order_events",
@@ -163,6 +163,27 @@ def test_ordering_properties(spans: list[tuple[int, int]]) -> None:
             assert pos[a] < pos[b]
         if rel == "after":
             assert pos[b] < pos[a]
+
+
+def test_status_shaping_health_and_unknown_source_fields() -> None:
+    """Pure: health levels, and rows from newer sources (extra or odd fields) never break it."""
+    now = 10**18
+    src = {"sources": [{"name": "ptp:eth0", "kind": "ptp", "state": "ok", "usable": True,
+                        "port_state": "SLAVE", "age_ns": 5},
+                       {"name": "odd", "samples": "many"}], "selected": "ptp"}
+    cases = [("synchronized", 1.0, "ok"), ("synchronized", 0.5, "warming_up"),
+             ("freerunning", 1.0, "degraded"), ("unsynchronized", 0.2, "unsynchronized")]
+    for status, progress, health in cases:
+        d = tools.daemon_status({"status": status, "source": "ptp", "warmup_progress": progress,
+                                 "last_sync_ns": now - 10**9}, src, now_ns=now)
+        assert d.health == health
+        assert d.summary.startswith(f"{health}: {status} via ptp")
+        assert "1/2 sources usable" in d.summary and "last sync 1.000 s ago" in d.summary
+    ptp, odd = d.sources
+    assert ptp.model_dump()["port_state"] == "SLAVE" and ptp.age_ns == 5
+    assert odd.name == "odd" and "unparsed" in (odd.reason or "")
+    never = tools.daemon_status({"status": "unsynchronized", "source": "system"}, {})
+    assert never.last_sync is None and "never synced" in never.summary
 
 
 def test_console_script_declared() -> None:

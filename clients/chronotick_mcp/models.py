@@ -112,6 +112,7 @@ class SourceInfo(BaseModel):
     last_delay_ns: int | None = None
     bound_ns: int | None = None
     last_ns: int | None = None
+    age_ns: int | None = Field(None, description="Age of the source's newest sample, ns.")
 
 
 class DaemonStatus(BaseModel):

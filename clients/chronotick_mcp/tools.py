@@ -14,6 +14,7 @@ from typing import Any
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
+from pydantic import ValidationError
 
 from chronotick_client.cli import fmt_s, iso_ns
 from chronotick_client.client import Client, DaemonUnavailable, RequestFailed
@@ -131,10 +132,20 @@ def _health(status: str, progress: float | None) -> str:
     return "ok"
 
 
+def _source(row: dict[str, Any]) -> SourceInfo:
+    """One source row; a row whose known fields have unexpected types (a newer daemon) is
+    passed on as text in ``reason`` rather than failing the whole status."""
+    try:
+        return SourceInfo.model_validate(row)
+    except ValidationError:
+        log.warning("source row with unexpected field types: %r", row)
+        return SourceInfo(name=str(row.get("name")), reason=f"unparsed row: {row!r}"[:1000])
+
+
 def daemon_status(st: dict[str, Any], src: dict[str, Any], now_ns: int | None = None
                   ) -> DaemonStatus:
     now_ns = time.time_ns() if now_ns is None else now_ns
-    rows = [SourceInfo(**row) for row in src.get("sources", []) if row.get("name")]
+    rows = [_source(row) for row in src.get("sources", []) if row.get("name")]
     last = st.get("last_sync_ns")
     progress = st.get("warmup_progress")
     health = _health(str(st.get("status")), progress)
