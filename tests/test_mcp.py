@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -428,8 +429,6 @@ def test_daemon_down_then_up_then_down(chronyd: Any) -> None:
     try:
         run_session(sock, body)
     finally:
-        import shutil
-
         shutil.rmtree(work, ignore_errors=True)
 
 
