@@ -99,9 +99,6 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("watch", parents=[common], help="print `now` repeatedly")
     w.add_argument("--interval", type=float, default=1.0)
     w.add_argument("--count", type=int, default=0, help="stop after N lines (0: forever)")
-    for sp in sub.choices.values():  # `now --json` works as well as `--json now`
-        sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="print JSON for scripts")
     return p
 
 
