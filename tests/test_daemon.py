@@ -109,7 +109,9 @@ def test_sources(synced: DaemonProc, chronyd: Chronyd) -> None:
     assert row["name"] == f"ntp:{chronyd.server}"
     assert row["state"] == "ok" and row["selected"] and row["usable"]
     assert row["stratum"] == 1 and row["samples"] >= 3
-    assert abs(row["last_offset_ns"]) < 1_000_000 and row["last_delay_ns"] >= 0
+    # chronyd serves this very clock: the offset error is at most half the round trip
+    assert row["last_delay_ns"] >= 0
+    assert abs(row["last_offset_ns"]) <= row["last_delay_ns"] / 2 + 100_000
     assert r["selected"] == "ntp"
     text = cli("sources", socket_path=synced.socket).stdout
     assert f"* ntp:{chronyd.server}" in text and "selected: ntp" in text

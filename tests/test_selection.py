@@ -47,9 +47,9 @@ def test_hysteresis_keeps_current_source() -> None:
     assert e.snapshot(20.5).source == "ntp"
     feed(e, 0, 20, 1, PTP, "ptp", 8e-6)  # better, but not by switch_ratio
     assert e.snapshot(20.5).source == "ntp"
-    feed(e, 21, 30, 1, PTP, "ptp", 1e-6)
-    feed(e, 21, 30, 1, NTP, "ntp", 10e-6)
-    assert e.snapshot(30.5).source == "ptp"
+    feed(e, 21, 40, 1, PTP, "ptp", 1e-6)  # now far tighter
+    feed(e, 21, 40, 1, NTP, "ntp", 10e-6)
+    assert e.snapshot(40.5).source == "ptp"
 
 
 def test_silent_source_without_liveness_signal_fails_over_after_floor() -> None:

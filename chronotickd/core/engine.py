@@ -266,7 +266,7 @@ class Engine:
         fit = track.fit
         assert fit is not None
         age = max(0.0, now - fit.t_last)
-        return (fit.systematic + self.cfg.confidence_k * fit.stddev(now)
+        return (fit.systematic + self.cfg.confidence_k * fit.bound_stddev(now)
                 + self.cfg.max_drift_ppm * 1e-6 * age)
 
     # Order among equally good sources: the seed's hierarchy PTP > NTP > anything else.
@@ -393,8 +393,9 @@ class Engine:
             "t": t,
             "offset": fit.predict(t),
             "freq": fit.freq,
-            "offset_stddev": fit.stddev(t),
-            "freq_stddev": math.sqrt(fit.var_freq),
+            "offset_stddev": fit.bound_stddev(t),
+            "freq_stddev": math.sqrt(fit.var_freq if fit.serve_var_freq is None
+                                     else fit.serve_var_freq),
             "systematic": fit.systematic,
         }
 

@@ -38,9 +38,10 @@ class FitConfig:
     noise_floor_s: float = 20e-6  # weight floor: noise that excess delay does not explain
     huber_k: float = 1.5  # residuals beyond k·scale are down-weighted
     reject_k: float = 5.0  # residuals beyond k·scale get zero weight
-    min_samples_for_slope: int = 4  # below this the frequency comes from the prior
+    min_samples_for_slope: int = 4  # below this the frequency comes from a known prior
     runs_test_min: int = 8  # shortest window the runs test may shrink to
     prior_freq_sigma: float = 10e-6  # uncertainty of a prior frequency (10 ppm)
+    unknown_freq_sigma: float = 100e-6  # ... and of the frequency when no prior is known
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,9 @@ class LineFit:
     n: int
     t_first: float
     t_last: float
+    # variances the served bound uses (None: the fit's own); wider with few samples
+    serve_var_offset: float | None = None
+    serve_var_freq: float | None = None
 
     def predict(self, t: float) -> float:
         return self.offset_ref + self.freq * (t - self.t_ref)
@@ -70,6 +74,14 @@ class LineFit:
         """Standard error of ``predict(t)`` (grows quadratically away from ``t_ref``)."""
         dt = t - self.t_ref
         return math.sqrt(self.var_offset + self.var_freq * dt * dt)
+
+    def bound_stddev(self, t: float) -> float:
+        """``stddev(t)`` widened for what few samples cannot know (Student's t); the served
+        bound uses this, outlier tests the plain ``stddev``."""
+        vo = self.var_offset if self.serve_var_offset is None else self.serve_var_offset
+        vf = self.var_freq if self.serve_var_freq is None else self.serve_var_freq
+        dt = t - self.t_ref
+        return math.sqrt(vo + vf * dt * dt)
 
 
 def fast_median(a: np.ndarray) -> float:
@@ -126,6 +138,18 @@ def _theil_sen(t: np.ndarray, y: np.ndarray) -> float:
     return fast_median((y[j] - y[i])[ok] / dt[ok])
 
 
+def small_sample_inflation(dof: float, z: float = 3.0) -> float:
+    """(t_dof / z)²: how much a variance estimated from ``dof`` degrees of freedom must grow
+    for ``z`` standard errors to keep their Gaussian coverage (Cornish–Fisher expansion of
+    Student's t quantile; dof is floored at 1, where the expansion undershoots)."""
+    v = max(dof, 1.0)
+    g1 = (z**3 + z) / 4.0
+    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96.0
+    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384.0
+    t = z + g1 / v + g2 / v**2 + g3 / v**3
+    return (t / z) ** 2
+
+
 def _irls(
     t: np.ndarray,
     y: np.ndarray,
@@ -134,6 +158,8 @@ def _irls(
     prior_freq: float | None,
 ) -> tuple[float, float, float, float, np.ndarray, np.ndarray]:
     """Huber IRLS of y on t. Returns (t_ref, offset_ref, freq, scale, weights, residuals)."""
+    # with a known prior (restored drift, the pre-step fit) a slope needs a few samples;
+    # without one, any slope beats none (fit_arrays reports its uncertainty honestly)
     use_slope = len(t) >= cfg.min_samples_for_slope or prior_freq is None
     freq = prior_freq or 0.0
     if use_slope and len(t) >= 3:
@@ -227,6 +253,17 @@ def fit_arrays(
         var_freq = scale * scale / (max(n_eff, 1.0) * sxx)
     else:
         var_freq = cfg.prior_freq_sigma**2
+    # What the served bound uses. Few samples leave the scale itself uncertain: widen like
+    # Student's t. A slope fitted from 2–3 samples without a prior gets its own (inflated)
+    # error, never the prior's 10 ppm, which would claim knowledge nobody has.
+    fitted_slope = len(tt) < cfg.min_samples_for_slope and prior_freq is None
+    inflate = small_sample_inflation(n_eff - (2.0 if fitted_slope or len(tt) >= 4 else 1.0))
+    if fitted_slope:
+        data_var = scale * scale / (max(n_eff, 1.0) * sxx) if sxx > 0 else 0.0
+        serve_var_freq = (max(inflate * data_var, cfg.prior_freq_sigma**2) if len(tt) >= 3
+                          else cfg.unknown_freq_sigma**2)
+    else:
+        serve_var_freq = inflate * var_freq
     systematic = float((w * b[start:]).sum() / sw) if sw > 0 else float(b[-1])
     return LineFit(
         t_ref=t_ref,
@@ -239,4 +276,6 @@ def fit_arrays(
         n=len(tt),
         t_first=float(tt[0]),
         t_last=float(t[-1]),
+        serve_var_offset=inflate * var_offset,
+        serve_var_freq=serve_var_freq,
     )

@@ -93,7 +93,7 @@ class ClockState:
     # -- queries -------------------------------------------------------------------------
     def _bound(self, fit: LineFit, t: float, last: float) -> float:
         age = max(0.0, t - last)
-        return fit.systematic + self.confidence_k * fit.stddev(t) + self.max_drift * age
+        return fit.systematic + self.confidence_k * fit.bound_stddev(t) + self.max_drift * age
 
     def answer(self, t: float) -> tuple[float, float, Status, str, float, float]:
         """``query(t)`` as a plain tuple ``(offset, bound, status, source, as_of, void_after)``.
@@ -164,7 +164,8 @@ class ClockState:
         if local is None:
             return None
         nearest = min(abs(t - times[j]) for j in range(max(lo, i - 1), min(hi, i + 1)))
-        bound = local.systematic + self.confidence_k * local.stddev(t) + self.max_drift * nearest
+        bound = (local.systematic + self.confidence_k * local.bound_stddev(t)
+                 + self.max_drift * nearest)
         status = Status.SYNCHRONIZED if nearest <= self.stale_after else Status.FREERUNNING
         return TimeAnswer(t, local.predict(t), bound, status, self.source, local.t_last,
                           local.t_last + self.void_after_s)
