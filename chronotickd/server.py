@@ -1,8 +1,11 @@
 """The Unix-socket server: length-prefixed msgpack frames in, replies out.
 
 A connection is served in its own task; a bad frame gets a typed error reply and closes only
-that connection. Limits: frame size, concurrent connections, idle time and per-frame read
-time (a slow trickle cannot hold a connection slot forever).
+that connection. Limits: frame size, concurrent connections (one more gets ``busy`` and is
+closed), idle time between frames and per-frame time (once a frame has begun, all of it must
+arrive within ``frame_timeout_s``, so a slow trickle cannot hold a connection slot forever),
+and a write timeout (a client that never reads its replies is dropped, not buffered for).
+The peer's credentials (SO_PEERCRED) are read once per connection for admin requests.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 import os
 import socket
 import stat
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +31,12 @@ from chronotick_client.protocol import (
     encode,
     error_reply,
 )
-from chronotickd.handlers import Handlers
+from chronotickd.handlers import Handlers, Peer
 
 log = logging.getLogger("chronotickd.server")
+
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux ≥ 4.13
+_UCRED = struct.Struct("3i")
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,26 @@ class ServerLimits:
     max_connections: int = 256
     idle_timeout_s: float = 60.0
     frame_timeout_s: float = 5.0  # once a frame has begun, all of it must arrive this fast
+    write_timeout_s: float = 5.0  # a reply must be taken by the client this fast
+
+
+def peer_credentials(sock: socket.socket | None) -> Peer:
+    """pid/uid/gid and supplementary groups of the process at the other end of ``sock``.
+
+    Unknown (non-Unix socket, old kernel) yields uid -1: never privileged.
+    """
+    if sock is None or sock.family != socket.AF_UNIX:
+        return Peer(-1, -1, -1, ())
+    try:
+        pid, uid, gid = _UCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    except OSError:
+        return Peer(-1, -1, -1, ())
+    groups: tuple[int, ...] = ()
+    with contextlib.suppress(OSError):
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * 1024)
+        groups = struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4])
+    return Peer(pid, uid, gid, groups)
 
 
 def bind_unix_socket(path: str, mode: int) -> socket.socket:
@@ -71,15 +98,19 @@ def bind_unix_socket(path: str, mode: int) -> socket.socket:
 class SocketServer:
     def __init__(self, handlers: Handlers, limits: ServerLimits = ServerLimits()) -> None:
         self.handlers = handlers
-        self.limits = limits
+        self.limits = limits  # replaced whole by `reload`; each connection reads it per frame
         self.active = 0
         self.served = 0
         self.rejected = 0
+        self.bad_frames = 0
+        self.timeouts = 0
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self, sock: socket.socket) -> None:
+        # The stream limit is the largest accepted frame that can ever be configured, so a
+        # `reload` that raises max_frame_bytes needs no restart.
         self._server = await asyncio.start_unix_server(self._serve, sock=sock,
-                                                       limit=self.limits.max_frame_bytes + 8)
+                                                       limit=(1 << 20) + 8)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -88,8 +119,13 @@ class SocketServer:
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
 
     async def _reply(self, writer: asyncio.StreamWriter, message: dict) -> None:
-        writer.write(encode(message))
-        await writer.drain()
+        try:
+            frame = encode(message)
+        except ProtocolError:
+            # e.g. a huge string id echoed back: answer without echoing it
+            frame = encode(error_reply(None, E_TOO_LARGE, "reply would exceed the frame limit"))
+        writer.write(frame)
+        await asyncio.wait_for(writer.drain(), self.limits.write_timeout_s)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.active += 1
@@ -97,10 +133,14 @@ class SocketServer:
             if self.active > self.limits.max_connections:
                 self.rejected += 1
                 await self._reply(writer, error_reply(None, E_BUSY,
-                                  f"too many connections (limit {self.limits.max_connections})"))
+                                  f"too many connections (limit {self.limits.max_connections});"
+                                  " retry later"))
                 return
-            await self._loop(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            peer = peer_credentials(writer.get_extra_info("socket"))
+            await self._loop(reader, writer, peer)
+        except TimeoutError:
+            self.timeouts += 1
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         except Exception:
             log.exception("unexpected error serving a client; connection closed")
@@ -110,26 +150,31 @@ class SocketServer:
             self.active -= 1
             writer.close()
             with contextlib.suppress(Exception):
-                await writer.wait_closed()
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
 
-    async def _loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        lim = self.limits
+    async def _loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    peer: Peer) -> None:
         while True:
-            try:
-                header = await asyncio.wait_for(reader.readexactly(HEADER.size),
-                                                lim.idle_timeout_s)
+            lim = self.limits
+            try:  # idle: waiting for the first byte of the next frame
+                first = await asyncio.wait_for(reader.readexactly(1), lim.idle_timeout_s)
             except asyncio.IncompleteReadError:
                 return  # clean close between frames
-            (length,) = HEADER.unpack(header)
-            if length > lim.max_frame_bytes:
-                await self._reply(writer, error_reply(None, E_TOO_LARGE,
-                                  f"frame of {length} bytes over the {lim.max_frame_bytes} limit"))
-                return
-            body = await asyncio.wait_for(reader.readexactly(length), lim.frame_timeout_s)
+            # the rest of the frame (header included) must arrive within frame_timeout_s
+            async with asyncio.timeout(lim.frame_timeout_s):
+                (length,) = HEADER.unpack(first + await reader.readexactly(HEADER.size - 1))
+                if length > lim.max_frame_bytes:
+                    self.bad_frames += 1
+                    await self._reply(writer, error_reply(
+                        None, E_TOO_LARGE,
+                        f"frame of {length} bytes over the {lim.max_frame_bytes} limit"))
+                    return
+                body = await reader.readexactly(length)
             try:
                 req = decode_body(body)
             except ProtocolError as exc:
+                self.bad_frames += 1
                 await self._reply(writer, error_reply(None, exc.code or E_BAD_FRAME, exc.message))
                 return
             self.served += 1
-            await self._reply(writer, self.handlers.handle(req))
+            await self._reply(writer, self.handlers.handle(req, peer))
