@@ -148,9 +148,13 @@ class SocketServer:
                 await self._reply(writer, error_reply(None, E_INTERNAL, "internal error"))
         finally:
             self.active -= 1
+            # close() flushes pending replies first; a client that does not read would keep
+            # the socket open for ever, so give the flush a moment, then drop it.
             writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+            try:
+                await asyncio.wait_for(writer.wait_closed(), self.limits.write_timeout_s)
+            except Exception:
+                writer.transport.abort()
 
     async def _loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     peer: Peer) -> None:
