@@ -13,6 +13,7 @@ daemon's open fds before and after.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import socket
 import sys
@@ -52,10 +53,8 @@ def abrupt(path: str, data: bytes) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(2.0)
         s.connect(path)
-        try:
+        with contextlib.suppress(OSError):
             s.sendall(data)
-        except OSError:
-            pass
 
 
 def main() -> int:

@@ -61,9 +61,14 @@ def peer_credentials(sock: socket.socket | None) -> Peer:
     except OSError:
         return Peer(-1, -1, -1, ())
     groups: tuple[int, ...] = ()
-    with contextlib.suppress(OSError):
-        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * 1024)
+    try:  # Python caps the buffer at 1024 bytes: 256 groups
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 1024)
         groups = struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4])
+    except OSError:  # more groups or an old kernel: the peer's /proc entry
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("Groups:"):
+                    groups = tuple(int(g) for g in line.split()[1:])
     return Peer(pid, uid, gid, groups)
 
 
