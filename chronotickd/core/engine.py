@@ -15,7 +15,7 @@ import itertools
 import math
 import statistics
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from chronotickd.core.estimator import FitConfig, LineFit, fit_line
@@ -174,7 +174,7 @@ class Engine:
         )
         if chosen is not None and chosen.fit is not None:
             return ClockState(
-                fit=chosen.fit,
+                fit=self._cover_pending(chosen),
                 source=chosen.kind,
                 max_drift=self.cfg.max_drift_ppm * 1e-6,
                 stale_after=self._stale_after(chosen),
@@ -191,6 +191,21 @@ class Engine:
                 **common,
             )
         return ClockState(fit=None, source="system", max_drift=0.0, stale_after=0.0, **common)
+
+    @staticmethod
+    def _cover_pending(track: Track) -> LineFit:
+        """The fit, its systematic widened to cover unconfirmed outliers (issue 8).
+
+        Until ``step_confirm`` outliers agree, the engine cannot tell a spike from a step of
+        the clock; the served bound must hold under both, so it covers the pending samples'
+        intervals too. One accepted sample clears them.
+        """
+        fit = track.fit
+        assert fit is not None
+        if not track.pending:
+            return fit
+        worst = max(abs(p.offset - fit.predict(p.t)) + p.bound for p in track.pending)
+        return replace(fit, systematic=max(fit.systematic, worst))
 
     def _summary(self, track: Track, now: float, selected: bool) -> TrackSummary:
         last = track.last

@@ -35,6 +35,10 @@ class FitConfig:
     min_samples_for_slope: int = 4  # below this the frequency comes from the prior
     runs_test_min: int = 8  # shortest window the runs test may shrink to
     prior_freq_sigma: float = 10e-6  # uncertainty of a prior frequency (10 ppm)
+    # Uncertainty of the frequency when there is neither a prior nor enough samples for a
+    # slope: a crystal's tolerance (±100 ppm). A slope fitted through 2–3 close samples is
+    # noise, and claiming prior_freq_sigma for it let the bound miss the truth (issue 8).
+    unknown_freq_sigma: float = 100e-6
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +100,7 @@ def _irls(
 ) -> tuple[float, float, float, float, np.ndarray, np.ndarray]:
     """Huber IRLS of y on t. Returns (t_ref, offset_ref, freq, scale, weights, residuals)."""
     w = w0.copy()
-    use_slope = len(t) >= cfg.min_samples_for_slope or prior_freq is None
+    use_slope = len(t) >= cfg.min_samples_for_slope
     freq = prior_freq or 0.0
     scale = cfg.noise_floor_s
     for _ in range(4):
@@ -152,8 +156,10 @@ def fit_line(
     var_offset = scale * scale / max(n_eff, 1.0)
     if len(tt) >= cfg.min_samples_for_slope and sxx > 0:
         var_freq = scale * scale / (max(n_eff, 1.0) * sxx)
-    else:
+    elif prior_freq is not None:
         var_freq = cfg.prior_freq_sigma**2
+    else:
+        var_freq = cfg.unknown_freq_sigma**2
     systematic = float((w * b[start:]).sum() / sw) if sw > 0 else float(b[-1])
     return LineFit(
         t_ref=t_ref,
