@@ -43,6 +43,21 @@ E_CONFIG = "config_error"  # admin `reload` found the config file invalid; nothi
 # keys `reload` cannot apply to a running daemon (the old value stays in force)
 RESTART_KEYS = ("socket", "socket_mode", "state_dir")
 RESTART_PREFIXES = ("clock.",)
+STEP_DETECT_S = 0.001  # CLOCK_REALTIME − CLOCK_MONOTONIC moving more than this is a step
+
+
+def realtime_minus_monotonic() -> float:
+    """Both clocks are slewed alike, so their difference changes only when the system clock
+    is stepped. The smallest of three reads keeps a preemption between the calls out."""
+    best = None
+    for _ in range(3):
+        a = time.monotonic()
+        d = time.time() - a
+        width = time.monotonic() - a
+        if best is None or width < best[0]:
+            best = (width, d)
+    assert best is not None
+    return best[1]
 
 
 class Source(Protocol):
@@ -256,6 +271,17 @@ class Daemon:
             hook({**facts, "status": str(ans.status), "source": ans.source,
                   "bound_s": ans.bound})
 
+    def _check_clock_step(self) -> bool:
+        """Re-express the estimates when the system clock was stepped (engine thread)."""
+        d = realtime_minus_monotonic()
+        prev, self._rt_minus_mono = getattr(self, "_rt_minus_mono", d), d
+        if abs(d - prev) <= STEP_DETECT_S:
+            return False
+        self.engine.clock_stepped(d - prev)
+        log.warning("system clock stepped by %+.6f s (realtime vs monotonic); estimates moved "
+                    "onto the new time scale", d - prev)
+        return True
+
     def _engine_loop(self) -> None:
         next_publish = 0.0
         while not self._stop.is_set():
@@ -263,7 +289,7 @@ class Daemon:
                 m = self.measurements.get(timeout=PUBLISH_INTERVAL_S)
             except queue.Empty:
                 m = None
-            changed = False
+            changed = self._check_clock_step()
             while not self._engine_calls.empty():
                 self._engine_calls.get_nowait()()
                 changed = True

@@ -58,3 +58,46 @@ def test_no_step_keeps_tight_bound() -> None:
     assert eng.tracks["ntp:a"].steps == 0
     assert all(abs(true - a.offset) <= a.bound for _, true, a in answers)
     assert answers[-1][2].bound < 2e-3
+
+
+class SimClocks:
+    """Injected clocks of a simulated host: monotonic never jumps, realtime can be stepped."""
+
+    def __init__(self) -> None:
+        self.mono = 100.0
+        self.step = 0.0
+
+    def realtime(self, true_t: float) -> float:
+        return true_t + self.step
+
+
+def test_step_seen_through_injected_clocks_is_absorbed() -> None:
+    """The caller sees realtime − monotonic jump and tells the engine: no outliers, no
+    re-learning, the bound stays tight and honest at once."""
+    clocks = SimClocks()
+    rng = random.Random(3)
+    eng = Engine(EngineConfig(stale_after_s=8))
+    step = 0.5
+    last_diff = None
+    bad = []
+    for i in range(120):
+        true_t = 1_000.0 + i * POLL
+        if i == 60:
+            clocks.step = step
+        diff = clocks.realtime(true_t) - (clocks.mono + i * POLL)  # what the daemon reads
+        if last_diff is not None and abs(diff - last_diff) > 1e-3:
+            eng.clock_stepped(diff - last_diff)
+        last_diff = diff
+        system_t = clocks.realtime(true_t)
+        delay = 250e-6
+        noise = (rng.random() - 0.5) * 50e-6
+        eng.add(Measurement.from_ntp(system_t, -clocks.step + noise, delay, source="ntp:a"))
+        for q in (0.1, 0.9):
+            a = eng.snapshot(system_t + q).query(system_t + q)
+            if abs(-clocks.step - a.offset) > a.bound:
+                bad.append((i, a.offset, a.bound))
+            if i >= 60:
+                assert a.bound < 2e-3  # no widening: nothing looked like an outlier
+    assert not bad
+    track = eng.tracks["ntp:a"]
+    assert track.steps == 0 and track.outliers == 0

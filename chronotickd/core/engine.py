@@ -231,6 +231,30 @@ class Engine:
             reason=reason,
         )
 
+    # -- system clock steps ---------------------------------------------------------------
+    def clock_stepped(self, delta: float) -> None:
+        """The system clock jumped by ``delta`` seconds (seen by the caller, e.g. as a change
+        of CLOCK_REALTIME − CLOCK_MONOTONIC). Re-express everything on the new time scale:
+        an instant that read ``t`` now reads ``t + delta`` and its offset is ``delta`` less,
+        so the fits stay valid and no "step" has to be re-learned from measurements.
+        """
+
+        def move(m: Measurement) -> Measurement:
+            return replace(m, t=m.t + delta, offset=m.offset - delta)
+
+        def move_fit(f: LineFit) -> LineFit:
+            return replace(f, t_ref=f.t_ref + delta, offset_ref=f.offset_ref - delta,
+                           t_first=f.t_first + delta, t_last=f.t_last + delta)
+
+        for track in self.tracks.values():
+            track.samples = deque(map(move, track.samples), maxlen=track.samples.maxlen)
+            track.history = deque(map(move, track.history), maxlen=track.history.maxlen)
+            track.pending = [move(m) for m in track.pending]
+            track.last = move(track.last) if track.last else None
+            track.fit = move_fit(track.fit) if track.fit else None
+        if self.restored is not None:
+            self.restored = move_fit(self.restored)
+
     # -- persistence (the daemon writes/reads the file; this is just the data) ------------
     def export_state(self, now: float) -> dict[str, float] | None:
         """The estimate worth keeping across restarts (like chrony's driftfile), or None."""
