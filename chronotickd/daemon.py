@@ -124,6 +124,7 @@ class Daemon:
         self.handlers.admin_ops.update(reload=self.admin_reload, poll_now=self.admin_poll_now,
                                        reset=self.admin_reset)
         self._engine_calls: queue.Queue[Callable[[], None]] = queue.Queue()
+        self._ntp_restart_lock = threading.Lock()
         self.listen_sock = listen_sock
         self.sources: list[Source] = []
         self.on_ready: list[Callable[[], None]] = []  # e.g. sd_notify READY=1
@@ -209,13 +210,13 @@ class Daemon:
 
     def _restart_ntp(self) -> None:
         """Swap the NTP source for one built from the reloaded settings (off the event loop)."""
-        old = [s for s in self.sources if s.kind == "ntp"]
-        for source in old:
-            source.stop()
-        new = self.ntp_source(self.cfg)
-        self.sources = [s for s in self.sources if s.kind != "ntp"] + ([new] if new else [])
-        if new is not None:
-            new.start()
+        with self._ntp_restart_lock:  # two quick reloads must not interleave
+            for source in [s for s in self.sources if s.kind == "ntp"]:
+                source.stop()
+            new = self.ntp_source(self.cfg)
+            self.sources = [s for s in self.sources if s.kind != "ntp"] + ([new] if new else [])
+            if new is not None:
+                new.start()
 
     def admin_poll_now(self, req: dict[str, Any]) -> dict[str, Any]:
         polled = []

@@ -151,3 +151,25 @@ def test_socket_reachable_for_others(workdir: Path) -> None:
         assert out.returncode == 3 and "Permission denied" in out.stderr
 
 
+
+
+def test_reload_swaps_ntp_servers(workdir: Path) -> None:
+    """ntp.* applies live: the NTP source is rebuilt with the new server list."""
+    from ntp_responder import responder
+
+    with responder(0.0) as a, responder(0.0) as b, \
+            daemon_process(workdir, ntp__servers=[a.server], ntp__warmup_interval_s=0.5) as d, \
+            Client(d.socket) as c:
+        wait_until(lambda: a.requests >= 2)
+        cfg = yaml.safe_load(d.config.read_text())
+        cfg["ntp"]["servers"] = [b.server]
+        d.config.write_text(yaml.safe_dump(cfg))
+        assert c.call("reload")["applied"] == ["ntp.servers"]
+        wait_until(lambda: b.requests >= 2)
+        names = wait_until(lambda: (n := [s["name"] for s in c.sources()["sources"]
+                                          if s.get("kind") == "ntp" and "polls" in s])
+                           and n[0] == f"ntp:{b.server}" and n)
+        assert names == [f"ntp:{b.server}"]
+        before = a.requests
+        time.sleep(1.0)
+        assert a.requests == before  # the old source is stopped
