@@ -78,6 +78,10 @@ SCHEMA: dict[str, Key] = {
     "server.max_frame_bytes": Key("int", 65536, "largest request frame accepted", 64, 1 << 20),
     "server.max_connections": Key("int", 256, "concurrent client connections", 1, 65536),
     "server.idle_timeout_s": Key("float", 60.0, "close connections idle this long", 0.1, 86400),
+    "server.frame_timeout_s": Key("float", 5.0, "a begun frame must arrive completely this fast",
+                                  0.05, 3600),
+    "server.write_timeout_s": Key("float", 5.0, "a client must take its reply this fast",
+                                  0.05, 3600),
 }
 
 

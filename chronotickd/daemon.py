@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import grp
 import logging
 import os
 import queue
@@ -28,7 +29,7 @@ from chronotickd.config import DEFAULT_CONFIG_PATH, Config, ConfigError
 from chronotickd.core.engine import Engine, EngineConfig
 from chronotickd.core.estimator import FitConfig
 from chronotickd.core.measurement import Measurement
-from chronotickd.handlers import Handlers
+from chronotickd.handlers import AdminFailed, Handlers
 from chronotickd.publish import Publisher
 from chronotickd.server import ServerLimits, SocketServer, bind_unix_socket
 from chronotickd.sources.ntp import NtpSettings, NtpSource
@@ -39,6 +40,25 @@ log = logging.getLogger("chronotickd")
 
 PUBLISH_INTERVAL_S = 1.0
 PERSIST_INTERVAL_S = 60.0
+E_CONFIG = "config_error"  # admin `reload` found the config file invalid; nothing was changed
+# keys `reload` cannot apply to a running daemon (the old value stays in force)
+RESTART_KEYS = ("socket", "socket_mode", "state_dir")
+RESTART_PREFIXES = ("clock.",)
+STEP_DETECT_S = 0.001  # CLOCK_REALTIME − CLOCK_MONOTONIC moving more than this is a step
+
+
+def realtime_minus_monotonic() -> float:
+    """Both clocks are slewed alike, so their difference changes only when the system clock
+    is stepped. The smallest of three reads keeps a preemption between the calls out."""
+    best = None
+    for _ in range(3):
+        a = time.monotonic()
+        d = time.time() - a
+        width = time.monotonic() - a
+        if best is None or width < best[0]:
+            best = (width, d)
+    assert best is not None
+    return best[1]
 
 
 class Source(Protocol):
@@ -65,6 +85,30 @@ def engine_config(cfg: Config) -> EngineConfig:
     )
 
 
+def server_limits(cfg: Config) -> ServerLimits:
+    return ServerLimits(
+        max_frame_bytes=cfg["server.max_frame_bytes"],
+        max_connections=cfg["server.max_connections"],
+        idle_timeout_s=cfg["server.idle_timeout_s"],
+        frame_timeout_s=cfg["server.frame_timeout_s"],
+        write_timeout_s=cfg["server.write_timeout_s"],
+    )
+
+
+def resolve_group(name: str) -> int | None:
+    """gid of ``admin_group`` ('' → None: root only); a missing group is logged, not fatal."""
+    if not name:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        if name.isdigit():
+            return int(name)
+        log.warning("admin_group %r does not exist; admin requests are root-only until it is "
+                    "created and the config reloaded", name)
+        return None
+
+
 class Daemon:
     """One running chronotickd. ``run()`` blocks until ``stop()`` or a signal."""
 
@@ -76,11 +120,12 @@ class Daemon:
         self._restore()
         self.publisher = Publisher(self.engine.snapshot(time.time(), kernel_maxerror()[0]))
         self.handlers = Handlers(self.publisher)
-        self.server = SocketServer(self.handlers, ServerLimits(
-            max_frame_bytes=cfg["server.max_frame_bytes"],
-            max_connections=cfg["server.max_connections"],
-            idle_timeout_s=cfg["server.idle_timeout_s"],
-        ))
+        self.server = SocketServer(self.handlers, server_limits(cfg))
+        self.handlers.admin_gid = resolve_group(cfg["admin_group"])
+        self.handlers.admin_ops.update(reload=self.admin_reload, poll_now=self.admin_poll_now,
+                                       reset=self.admin_reset)
+        self._engine_calls: queue.Queue[Callable[[], None]] = queue.Queue()
+        self._ntp_restart_lock = threading.Lock()
         self.listen_sock = listen_sock
         self.sources: list[Source] = []
         self.on_ready: list[Callable[[], None]] = []  # e.g. sd_notify READY=1
@@ -116,18 +161,9 @@ class Daemon:
         self.measurements.put(m)
 
     def build_sources(self) -> None:
-        servers = self.cfg["ntp.servers"]
-        if servers:
-            settings = NtpSettings(
-                servers=list(servers),
-                timeout_s=self.cfg["ntp.timeout_s"],
-                warmup_s=self.cfg["ntp.warmup_s"],
-                warmup_interval_s=self.cfg["ntp.warmup_interval_s"],
-                interval_s=self.cfg["ntp.interval_s"],
-                max_delay_s=self.cfg["ntp.max_delay_s"],
-                max_root_distance_s=self.cfg["ntp.max_root_distance_s"],
-            )
-            self.sources.append(NtpSource(settings, self.submit))
+        ntp = self.ntp_source(self.cfg)
+        if ntp is not None:
+            self.sources.append(ntp)
         if self.cfg["ptp.enabled"]:
             self.sources.append(PtpSource(PtpSettings(
                 uds=self.cfg["ptp.uds"],
@@ -142,6 +178,81 @@ class Daemon:
                 pmc_local=os.path.join(os.path.dirname(self.cfg["socket"]),
                                        f"pmc.{os.getpid()}"),
             ), self.submit))
+
+    def ntp_source(self, cfg: Config) -> NtpSource | None:
+        servers = cfg["ntp.servers"]
+        if not servers:
+            return None
+        settings = NtpSettings(
+            servers=list(servers),
+            timeout_s=cfg["ntp.timeout_s"],
+            warmup_s=cfg["ntp.warmup_s"],
+            warmup_interval_s=cfg["ntp.warmup_interval_s"],
+            interval_s=cfg["ntp.interval_s"],
+            max_delay_s=cfg["ntp.max_delay_s"],
+            max_root_distance_s=cfg["ntp.max_root_distance_s"],
+        )
+        return NtpSource(settings, self.submit)
+
+    # -- admin ops (handlers check SO_PEERCRED first; see docs/robustness.md) ---------------
+    def admin_reload(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Re-read the config file; apply what can change live, report what needs a restart."""
+        if not self.cfg.path:
+            raise AdminFailed(E_CONFIG, "this daemon was started without a config file")
+        try:
+            new = Config.load(self.cfg.path)
+        except ConfigError as exc:
+            raise AdminFailed(E_CONFIG, f"{exc}; the running config is unchanged") from None
+        old = self.cfg
+        changed = sorted(k for k, v in new.as_dict().items() if old[k] != v)
+        restart = [k for k in changed
+                   if k in RESTART_KEYS or k.startswith(RESTART_PREFIXES)]
+        keep = {k.replace(".", "__"): old[k] for k in {*restart, *RESTART_KEYS}}
+        self.cfg = new.override(**keep)
+        applied = [k for k in changed if k not in restart]
+        if "log_level" in applied:
+            logging.getLogger().setLevel(self.cfg["log_level"].upper())
+        if "admin_group" in applied:
+            self.handlers.admin_gid = resolve_group(self.cfg["admin_group"])
+        if any(k.startswith("server.") for k in applied):
+            self.server.limits = server_limits(self.cfg)
+        if any(k.startswith("ntp.") for k in applied):
+            threading.Thread(target=self._restart_ntp, name="ntp-restart", daemon=True).start()
+        log.info("config %s reloaded: applied %s%s", self.cfg.path, ", ".join(applied) or
+                 "nothing (unchanged)",
+                 f"; needs a restart: {', '.join(restart)}" if restart else "")
+        return {"config": self.cfg.path, "applied": applied, "restart_required": restart}
+
+    def _restart_ntp(self) -> None:
+        """Swap the NTP source for one built from the reloaded settings (off the event loop)."""
+        with self._ntp_restart_lock:  # two quick reloads must not interleave
+            for source in [s for s in self.sources if s.kind == "ntp"]:
+                source.stop()
+            new = self.ntp_source(self.cfg)
+            self.sources = [s for s in self.sources if s.kind != "ntp"] + ([new] if new else [])
+            if new is not None:
+                new.start()
+
+    def admin_poll_now(self, req: dict[str, Any]) -> dict[str, Any]:
+        polled = []
+        for source in self.sources:
+            fn = getattr(source, "poll_now", None)
+            if fn is not None:
+                fn()
+                polled.append(source.kind)
+        return {"polled": polled}
+
+    def admin_reset(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Forget every estimate (memory and state file); the engine thread carries it out."""
+        self._engine_calls.put(self._reset_engine)
+        return {"reset": "scheduled", "note": "status is unsynchronized until fresh samples"}
+
+    def _reset_engine(self) -> None:
+        self.engine = Engine(engine_config(self.cfg))
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(self.cfg["state_dir"], statefile.STATE_FILE))
+        log.warning("state reset by an admin request: estimates and %s dropped",
+                    statefile.STATE_FILE)
 
     # -- engine thread ---------------------------------------------------------------------
     def status_facts(self) -> dict[str, Any]:
@@ -183,6 +294,17 @@ class Daemon:
             hook({**facts, "status": str(ans.status), "source": ans.source,
                   "bound_s": ans.bound})
 
+    def _check_clock_step(self) -> bool:
+        """Re-express the estimates when the system clock was stepped (engine thread)."""
+        d = realtime_minus_monotonic()
+        prev, self._rt_minus_mono = getattr(self, "_rt_minus_mono", d), d
+        if abs(d - prev) <= STEP_DETECT_S:
+            return False
+        self.engine.clock_stepped(d - prev)
+        log.warning("system clock stepped by %+.6f s (realtime vs monotonic); estimates moved "
+                    "onto the new time scale", d - prev)
+        return True
+
     def _engine_loop(self) -> None:
         next_publish = 0.0
         while not self._stop.is_set():
@@ -190,7 +312,10 @@ class Daemon:
                 m = self.measurements.get(timeout=PUBLISH_INTERVAL_S)
             except queue.Empty:
                 m = None
-            changed = False
+            changed = self._check_clock_step()
+            while not self._engine_calls.empty():
+                self._engine_calls.get_nowait()()
+                changed = True
             while m is not None:
                 verdict = self.engine.add(m)
                 if verdict == "step":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -12,6 +13,8 @@ import msgpack
 from chronotick_client.protocol import (
     E_BAD_REQUEST,
     E_BAD_VERSION,
+    E_FORBIDDEN,
+    E_INTERNAL,
     HEADER,
     PROTOCOL_VERSION,
     error_reply,
@@ -20,16 +23,45 @@ from chronotickd.publish import Publisher
 from chronotickd.wire import answer_to_wire, now_reply_frame, values_to_wire
 
 MAX_FUTURE_S = 86400.0
+MAX_ID_CHARS = 256  # a request id is echoed back; a huge one could not fit in the reply
+ADMIN_OPS = ("reload", "poll_now", "reset")
 
 
 class BadRequest(ValueError):
     pass
 
 
+class AdminFailed(RuntimeError):
+    """An admin op that could not be carried out; ``code`` goes on the wire."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who is on the other end of a connection (SO_PEERCRED; uid -1 when unknown)."""
+
+    pid: int
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+
+
+LOCAL_ROOT = Peer(0, 0, 0)  # in-process callers (tests, hooks)
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """repr() cut to ``limit`` chars: error messages never echo a hostile payload whole."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _number(req: dict[str, Any], name: str) -> float:
     value = req.get(name)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise BadRequest(f"'{name}' must be a finite number, got {value!r}")
+        raise BadRequest(f"'{name}' must be a finite number, got {short(value)}")
     return float(value)
 
 
@@ -47,8 +79,12 @@ class Handlers:
             "future": self.future,
             "at": self.at,
         }
+        # Admin ops: the daemon installs the callables (``Daemon`` wires reload/poll_now/
+        # reset); only root or members of ``admin_gid`` may call them.
+        self.admin_ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+        self.admin_gid: int | None = None
 
-    def reply_frame(self, req: dict[str, Any]) -> bytes:
+    def reply_frame(self, req: dict[str, Any], peer: Peer = LOCAL_ROOT) -> bytes:
         """The whole reply frame (length prefix + msgpack body) for ``req``: what the server
         sends.
 
@@ -56,30 +92,55 @@ class Handlers:
         decodes to exactly what ``handle`` + msgpack give; everything else goes through
         ``handle``.
         """
+        req_id = req.get("id")
         if req.get("op") == "now" and req.get("v") == PROTOCOL_VERSION and \
-                type(req.get("id")) is int:
+                type(req_id) is int and -(2**63) <= req_id < 2**64:
             ns = self.clock_ns()
             return now_reply_frame(req["id"], ns, *self.publisher.current.clock.answer(ns / 1e9))
-        body = self._packer.pack(self.handle(req))
+        body = self._packer.pack(self.handle(req, peer))
         return HEADER.pack(len(body)) + body
 
-    def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+    def is_admin(self, peer: Peer) -> bool:
+        if peer.uid == 0:
+            return True
+        gid = self.admin_gid
+        return gid is not None and peer.uid >= 0 and (peer.gid == gid or gid in peer.groups)
+
+    def handle(self, req: dict[str, Any], peer: Peer = LOCAL_ROOT) -> dict[str, Any]:
         req_id = req.get("id")
-        if req_id is not None and type(req_id) is not int and type(req_id) is not str:
-            req_id = None  # only ints and strings are echoed (never bools, lists, maps)
+        if not isinstance(req_id, int | str | None) or isinstance(req_id, bool):
+            req_id = None
+        if isinstance(req_id, int) and not -(2**63) <= req_id < 2**64:
+            req_id = None
+        if isinstance(req_id, str) and len(req_id) > MAX_ID_CHARS:
+            return error_reply(None, E_BAD_REQUEST,
+                               f"'id' longer than {MAX_ID_CHARS} characters; use a shorter id")
         if req.get("v") != PROTOCOL_VERSION:
             return error_reply(req_id, E_BAD_VERSION,
-                               f"protocol version {req.get('v')!r} not supported; "
+                               f"protocol version {short(req.get('v'))} not supported; "
                                f"this daemon speaks v{PROTOCOL_VERSION}")
         op = req.get("op")
         fn = self.ops.get(op) if isinstance(op, str) else None
+        if fn is None and isinstance(op, str) and op in self.admin_ops:
+            if not self.is_admin(peer):
+                return error_reply(req_id, E_FORBIDDEN,
+                                   f"'{op}' is an admin request: run it as root or as a member "
+                                   f"of the configured admin_group (peer uid {peer.uid})")
+            fn = self.admin_ops[op]
         if fn is None:
+            known = ", ".join([*self.ops, *self.admin_ops])
             return error_reply(req_id, E_BAD_REQUEST,
-                               f"unknown op {op!r}; expected one of {', '.join(self.ops)}")
+                               f"unknown op {short(op)}; expected one of {known}")
         try:
             return {"v": PROTOCOL_VERSION, "id": req_id, "ok": True, "result": fn(req)}
         except BadRequest as exc:
             return error_reply(req_id, E_BAD_REQUEST, str(exc))
+        except AdminFailed as exc:
+            return error_reply(req_id, exc.code, str(exc))
+        except Exception as exc:  # a bug in one op must not take the connection's peers down
+            if op in self.admin_ops:
+                return error_reply(req_id, E_INTERNAL, f"{op} failed: {type(exc).__name__}")
+            raise
 
     # -- ops -----------------------------------------------------------------------------
     def now(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -98,7 +159,7 @@ class Handlers:
     def at(self, req: dict[str, Any]) -> dict[str, Any]:
         value = req.get("system_time_ns")
         if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
-            raise BadRequest(f"'system_time_ns' must be a positive integer, got {value!r}")
+            raise BadRequest(f"'system_time_ns' must be a positive integer, got {short(value)}")
         ans = self.publisher.current.clock.at(value / 1e9)
         return answer_to_wire(ans, value)
 

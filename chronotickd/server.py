@@ -7,7 +7,9 @@ created per request: that is what keeps ``now`` close to a bare echo server
 (benchmarks/bench_socket.py). A bad frame gets a typed error reply and closes only that
 connection. Limits: frame size, concurrent connections, idle time and per-frame completion time
 (a slow trickle cannot hold a connection slot forever), checked by one periodic sweep; a client
-that stops reading its replies is paused (no unbounded write buffer).
+that stops reading its replies is paused (no unbounded write buffer) and dropped after
+``write_timeout_s``. The peer's credentials (SO_PEERCRED) are read once per connection for
+admin requests.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 import os
 import socket
 import stat
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +37,14 @@ from chronotick_client.protocol import (
     encode,
     error_reply,
 )
-from chronotickd.handlers import Handlers
+from chronotickd.handlers import Handlers, Peer
 
 log = logging.getLogger("chronotickd.server")
 
 _monotonic = time.monotonic
 _unpack_header = HEADER.unpack_from
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux ≥ 4.13
+_UCRED = struct.Struct("3i")
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,31 @@ class ServerLimits:
     max_connections: int = 256
     idle_timeout_s: float = 60.0
     frame_timeout_s: float = 5.0  # once a frame has begun, all of it must arrive this fast
+    write_timeout_s: float = 5.0  # a reply must be taken by the client this fast
+
+
+def peer_credentials(sock: socket.socket | None) -> Peer:
+    """pid/uid/gid and supplementary groups of the process at the other end of ``sock``.
+
+    Unknown (non-Unix socket, old kernel) yields uid -1: never privileged.
+    """
+    if sock is None or sock.family != socket.AF_UNIX:
+        return Peer(-1, -1, -1, ())
+    try:
+        pid, uid, gid = _UCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    except OSError:
+        return Peer(-1, -1, -1, ())
+    groups: tuple[int, ...] = ()
+    try:  # Python caps the buffer at 1024 bytes: 256 groups
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 1024)
+        groups = struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4])
+    except OSError:  # more groups or an old kernel: the peer's /proc entry
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("Groups:"):
+                    groups = tuple(int(g) for g in line.split()[1:])
+    return Peer(pid, uid, gid, groups)
 
 
 def bind_unix_socket(path: str, mode: int) -> socket.socket:
@@ -100,13 +130,16 @@ class _Connection(asyncio.Protocol):
         self.last_active = time.monotonic()
         self.frame_started: float | None = None  # when the incomplete frame in buf began
         self.closing = False
-        self.max_frame = server.limits.max_frame_bytes
+        self.close_started: float | None = None  # when we began closing (flush deadline)
+        self.write_paused_at: float | None = None  # when the client stopped taking replies
+        self.peer = Peer(-1, -1, -1, ())
         self.reply_frame = server.handlers.reply_frame
 
     # -- asyncio callbacks ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self.peer = peer_credentials(transport.get_extra_info("socket"))
         srv = self.server
         srv.active += 1
         srv.connections.add(self)
@@ -122,10 +155,12 @@ class _Connection(asyncio.Protocol):
         self.closing = True
 
     def pause_writing(self) -> None:  # the client does not read its replies: stop reading
-        if self.transport is not None:
+        self.write_paused_at = _monotonic()
+        if self.transport is not None and not self.closing:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self.write_paused_at = None
         if self.transport is not None and not self.closing:
             self.transport.resume_reading()
 
@@ -133,10 +168,11 @@ class _Connection(asyncio.Protocol):
         if self.closing:
             return
         self.last_active = now = _monotonic()
+        max_frame = self.server.limits.max_frame_bytes  # read per call: `reload` may change it
         if not self.buf and len(data) > 4:
             # the usual case, one whole request per read: no buffering, no list of replies
             (length,) = _unpack_header(data)
-            if len(data) == 4 + length and length <= self.max_frame:
+            if len(data) == 4 + length and length <= max_frame:
                 frame, last = self._answer(data[4:])
                 if last:
                     self._close_after([frame])
@@ -145,13 +181,13 @@ class _Connection(asyncio.Protocol):
                 return
         buf = self.buf
         buf += data
-        max_frame = self.max_frame
         replies: list[bytes] = []
         pos = 0
         end = len(buf)
         while end - pos >= 4:
             (length,) = _unpack_header(buf, pos)
             if length > max_frame:
+                self.server.bad_frames += 1
                 replies.append(encode(error_reply(
                     None, E_TOO_LARGE, f"frame of {length} bytes over the {max_frame} limit")))
                 self._close_after(replies)
@@ -177,13 +213,18 @@ class _Connection(asyncio.Protocol):
         try:
             req = decode_body(body)
         except ProtocolError as exc:
+            self.server.bad_frames += 1
             return encode(error_reply(None, exc.code or E_BAD_FRAME, exc.message)), True
         self.server.served += 1
         try:
-            frame = self.reply_frame(req)
+            frame = self.reply_frame(req, self.peer)
             if len(frame) > MAX_FRAME_BYTES + 4:
                 raise ProtocolError(E_TOO_LARGE, f"reply of {len(frame) - 4} bytes")
             return frame, False
+        except ProtocolError:
+            # e.g. a huge string id echoed back: answer without echoing it
+            return encode(error_reply(None, E_TOO_LARGE, "reply would exceed the frame limit")), \
+                False
         except Exception:
             log.exception("unexpected error serving a request; connection closed")
             req_id = req.get("id")
@@ -197,6 +238,7 @@ class _Connection(asyncio.Protocol):
     def _close_after(self, frames: list[bytes]) -> None:
         """Send the last replies (the final one an error) and close once they are written."""
         self.closing = True
+        self.close_started = _monotonic()
         if self.transport is not None:
             self.transport.write(b"".join(frames))
             self.transport.close()
@@ -208,24 +250,42 @@ class _Connection(asyncio.Protocol):
     def expire(self, now: float) -> None:
         """Enforce the idle and per-frame time limits (called by the server's sweep)."""
         lim = self.server.limits
-        if self.closing or self.transport is None:
+        if self.transport is None:
+            return
+        if self.closing:
+            # close() flushes pending replies first; a client that never reads would keep the
+            # socket open for ever, so give the flush a moment, then drop it
+            started = self.close_started or now
+            self.close_started = started
+            if now - started > lim.write_timeout_s:
+                self.server.timeouts += 1
+                self.transport.abort()
+            return
+        if self.write_paused_at is not None and now - self.write_paused_at > lim.write_timeout_s:
+            self.server.timeouts += 1
+            self.closing = True
+            self.transport.abort()
             return
         if self.frame_started is not None and now - self.frame_started > lim.frame_timeout_s:
+            self.server.timeouts += 1
             self.fail(error_reply(None, E_BAD_FRAME,
                                   f"incomplete frame: not all of it arrived within "
                                   f"{lim.frame_timeout_s:g} s"))
         elif now - self.last_active > lim.idle_timeout_s:
             self.closing = True
+            self.close_started = now
             self.transport.close()
 
 
 class SocketServer:
     def __init__(self, handlers: Handlers, limits: ServerLimits = ServerLimits()) -> None:
         self.handlers = handlers
-        self.limits = limits
+        self.limits = limits  # replaced whole by `reload`; connections read it per frame
         self.active = 0
         self.served = 0
         self.rejected = 0
+        self.bad_frames = 0
+        self.timeouts = 0
         self.connections: set[_Connection] = set()
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -236,10 +296,10 @@ class SocketServer:
         self._sweeper = asyncio.create_task(self._sweep())
 
     async def _sweep(self) -> None:
-        lim = self.limits
-        period = max(0.05, min(1.0, lim.idle_timeout_s / 4, lim.frame_timeout_s / 4))
         while True:
-            await asyncio.sleep(period)
+            lim = self.limits
+            await asyncio.sleep(max(0.05, min(1.0, lim.idle_timeout_s / 4,
+                                              lim.frame_timeout_s / 4, lim.write_timeout_s / 4)))
             now = time.monotonic()
             for conn in list(self.connections):
                 conn.expire(now)

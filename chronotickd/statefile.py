@@ -7,6 +7,7 @@ cannot be parsed is reported and ignored (the daemon starts cold), never fatal.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -43,9 +44,23 @@ def save(state_dir: str | Path, data: dict[str, float]) -> Path:
     return target
 
 
+def remove_leftovers(state_dir: str | Path) -> int:
+    """Delete temporary files of writers that were killed mid-save; returns how many."""
+    n = 0
+    for tmp in Path(state_dir).glob(".drift-*"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            n += 1
+    return n
+
+
 def load(state_dir: str | Path) -> dict[str, float] | None:
-    """The saved estimate, or None (missing, unreadable or corrupt: logged once)."""
+    """The saved estimate, or None (missing, unreadable or corrupt: logged once).
+
+    Called once at start, before any writer runs, so it also clears half-written temporaries.
+    """
     path = Path(state_dir) / STATE_FILE
+    remove_leftovers(state_dir)
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -48,6 +48,12 @@ class EngineConfig:
     step_false_rate: float = 1e-4  # tolerated chance that a run of outliers is not a step
     step_confirm_max: int = 8  # never wait for more agreeing outliers than this
     failover_floor_s: float = 10.0  # silence (s) before selection moves on, at least
+
+
+def _shift_fit(f: LineFit, delta: float) -> LineFit:
+    """The same line on a system clock that jumped by ``delta`` seconds."""
+    return replace(f, t_ref=f.t_ref + delta, offset_ref=f.offset_ref - delta,
+                   t_first=f.t_first + delta, t_last=f.t_last + delta)
 
 
 class Track:
@@ -148,6 +154,23 @@ class Track:
         self.history.append(m)
         self._refit()
         return "accepted"
+
+    def shift_time(self, delta: float) -> None:
+        """Re-express everything on a system clock that jumped by ``delta`` (see
+        ``Engine.clock_stepped``): same instants, new readings, offsets ``delta`` less."""
+
+        def move(m: Measurement) -> Measurement:
+            return replace(m, t=m.t + delta, offset=m.offset - delta)
+
+        self.samples = deque(map(move, self.samples), maxlen=self.samples.maxlen)
+        self.history = deque(map(move, self.history), maxlen=self.history.maxlen)
+        self.pending = [move(m) for m in self.pending]
+        self.last = move(self.last) if self.last else None
+        self.fit = _shift_fit(self.fit, delta) if self.fit else None
+        self.base_fit = _shift_fit(self.base_fit, delta) if self.base_fit else None
+        self.cand_fits = {w: _shift_fit(f, delta) if f else None
+                          for w, f in self.cand_fits.items()}
+        self.step_times = [t + delta for t in self.step_times]
 
     def _score(self, m: Measurement) -> None:
         """Update each candidate's prediction score with a measurement it has not seen."""
@@ -328,7 +351,7 @@ class Engine:
         )
         if chosen is not None and chosen.fit is not None:
             return ClockState(
-                fit=chosen.fit,
+                fit=self._cover_pending(chosen),
                 source=chosen.kind,
                 max_drift=self.cfg.max_drift_ppm * 1e-6,
                 stale_after=self._stale_after(chosen),
@@ -346,6 +369,21 @@ class Engine:
                 **common,
             )
         return ClockState(fit=None, source="system", max_drift=0.0, stale_after=0.0, **common)
+
+    @staticmethod
+    def _cover_pending(track: Track) -> LineFit:
+        """The fit, its systematic widened to cover unconfirmed outliers (issue 8).
+
+        Until ``step_confirm`` outliers agree, the engine cannot tell a spike from a step of
+        the clock; the served bound must hold under both, so it covers the pending samples'
+        intervals too. One accepted sample clears them.
+        """
+        fit = track.fit
+        assert fit is not None
+        if not track.pending:
+            return fit
+        worst = max(abs(p.offset - fit.predict(p.t)) + p.bound for p in track.pending)
+        return replace(fit, systematic=max(fit.systematic, worst))
 
     def _summary(self, track: Track, now: float, selected: bool) -> TrackSummary:
         last = track.last
@@ -378,6 +416,19 @@ class Engine:
             selected=selected,
             reason=reason,
         )
+
+    # -- system clock steps ---------------------------------------------------------------
+    def clock_stepped(self, delta: float) -> None:
+        """The system clock jumped by ``delta`` seconds (seen by the caller, e.g. as a change
+        of CLOCK_REALTIME − CLOCK_MONOTONIC). Re-express everything on the new time scale:
+        an instant that read ``t`` now reads ``t + delta`` and its offset is ``delta`` less,
+        so the fits stay valid and no "step" has to be re-learned from measurements.
+        """
+
+        for track in self.tracks.values():
+            track.shift_time(delta)
+        if self.restored is not None:
+            self.restored = _shift_fit(self.restored, delta)
 
     # -- persistence (the daemon writes/reads the file; this is just the data) ------------
     def export_state(self, now: float) -> dict[str, float] | None:

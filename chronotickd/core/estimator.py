@@ -41,7 +41,10 @@ class FitConfig:
     min_samples_for_slope: int = 4  # below this the frequency comes from a known prior
     runs_test_min: int = 8  # shortest window the runs test may shrink to
     prior_freq_sigma: float = 10e-6  # uncertainty of a prior frequency (10 ppm)
-    unknown_freq_sigma: float = 100e-6  # ... and of the frequency when no prior is known
+    # Uncertainty of the frequency when there is neither a prior nor enough samples for a
+    # slope: a crystal's tolerance (±100 ppm). A slope fitted through 2–3 close samples is
+    # noise, and claiming prior_freq_sigma for it let the bound miss the truth (issue 8).
+    unknown_freq_sigma: float = 100e-6
 
 
 @dataclass(frozen=True, slots=True)

@@ -124,6 +124,7 @@ class NtpSource:
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(8, len(self.servers))),
                                         thread_name_prefix="ntp-poll")
         self._stop = threading.Event()
+        self._wake = threading.Event()  # poll_now(): end the current wait early
         self._thread: threading.Thread | None = None
         self._warned_unreachable = False
 
@@ -134,6 +135,7 @@ class NtpSource:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=self.settings.timeout_s + 1)
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -154,7 +156,15 @@ class NtpSource:
                 self.poll_round()
             except Exception:  # a bug here must not kill the source thread
                 log.exception("NTP round failed unexpectedly; retrying next interval")
-            self._stop.wait(max(0.0, self.interval() - (self.monotonic() - began)))
+            self._wake.wait(max(0.0, self.interval() - (self.monotonic() - began)))
+            self._wake.clear()
+
+    def poll_now(self) -> None:
+        """Poll every server at once (admin ``poll_now``), except those that sent a KoD."""
+        for server in self.servers:
+            if server.state != "stopped" and server.backoff <= 1.0:
+                server.next_poll = 0.0
+        self._wake.set()
 
     # -- one round ---------------------------------------------------------------------
     def _query(self, server: ServerState) -> Measurement | None:
