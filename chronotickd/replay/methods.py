@@ -41,16 +41,22 @@ class MethodUnavailable(RuntimeError):
     """A registered method cannot run here (e.g. its module or model is missing)."""
 
 
-class NoneMethod:
-    """Uncorrected clock: offset 0; bound wide enough to hold the last measured interval."""
+class _LastMeasurement:
+    """Base of the baselines that only need the newest measurement."""
 
-    name = "none"
+    name = ""
 
     def __init__(self) -> None:
         self.last: Measurement | None = None
 
     def observe(self, m: Measurement) -> None:
         self.last = m
+
+
+class NoneMethod(_LastMeasurement):
+    """Uncorrected clock: offset 0; bound wide enough to hold the last measured interval."""
+
+    name = "none"
 
     def answer(self, t: float) -> tuple[float, float]:
         m = self.last
@@ -59,16 +65,10 @@ class NoneMethod:
         return 0.0, abs(m.offset) + m.bound + BASELINE_DRIFT * max(0.0, t - m.t)
 
 
-class HoldMethod:
+class HoldMethod(_LastMeasurement):
     """The last polled offset, bound = its half round trip + drift allowance × age."""
 
     name = "hold"
-
-    def __init__(self) -> None:
-        self.last: Measurement | None = None
-
-    def observe(self, m: Measurement) -> None:
-        self.last = m
 
     def answer(self, t: float) -> tuple[float, float]:
         m = self.last
