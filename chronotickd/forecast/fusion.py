@@ -60,7 +60,10 @@ def min_variance_weights(errors: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
     """Non-negative weights summing to 1 minimising the variance of the combined error."""
     n, k = errors.shape
     cov = errors.T @ errors / max(n, 1)
-    cov = cov + ridge * float(np.trace(cov)) / k * np.eye(k)
+    # ridge scaled by how much the components disagree, not by the shared noise
+    diff = errors[:, 1:] - errors[:, :1] if k > 1 else errors
+    scale = float(np.mean(diff**2)) + 1e-30
+    cov = cov + ridge * scale * np.eye(k)
     active = list(range(k))
     w = np.zeros(k)
     while active:

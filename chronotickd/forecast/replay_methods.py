@@ -18,11 +18,10 @@ from chronotickd.core.engine import Engine
 from chronotickd.core.measurement import Measurement, Status
 from chronotickd.core.state import ClockState
 from chronotickd.forecast.core import LONG, SHORT, ForecastCore, ModelSpec
+from chronotickd.forecast.defaults import DEFAULT_ON  # noqa: F401  (re-exported)
 from chronotickd.forecast.forecaster import Forecaster
 from chronotickd.forecast.fusion import ENGINE, fuse
 from chronotickd.forecast.loader import load_pipeline
-
-DEFAULT_ON = False
 
 
 @functools.cache
