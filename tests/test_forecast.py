@@ -196,3 +196,52 @@ def test_fused_clock_answers_like_engine_without_forecasts() -> None:
     t = ms[-1].t + 3
     assert fc.query(t) == base.query(t)
     assert fc.source == base.source and fc.fit is base.fit
+
+
+def test_daemon_with_models_on(chronyd) -> None:
+    """The real daemon against a real chronyd: models load, forecast, and show in status."""
+    from support import daemon_process
+
+    from chronotick_client.client import Client
+
+    with daemon_process(ntp={"servers": [chronyd.server], "warmup_s": 60,
+                             "warmup_interval_s": 0.3, "interval_s": 2, "timeout_s": 0.5},
+                        model={"enabled": True, "short": {"refresh_s": 0.5}}) as d:
+        deadline = time.monotonic() + 45
+        models: dict = {}
+        with Client(d.socket) as c:
+            while time.monotonic() < deadline:
+                models = c.status().get("models", {})
+                if models.get("short", {}).get("active"):
+                    break
+                time.sleep(0.5)
+            assert models["short"]["loaded"] is True, (models, d.log())
+            assert models["short"]["active"] is True, (models, d.log())
+            assert models["short"]["inference_p50_ms"] > 0
+            assert models["long"]["loaded"] is True
+            assert set(models) == {"short", "long", "engine"}
+            now = c.now()
+            assert now["status"] == "synchronized"
+            assert now["bound_ns"] > 0
+        assert "forecaster loaded" in d.log()
+
+
+def test_daemon_model_source_missing_falls_back(chronyd, tmp_path) -> None:
+    from support import daemon_process
+
+    from chronotick_client.client import Client
+
+    missing = str(tmp_path / "no-such-model")
+    with daemon_process(ntp={"servers": [chronyd.server], "warmup_interval_s": 0.3,
+                             "timeout_s": 0.5},
+                        model={"enabled": True, "source": missing}) as d:
+        deadline = time.monotonic() + 30
+        with Client(d.socket) as c:
+            while time.monotonic() < deadline:
+                row = c.status().get("models", {}).get("short", {"reason": "loading"})
+                if row.get("reason") != "loading":
+                    break
+                time.sleep(0.2)
+            assert row["loaded"] is False and "cannot load model" in row["reason"]
+            assert c.now()["bound_ns"] > 0  # still serving: the classical engine
+        assert d.log().count("forecaster off, serving the classical engine") == 1
