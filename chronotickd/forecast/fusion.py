@@ -7,7 +7,8 @@ error covariance Σ, restricted to ``w ≥ 0``: with uncorrelated errors that is
 weighting, and because every component is scored against the same noisy measurement the shared
 measurement noise adds ``c·11ᵀ`` to Σ, which does not change these weights (it would dilute
 plain inverse variances towards equal weights). A component that does not help ends with
-weight 0; one with fewer than ``min_scored`` errors has weight 0.
+weight 0; one with fewer than ``min_scored`` errors has weight 0, and all forecasters stay
+at 0 unless the combination beats the engine alone significantly on the window (``helps``).
 
 The served bound is never narrower than the engine's: ``engine bound + |fused − engine|``
 covers the truth whenever the engine's bound does. On top of it comes ``excess``: how much the
@@ -29,6 +30,7 @@ ENGINE = "engine"
 FUSED = "fused"
 COVERAGE = 0.95
 SPIKE_K = 5.0  # rows where the engine's error is beyond k robust sigmas are measurement spikes
+SIGNIFICANCE_Z = 2.0  # forecasters get weight only if they beat the engine by this many SE
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,17 @@ def min_variance_weights(errors: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
     return w
 
 
+def helps(errors: np.ndarray, w: np.ndarray, z: float = SIGNIFICANCE_Z) -> bool:
+    """Whether the weighted errors beat the engine's (column 0) by more than chance.
+
+    A paired test on squared errors: small weights fitted to noise would cost accuracy, so
+    the forecasters get weight only when the window shows a significant gain.
+    """
+    d = errors[:, 0] ** 2 - (errors @ w) ** 2
+    n = len(d)
+    return n >= 2 and float(d.mean()) > z * float(d.std(ddof=1)) / np.sqrt(n)
+
+
 class Calibration:
     """Running record of realized errors per component; turns them into a ``FusionState``."""
 
@@ -119,8 +132,9 @@ class Calibration:
             sub = sub[np.all(np.isfinite(sub), axis=1)]
             if len(sub) >= self.min_scored:
                 w = min_variance_weights(sub)
-                for j, wj in zip(usable, w, strict=True):
-                    weights[self.names[j]] = float(wj)
+                if helps(sub, w):
+                    for j, wj in zip(usable, w, strict=True):
+                        weights[self.names[j]] = float(wj)
         fused_col = e[:, -1]
         both = np.isfinite(fused_col)
         excess = 0.0
