@@ -29,15 +29,16 @@ log = logging.getLogger("chronotickd.forecast")
 class FusedClock:
     """Drop-in for ``ClockState`` on the query path: the engine's answer, fused."""
 
-    __slots__ = ("base", "fusion")
+    __slots__ = ("active", "base", "fusion")
 
     def __init__(self, base: ClockState, fusion: FusionState) -> None:
         self.base = base
         self.fusion = fusion
+        self.active = any(fusion.weights.get(n, 0.0) > 0.0 for n in fusion.forecasts)
 
     def query(self, t: float) -> TimeAnswer:
         a = self.base.query(t)
-        if a.status != Status.SYNCHRONIZED or not self.fusion.forecasts:
+        if not self.active or a.status != Status.SYNCHRONIZED:
             return a
         offset, bound = fuse(self.fusion, a.offset, a.bound, t)
         return dataclasses.replace(a, offset=offset, bound=bound)
@@ -83,7 +84,8 @@ class ForecastWorker:
 
     def wrap(self, clock: ClockState) -> Any:
         state = self.state
-        return FusedClock(clock, state) if state.forecasts else clock
+        active = any(state.weights.get(n, 0.0) > 0.0 for n in state.forecasts)
+        return FusedClock(clock, state) if active else clock
 
     def _load(self) -> ForecastCore | None:
         from chronotickd.forecast.loader import ForecastUnavailable, load_pipeline
@@ -122,9 +124,11 @@ class ForecastWorker:
         due = {s.name: 0.0 for s in self.specs}
         while not self._stop.is_set():
             base = unwrap(self.get_clock())
-            for m in base.history:
-                if m.t <= seen:
-                    continue
+            hist = base.history
+            first = len(hist)
+            while first > 0 and hist[first - 1].t > seen:  # new measurements only
+                first -= 1
+            for m in hist[first:]:
                 eng = None
                 if prev is not None:
                     a = prev.query(m.t)
