@@ -115,6 +115,20 @@ def real_pool(per_poll: int, rng: np.random.Generator, train: bool) -> list:
     return pool
 
 
+def trace_pool(path: str, per_poll: int, rng: np.random.Generator) -> list:
+    """Windows of a user's own trace (chronotick-replay's CSV format), all of it."""
+    from chronotickd.replay.trace import load_trace
+    from chronotickd.replay.truth import centered_median
+
+    tr = load_trace(path)
+    truth = tr.truth if tr.truth is not None else centered_median(
+        tr.t, tr.offset, np.ones(len(tr.t), dtype=bool))
+    pool: list = []
+    for k in POLL_ROWS:
+        pool += windows(*measured(tr.t, tr.offset, truth, k, 0), per_poll, rng)
+    return pool
+
+
 def stack(pool: list) -> tuple[np.ndarray, np.ndarray]:
     return (np.stack([c for c, _ in pool]), np.stack([g for _, g in pool]))
 
@@ -143,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--sim-traces", type=int, default=600)
+    ap.add_argument("--init", default=None,
+                    help="fine-tune from this Chronos-Bolt (directory or HF id, e.g. "
+                         "amazon/chronos-bolt-tiny) instead of training from scratch")
+    ap.add_argument("--trace", action="append", default=[],
+                    help="add windows of your own trace CSV (repeatable)")
     args = ap.parse_args(argv)
 
     import torch
@@ -152,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     t0 = time.monotonic()
     train = sim_pool(args.sim_traces, 60, rng) + real_pool(2000, rng, train=True)
+    for path in args.trace:
+        train += trace_pool(path, 2000, rng)
     val_sim = sim_pool(60, 40, np.random.default_rng(args.seed + 1))
     val_real = real_pool(1500, np.random.default_rng(args.seed + 2), train=False)
     ctx, tgt = stack(train)
@@ -159,7 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {len(ctx)} train windows, {len(vs[0])} sim val, {len(vr[0])} real val, "
           f"{time.monotonic() - t0:.0f} s", flush=True)
 
-    model = build_model()
+    if args.init:
+        from chronos import BaseChronosPipeline
+
+        model = BaseChronosPipeline.from_pretrained(args.init, dtype=torch.float32).model
+    else:
+        model = build_model()
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     budget = args.minutes * 60.0
