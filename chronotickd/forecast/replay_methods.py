@@ -5,6 +5,8 @@ Each wraps the daemon's own code: the classical ``Engine`` for the base answer a
 replay a forecaster re-runs once per poll (its context only changes then), so a run costs one
 inference per model per poll, not per row.
 
+The model is ``$CHRONOTICK_MODEL`` (a directory or HF id) when set, else the shipped one.
+
 ``DEFAULT_ON`` records whether ``fused`` met the goals on every trace measured (coverage
 ≥ 0.95 and MAE ≤ 1.05× ``engine``); see docs/forecasting.md for the tables.
 """
@@ -12,6 +14,7 @@ inference per model per poll, not per row.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 from chronotickd.core.engine import Engine
@@ -26,7 +29,7 @@ from chronotickd.forecast.loader import load_pipeline
 
 @functools.cache
 def _pipeline() -> Any:
-    return load_pipeline(None, threads=1)
+    return load_pipeline(os.environ.get("CHRONOTICK_MODEL") or None, threads=1)
 
 
 class _ForecastMethod:
