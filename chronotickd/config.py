@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from chronotickd.forecast.defaults import DEFAULT_ON as MODEL_DEFAULT_ON
+
 DEFAULT_CONFIG_PATH = "/etc/chronotick/chronotick.yaml"
 
 
@@ -37,6 +39,13 @@ def _host_port(value: Any) -> str | None:
         host, _, port = str(item).rpartition(":") if ":" in str(item) else (item, "", "123")
         if not host or not str(port).isdigit() or not 0 < int(port) < 65536:
             return f"'{item}' is not 'host' or 'host:port' with a port in 1..65535"
+    return None
+
+
+def _cpu_list(value: Any) -> str | None:
+    text = str(value).replace(" ", "")
+    if text and not all(p.isdigit() for p in text.split(",")):
+        return f"'{value}' is not empty or a comma-separated list of CPU numbers such as '1,3'"
     return None
 
 
@@ -82,6 +91,18 @@ SCHEMA: dict[str, Key] = {
                                   0.05, 3600),
     "server.write_timeout_s": Key("float", 5.0, "a client must take its reply this fast",
                                   0.05, 3600),
+    "model.enabled": Key("bool", MODEL_DEFAULT_ON, "fuse Chronos-Bolt forecasts with the engine"),
+    "model.source": Key("str", "builtin", "'builtin' (shipped chronotick-bolt-mini), a local "
+                        "Chronos-Bolt directory or a Hugging Face id"),
+    "model.threads": Key("int", 1, "torch threads of the inference worker", 1, 64),
+    "model.cpu_affinity": Key("str", "", "CPUs the inference worker may use, e.g. '1' or "
+                              "'2,3'; empty: no pinning", check=_cpu_list),
+    "model.short.context": Key("int", 100, "short-term model: measurements of context", 16, 320),
+    "model.short.horizon_s": Key("float", 5.0, "short-term model: horizon", 0.1, 86400),
+    "model.short.refresh_s": Key("float", 1.0, "short-term model: refresh period", 0.1, 86400),
+    "model.long.context": Key("int", 300, "long-term model: measurements of context", 16, 320),
+    "model.long.horizon_s": Key("float", 60.0, "long-term model: horizon", 0.1, 86400),
+    "model.long.refresh_s": Key("float", 30.0, "long-term model: refresh period", 0.1, 86400),
 }
 
 

@@ -29,6 +29,7 @@ from chronotickd.config import DEFAULT_CONFIG_PATH, Config, ConfigError
 from chronotickd.core.engine import Engine, EngineConfig
 from chronotickd.core.estimator import FitConfig
 from chronotickd.core.measurement import Measurement
+from chronotickd.forecast import worker as forecast_worker
 from chronotickd.handlers import AdminFailed, Handlers
 from chronotickd.publish import Publisher
 from chronotickd.server import ServerLimits, SocketServer, bind_unix_socket
@@ -136,6 +137,8 @@ class Daemon:
         self._stop_async: asyncio.Event | None = None
         self._last_persist = 0.0
         self._last_status_line = ""
+        # optional Chronos-Bolt forecaster (model.*): its own thread, never on the query path
+        self.forecast = forecast_worker.from_config(cfg, lambda: self.publisher.current.clock)
 
     # -- state --------------------------------------------------------------------------
     def _restore(self) -> None:
@@ -269,7 +272,7 @@ class Daemon:
             "outliers": sum(t.outliers for t in self.engine.tracks.values()),
             "connections": self.server.active,
             "requests": self.server.served,
-            "models": {},
+            "models": self.forecast.describe() if self.forecast is not None else {},
         }
 
     def publish_now(self) -> None:
@@ -282,6 +285,8 @@ class Daemon:
                 else:
                     self.engine.mark_unusable(name, reason)
         clock = self.engine.snapshot(now, kernel_maxerror()[0])
+        if self.forecast is not None:
+            clock = self.forecast.wrap(clock)  # latest forecasts; queries stay arithmetic
         rows = tuple(row for s in self.sources for row in s.describe())
         facts = self.status_facts()
         self.publisher.publish(clock=clock, status=facts, sources=rows)
@@ -354,6 +359,8 @@ class Daemon:
         await self.server.start(sock)
         engine_thread = threading.Thread(target=self._engine_loop, name="engine", daemon=True)
         engine_thread.start()
+        if self.forecast is not None:
+            self.forecast.start()
         for source in self.sources:
             source.start()
         log.info("chronotickd %s listening on %s (protocol v%d); sources: %s",
@@ -369,6 +376,8 @@ class Daemon:
         for source in self.sources:
             source.stop()
         engine_thread.join(timeout=3)
+        if self.forecast is not None:
+            self.forecast.stop()
         self.persist()
         if self.listen_sock is None:
             with contextlib.suppress(OSError):

@@ -1,0 +1,1 @@
+"""Optional Chronos-Bolt forecaster: residual forecasts fused with the classical engine."""
