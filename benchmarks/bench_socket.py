@@ -236,13 +236,15 @@ def chronyd(work: Path) -> Iterator[str | None]:
 
 
 @contextlib.contextmanager
-def daemon(work: Path, ntp_server: str | None) -> Iterator[tuple[str, int]]:
+def daemon(work: Path, ntp_server: str | None, models: bool = False
+           ) -> Iterator[tuple[str, int]]:
     path = str(work / "ct.sock")
     servers = f"['{ntp_server}']" if ntp_server else "[]"
     conf = work / "chronotick.yaml"
     conf.write_text(f"socket: {path}\nstate_dir: {work / 'state'}\nlog_level: warning\n"
                     f"ntp:\n  servers: {servers}\n  warmup_s: 5\n  warmup_interval_s: 0.5\n"
-                    f"  interval_s: 2\n  timeout_s: 0.5\n")
+                    f"  interval_s: 2\n  timeout_s: 0.5\n"
+                    f"model:\n  enabled: {'true' if models else 'false'}\n")
     log = open(work / "daemon.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([sys.executable, "-m", "chronotickd", "--config", str(conf)],
                             env=ENV, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
@@ -264,6 +266,19 @@ def _now_status(path: str) -> str:
     return f"{res['status']} via {res['source']}"
 
 
+def _models_loaded(path: str) -> bool:
+    body = msgpack.packb({"v": 1, "id": 2, "op": "status"})
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(path)
+        s.sendall(HEADER.pack(len(body)) + body)
+        (length,) = HEADER.unpack(s.recv(4))
+        data = b""
+        while len(data) < length:
+            data += s.recv(length - len(data))
+    models = msgpack.unpackb(data, raw=False)["result"].get("models") or {}
+    return any(isinstance(m, dict) and m.get("loaded") for m in models.values())
+
+
 # -- main ------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -272,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", default="1,16", help="comma-separated client process counts")
     ap.add_argument("--rounds", type=int, default=5, help="floor/daemon alternations per case")
     ap.add_argument("--no-chronyd", action="store_true", help="run the daemon without NTP")
+    ap.add_argument("--models", action="store_true",
+                    help="run the daemon with the Chronos-Bolt forecasters on (model.enabled)")
     args = ap.parse_args(argv)
     counts = [int(c) for c in args.clients.split(",")]
 
@@ -280,17 +297,23 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             ntp = None if args.no_chronyd else stack.enter_context(chronyd(work))
             echo, echo_pid = stack.enter_context(echo_server(work))
-            dmn, dmn_pid = stack.enter_context(daemon(work, ntp))
+            dmn, dmn_pid = stack.enter_context(daemon(work, ntp, args.models))
             if ntp:  # let the daemon synchronize so `now` takes the full path
                 deadline = time.monotonic() + 15
                 while (not _now_status(dmn).startswith("synchronized")
                        and time.monotonic() < deadline):
                     time.sleep(0.2)
+            if args.models:  # torch loads in the worker thread: measure once it has
+                deadline = time.monotonic() + 60
+                while not _models_loaded(dmn) and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                time.sleep(3)  # a few inference rounds
             load = os.getloadavg()
             print(f"bench_socket: {os.cpu_count()} CPUs, load average {load[0]:.2f} "
                   f"{load[1]:.2f} {load[2]:.2f}; python {sys.version.split()[0]}")
             print(f"daemon: {_now_status(dmn)}"
-                  f"{f' (loopback chronyd {ntp})' if ntp else ' (no NTP server)'}; "
+                  f"{f' (loopback chronyd {ntp})' if ntp else ' (no NTP server)'}"
+                  f"{', forecasters on' if args.models else ''}; "
                   f"{args.rounds} round(s) × {args.duration:g} s per case, median shown")
             print()
             hdr = (f"{'clients':>7}  {'server':<7} {'p50 µs':>9} {'p99 µs':>9} "
