@@ -58,13 +58,15 @@ def render_status(r: dict[str, Any]) -> str:
 
 
 def render_sources(r: dict[str, Any]) -> str:
-    head = f"{'':2}{'name':<28} {'kind':<5} {'state':<12} {'offset':>12} {'delay':>12} " \
+    rows = r.get("sources", [])
+    w = max([28, *(len(str(s.get("name", ""))) for s in rows)])  # PTP names are socket paths
+    head = f"{'':2}{'name':<{w}} {'kind':<5} {'state':<12} {'offset':>12} {'delay':>12} " \
            f"{'age':>12} {'bound':>12}  reason"
     lines = [head]
-    for s in r.get("sources", []):
+    for s in rows:
         mark = "*" if s.get("selected") else " "
         lines.append(
-            f"{mark:2}{s.get('name', ''):<28} {s.get('kind', ''):<5} {s.get('state', '-'):<12} "
+            f"{mark:2}{s.get('name', ''):<{w}} {s.get('kind', ''):<5} {s.get('state', '-'):<12} "
             f"{fmt_s(s.get('last_offset_ns')):>12} {fmt_s(s.get('last_delay_ns')):>12} "
             f"{fmt_s(s.get('age_ns')):>12} {fmt_s(s.get('bound_ns')):>12}  "
             f"{s.get('reason') or s.get('engine_state') or ''}")
