@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import PYTHONPATH, REPO, daemon_process
+from support import PYTHONPATH, REPO, daemon_process, wait_for
 
 from chronotick_client import Client, RequestFailed
 
@@ -61,13 +61,7 @@ def workdir() -> Iterator[Path]:
 
 
 def wait_until(fn, timeout: float = 10.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
+    return wait_for(fn, timeout)
 
 
 def test_queries_open_admin_forbidden_for_others(workdir: Path) -> None:

@@ -18,13 +18,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from ntp_responder import responder
-from support import PYTHONPATH, REPO, chronyd_server, daemon_process, kill_pid
+from support import PYTHONPATH, REPO, chronyd_server, daemon_process, kill_pid, wait_for
 
 from chronotick_client import Client
 from chronotickd import statefile
@@ -34,14 +33,6 @@ FAST = dict(ntp__warmup_s=60, ntp__warmup_interval_s=0.5, ntp__timeout_s=0.3,
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chronyd needs root here")
 
 
-def wait_for(fn: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached within {timeout} s")
 
 
 def honest(r: dict[str, Any], true_offset_ns: int = 0) -> None:
