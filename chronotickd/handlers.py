@@ -226,7 +226,7 @@ def _merge(row: dict[str, Any], track: Any, now_ns: int | None = None) -> dict[s
             selected=track.selected,
             engine_state=track.reason,
         )
-    for key in ("last_offset", "last_delay"):
+    for key in ("last_offset", "last_delay", "root_delay", "root_dispersion"):
         value = out.pop(key, None)
         out[key + "_ns"] = round(value * 1e9) if value is not None else None
     last_t = out.pop("last_t", None)
