@@ -259,3 +259,20 @@ def test_a_stalled_scraper_does_not_block_queries(daemon: tuple[DaemonProc, int]
         with Client(d.socket, timeout=2) as c:
             assert c.now()["status"] == "synchronized"
         assert value(scrape(port), "chronotick_status", status="synchronized") == 1
+
+
+def test_reload_reports_metrics_listen_as_restart_required(
+        daemon: tuple[DaemonProc, int]) -> None:
+    d, port = daemon
+    original = d.config.read_text()
+    try:
+        d.config.write_text(original.replace(f"127.0.0.1:{port}",
+                                             f"127.0.0.1:{free_tcp_port()}"))
+        with Client(d.socket) as c:
+            r = c.call("reload")
+        assert r["restart_required"] == ["metrics.listen"], r
+        assert value(scrape(port), "chronotick_status", status="synchronized") == 1
+    finally:
+        d.config.write_text(original)
+        with Client(d.socket) as c:
+            c.call("reload")
