@@ -42,6 +42,28 @@ def _host_port(value: Any) -> str | None:
     return None
 
 
+def _listen(value: Any) -> str | None:
+    """'' (off) or 'host:port' with an IP literal or host name ('[::1]:9123' for IPv6)."""
+    import ipaddress
+    import re
+
+    if value == "":
+        return None
+    host, sep, port = str(value).rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    name = host[1:-1] if bracketed else host
+    ok_host = bool(name) and (re.fullmatch(r"[A-Za-z0-9.-]+", name) is not None or bracketed)
+    if ok_host and bracketed:
+        try:
+            ok_host = ipaddress.ip_address(name).version == 6
+        except ValueError:
+            ok_host = False
+    if not sep or not ok_host or not port.isdigit() or not 0 < int(port) < 65536:
+        return (f"'{value}' is not '' (off) or 'address:port' with a port in 1..65535, "
+                "e.g. '127.0.0.1:9123' or '[::1]:9123'")
+    return None
+
+
 def _cpu_list(value: Any) -> str | None:
     text = str(value).replace(" ", "")
     if text and not all(p.isdigit() for p in text.split(",")):
@@ -91,6 +113,8 @@ SCHEMA: dict[str, Key] = {
                                   0.05, 3600),
     "server.write_timeout_s": Key("float", 5.0, "a client must take its reply this fast",
                                   0.05, 3600),
+    "metrics.listen": Key("str", "", "address:port of the Prometheus endpoint (/metrics); "
+                          "empty: off", check=_listen),
     "model.enabled": Key("bool", MODEL_DEFAULT_ON, "fuse Chronos-Bolt forecasts with the engine"),
     "model.source": Key("str", "builtin", "'builtin' (shipped chronotick-bolt-mini), a local "
                         "Chronos-Bolt directory or a Hugging Face id"),

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from chronotick_client.protocol import PROTOCOL_VERSION
-from chronotickd import __version__, service, statefile
+from chronotickd import __version__, metrics, service, statefile
 from chronotickd.config import DEFAULT_CONFIG_PATH, Config, ConfigError
 from chronotickd.core.engine import Engine, EngineConfig
 from chronotickd.core.estimator import FitConfig
@@ -44,7 +44,7 @@ PERSIST_INTERVAL_S = 60.0
 E_CONFIG = "config_error"  # admin `reload` found the config file invalid; nothing was changed
 # keys `reload` cannot apply to a running daemon (the old value stays in force)
 RESTART_KEYS = ("socket", "socket_mode", "state_dir")
-RESTART_PREFIXES = ("clock.",)
+RESTART_PREFIXES = ("clock.", "metrics.")
 STEP_DETECT_S = 0.001  # CLOCK_REALTIME − CLOCK_MONOTONIC moving more than this is a step
 
 
@@ -353,6 +353,9 @@ class Daemon:
         self._stop_async = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self.stop)
+        # Prometheus endpoint (metrics.listen): its own thread, reads only published state
+        listen = self.cfg["metrics.listen"]
+        scrape = metrics.start(self, listen) if listen else None
         sock = self.listen_sock or bind_unix_socket(self.cfg["socket"],
                                                     int(self.cfg["socket_mode"], 8))
         self.publish_now()  # `status` is complete from the first request on
@@ -373,6 +376,8 @@ class Daemon:
         for hook in self.on_stopping:
             hook()
         await self.server.close()
+        if scrape is not None:
+            scrape.stop()
         for source in self.sources:
             source.stop()
         engine_thread.join(timeout=3)

@@ -50,6 +50,10 @@ class ServerState:
     last_delay: float | None = None
     last_t: float | None = None
     stratum: int | None = None
+    root_delay: float | None = None  # of the last reply (tracking, metrics)
+    root_dispersion: float | None = None
+    leap: int | None = None  # the last reply's leap indicator (0 none, 1 +1 s, 2 −1 s, 3 alarm)
+    reach: int = 0  # chrony's reach register: one bit per poll, newest lowest, 1 = usable reply
     polls: int = 0
     good: int = 0
     backoff: float = 1.0
@@ -60,7 +64,8 @@ class ServerState:
             "name": f"ntp:{self.spec}", "kind": "ntp", "state": self.state,
             "reason": self.reason, "last_offset": self.last_offset,
             "last_delay": self.last_delay, "last_t": self.last_t, "stratum": self.stratum,
-            "polls": self.polls, "good": self.good,
+            "root_delay": self.root_delay, "root_dispersion": self.root_dispersion,
+            "leap": self.leap, "reach": self.reach, "polls": self.polls, "good": self.good,
         }
 
 
@@ -175,7 +180,8 @@ class NtpSource:
         except (ntplib.NTPException, OSError) as exc:
             server.state, server.reason = "unreachable", str(exc) or type(exc).__name__
             return None
-        server.stratum = resp.stratum
+        server.stratum, server.leap = resp.stratum, resp.leap
+        server.root_delay, server.root_dispersion = resp.root_delay, resp.root_dispersion
         if resp.stratum == 0:
             code = kod_code(resp)
             server.state, server.reason = "rejected", f"kiss-o'-death {code or '?'}"
@@ -203,8 +209,9 @@ class NtpSource:
         now = self.monotonic()
         due = [s for s in self.servers if s.state != "stopped" and s.next_poll <= now]
         results = list(self._pool.map(self._query, due))
-        for s in due:
+        for s, m in zip(due, results, strict=True):
             s.next_poll = now + self.interval() * (s.backoff - 1.0)
+            s.reach = ((s.reach << 1) | (m is not None)) & 0xFF
         good = [m for m in results if m is not None]
         self.rounds += 1
         if not good:
@@ -231,4 +238,5 @@ class NtpSource:
         return list(selection.survivors)
 
     def describe(self) -> list[dict[str, Any]]:
-        return [s.as_dict() for s in self.servers]
+        interval = self.interval()
+        return [{**s.as_dict(), "poll_interval_s": interval} for s in self.servers]

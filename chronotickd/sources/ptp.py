@@ -378,4 +378,5 @@ class PtpSource:
                                                      else "")) if acc is not None else None,
             "phc_device": self.settings.phc_device or None,
             "polls": self.polls, "good": self.good,
+            "poll_interval_s": self.settings.poll_interval_s,
         }]
