@@ -104,8 +104,13 @@ SCHEMA: dict[str, Key] = {
     "ptp.pmc_path": Key("str", "pmc", "pmc executable (linuxptp)"),
     "ptp.phc_ctl_path": Key("str", "phc_ctl", "phc_ctl executable (linuxptp)"),
     "ptp.timeout_s": Key("float", 1.0, "timeout of one pmc or phc_ctl run", 0.05, 30),
-    "ptp.unknown_gm_accuracy_s": Key("float", 0.0, "error assumed for a grandmaster whose "
+    "ptp.unknown_gm_accuracy_s": Key("float", 100e-6, "error assumed for a grandmaster whose "
                                      "clockAccuracy is 0xFE (unknown)", 0, 16),
+    "ptp.holdover_gm_accuracy_s": Key("float", 1e-3, "added for a traceable grandmaster in "
+                                      "holdover or a degraded clockClass", 0, 16),
+    "ptp.untraceable_gm_accuracy_s": Key("float", 1.0, "added for a grandmaster whose time is "
+                                         "not traceable (timeTraceable false, class 248...)",
+                                         0, 16),
     "server.max_frame_bytes": Key("int", 65536, "largest request frame accepted", 64, 1 << 20),
     "server.max_connections": Key("int", 256, "concurrent client connections", 1, 65536),
     "server.idle_timeout_s": Key("float", 60.0, "close connections idle this long", 0.1, 86400),

@@ -35,6 +35,7 @@ from chronotickd.publish import Publisher
 from chronotickd.server import ServerLimits, SocketServer, bind_unix_socket
 from chronotickd.sources.ntp import NtpSettings, NtpSource
 from chronotickd.sources.ptp import PtpSettings, PtpSource
+from chronotickd.sources.ptp_quality import GmPolicy
 from chronotickd.sources.system_clock import kernel_maxerror
 
 log = logging.getLogger("chronotickd")
@@ -137,6 +138,7 @@ class Daemon:
         self._stop_async: asyncio.Event | None = None
         self._last_persist = 0.0
         self._last_status_line = ""
+        self._last_disagreement = ""
         # optional Chronos-Bolt forecaster (model.*): its own thread, never on the query path
         self.forecast = forecast_worker.from_config(cfg, lambda: self.publisher.current.clock)
 
@@ -175,7 +177,10 @@ class Daemon:
                 pmc_path=self.cfg["ptp.pmc_path"],
                 phc_ctl_path=self.cfg["ptp.phc_ctl_path"],
                 timeout_s=self.cfg["ptp.timeout_s"],
-                unknown_gm_accuracy_s=self.cfg["ptp.unknown_gm_accuracy_s"],
+                gm_policy=GmPolicy(
+                    unknown_accuracy_s=self.cfg["ptp.unknown_gm_accuracy_s"],
+                    holdover_accuracy_s=self.cfg["ptp.holdover_gm_accuracy_s"],
+                    untraceable_accuracy_s=self.cfg["ptp.untraceable_gm_accuracy_s"]),
                 # pmc's own reply socket; its default /var/run/pmc.PID is read-only under
                 # the systemd sandbox, the socket's directory (RuntimeDirectory) is writable
                 pmc_local=os.path.join(os.path.dirname(self.cfg["socket"]),
@@ -290,6 +295,12 @@ class Daemon:
         rows = tuple(row for s in self.sources for row in s.describe())
         facts = self.status_facts()
         self.publisher.publish(clock=clock, status=facts, sources=rows)
+        if clock.disagreement != self._last_disagreement:
+            if clock.disagreement:
+                log.warning("%s", clock.disagreement)
+            else:
+                log.info("sources agree again")
+            self._last_disagreement = clock.disagreement
         ans = clock.query(now)
         line = f"{ans.status} via {ans.source}"
         if line != self._last_status_line:

@@ -195,6 +195,7 @@ class Handlers:
             "source": ans.source,
             "bound_ns": answer_to_wire(ans, ns)["bound_ns"],
             "last_sync_ns": round(pub.clock.fit.t_last * 1e9) if pub.clock.fit else None,
+            "sources_disagree": pub.clock.disagreement or None,
             "protocol_version": PROTOCOL_VERSION,
         }
 
