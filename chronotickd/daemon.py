@@ -30,8 +30,9 @@ from chronotickd.core.engine import Engine, EngineConfig
 from chronotickd.core.estimator import FitConfig
 from chronotickd.core.measurement import Measurement
 from chronotickd.forecast import worker as forecast_worker
-from chronotickd.handlers import AdminFailed, Handlers
+from chronotickd.handlers import Handlers
 from chronotickd.publish import Publisher
+from chronotickd.reload import Reloader
 from chronotickd.server import ServerLimits, SocketServer, bind_unix_socket
 from chronotickd.sources.ntp import NtpSettings, NtpSource
 from chronotickd.sources.ptp import PtpSettings, PtpSource
@@ -41,10 +42,6 @@ log = logging.getLogger("chronotickd")
 
 PUBLISH_INTERVAL_S = 1.0
 PERSIST_INTERVAL_S = 60.0
-E_CONFIG = "config_error"  # admin `reload` found the config file invalid; nothing was changed
-# keys `reload` cannot apply to a running daemon (the old value stays in force)
-RESTART_KEYS = ("socket", "socket_mode", "state_dir")
-RESTART_PREFIXES = ("clock.",)
 STEP_DETECT_S = 0.001  # CLOCK_REALTIME − CLOCK_MONOTONIC moving more than this is a step
 
 
@@ -123,10 +120,10 @@ class Daemon:
         self.handlers = Handlers(self.publisher)
         self.server = SocketServer(self.handlers, server_limits(cfg))
         self.handlers.admin_gid = resolve_group(cfg["admin_group"])
-        self.handlers.admin_ops.update(reload=self.admin_reload, poll_now=self.admin_poll_now,
-                                       reset=self.admin_reset)
+        self.reloader = Reloader(self)  # admin `reload`, SIGHUP (systemctl reload)
+        self.handlers.admin_ops.update(reload=lambda _req: self.reloader.reload(),
+                                       poll_now=self.admin_poll_now, reset=self.admin_reset)
         self._engine_calls: queue.Queue[Callable[[], None]] = queue.Queue()
-        self._ntp_restart_lock = threading.Lock()
         self.listen_sock = listen_sock
         self.sources: list[Source] = []
         self.on_ready: list[Callable[[], None]] = []  # e.g. sd_notify READY=1
@@ -164,23 +161,23 @@ class Daemon:
         self.measurements.put(m)
 
     def build_sources(self) -> None:
-        ntp = self.ntp_source(self.cfg)
-        if ntp is not None:
-            self.sources.append(ntp)
-        if self.cfg["ptp.enabled"]:
-            self.sources.append(PtpSource(PtpSettings(
-                uds=self.cfg["ptp.uds"],
-                phc_device=self.cfg["ptp.phc_device"],
-                poll_interval_s=self.cfg["ptp.poll_interval_s"],
-                pmc_path=self.cfg["ptp.pmc_path"],
-                phc_ctl_path=self.cfg["ptp.phc_ctl_path"],
-                timeout_s=self.cfg["ptp.timeout_s"],
-                unknown_gm_accuracy_s=self.cfg["ptp.unknown_gm_accuracy_s"],
-                # pmc's own reply socket; its default /var/run/pmc.PID is read-only under
-                # the systemd sandbox, the socket's directory (RuntimeDirectory) is writable
-                pmc_local=os.path.join(os.path.dirname(self.cfg["socket"]),
-                                       f"pmc.{os.getpid()}"),
-            ), self.submit))
+        self.sources = [s for s in (self.ntp_source(self.cfg), self.ptp_source(self.cfg)) if s]
+
+    def ptp_source(self, cfg: Config) -> PtpSource | None:
+        if not cfg["ptp.enabled"]:
+            return None
+        return PtpSource(PtpSettings(
+            uds=cfg["ptp.uds"],
+            phc_device=cfg["ptp.phc_device"],
+            poll_interval_s=cfg["ptp.poll_interval_s"],
+            pmc_path=cfg["ptp.pmc_path"],
+            phc_ctl_path=cfg["ptp.phc_ctl_path"],
+            timeout_s=cfg["ptp.timeout_s"],
+            unknown_gm_accuracy_s=cfg["ptp.unknown_gm_accuracy_s"],
+            # pmc's own reply socket; its default /var/run/pmc.PID is read-only under
+            # the systemd sandbox, the socket's directory (RuntimeDirectory) is writable
+            pmc_local=os.path.join(os.path.dirname(cfg["socket"]), f"pmc.{os.getpid()}"),
+        ), self.submit)
 
     def ntp_source(self, cfg: Config) -> NtpSource | None:
         servers = cfg["ntp.servers"]
@@ -197,45 +194,32 @@ class Daemon:
         )
         return NtpSource(settings, self.submit)
 
+    # -- live changes (chronotickd/reload.py decides what a reload may apply) ---------------
+    def apply_admin_group(self) -> None:
+        self.handlers.admin_gid = resolve_group(self.cfg["admin_group"])
+
+    def apply_server_limits(self) -> None:
+        self.server.limits = server_limits(self.cfg)
+
+    def restart_source(self, kind: str) -> None:
+        """Swap the ``kind`` source for one built from the current settings (not on the loop)."""
+        for source in [s for s in self.sources if s.kind == kind]:
+            source.stop()
+        new = self.ntp_source(self.cfg) if kind == "ntp" else self.ptp_source(self.cfg)
+        self.sources = [s for s in self.sources if s.kind != kind] + ([new] if new else [])
+        if new is not None:
+            new.start()
+
+    def restart_forecast(self) -> None:
+        old, self.forecast = self.forecast, None
+        if old is not None:
+            old.stop()
+        new = forecast_worker.from_config(self.cfg, lambda: self.publisher.current.clock)
+        if new is not None:
+            new.start()
+        self.forecast = new
+
     # -- admin ops (handlers check SO_PEERCRED first; see docs/robustness.md) ---------------
-    def admin_reload(self, req: dict[str, Any]) -> dict[str, Any]:
-        """Re-read the config file; apply what can change live, report what needs a restart."""
-        if not self.cfg.path:
-            raise AdminFailed(E_CONFIG, "this daemon was started without a config file")
-        try:
-            new = Config.load(self.cfg.path)
-        except ConfigError as exc:
-            raise AdminFailed(E_CONFIG, f"{exc}; the running config is unchanged") from None
-        old = self.cfg
-        changed = sorted(k for k, v in new.as_dict().items() if old[k] != v)
-        restart = [k for k in changed
-                   if k in RESTART_KEYS or k.startswith(RESTART_PREFIXES)]
-        keep = {k.replace(".", "__"): old[k] for k in {*restart, *RESTART_KEYS}}
-        self.cfg = new.override(**keep)
-        applied = [k for k in changed if k not in restart]
-        if "log_level" in applied:
-            logging.getLogger().setLevel(self.cfg["log_level"].upper())
-        if "admin_group" in applied:
-            self.handlers.admin_gid = resolve_group(self.cfg["admin_group"])
-        if any(k.startswith("server.") for k in applied):
-            self.server.limits = server_limits(self.cfg)
-        if any(k.startswith("ntp.") for k in applied):
-            threading.Thread(target=self._restart_ntp, name="ntp-restart", daemon=True).start()
-        log.info("config %s reloaded: applied %s%s", self.cfg.path, ", ".join(applied) or
-                 "nothing (unchanged)",
-                 f"; needs a restart: {', '.join(restart)}" if restart else "")
-        return {"config": self.cfg.path, "applied": applied, "restart_required": restart}
-
-    def _restart_ntp(self) -> None:
-        """Swap the NTP source for one built from the reloaded settings (off the event loop)."""
-        with self._ntp_restart_lock:  # two quick reloads must not interleave
-            for source in [s for s in self.sources if s.kind == "ntp"]:
-                source.stop()
-            new = self.ntp_source(self.cfg)
-            self.sources = [s for s in self.sources if s.kind != "ntp"] + ([new] if new else [])
-            if new is not None:
-                new.start()
-
     def admin_poll_now(self, req: dict[str, Any]) -> dict[str, Any]:
         polled = []
         for source in self.sources:
@@ -353,6 +337,7 @@ class Daemon:
         self._stop_async = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self.stop)
+        self._loop.add_signal_handler(signal.SIGHUP, self.reloader.on_sighup)
         sock = self.listen_sock or bind_unix_socket(self.cfg["socket"],
                                                     int(self.cfg["socket_mode"], 8))
         self.publish_now()  # `status` is complete from the first request on

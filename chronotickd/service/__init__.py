@@ -76,6 +76,10 @@ def attach(daemon: Daemon, env: Mapping[str, str] | None = None) -> ServiceHooks
     if watchdog is not None:
         daemon.on_tick.append(watchdog.tick)
     daemon.on_stopping.append(stopping)
+    # `systemctl reload` (ExecReload=kill -HUP): state "reloading" until the restarts are done
+    daemon.reloader.on_reloading.append(lambda: notifier.notify("RELOADING=1"))
+    daemon.reloader.on_reloaded.append(
+        lambda: notifier.notify("READY=1", "STATUS=config reloaded"))
     return ServiceHooks(notifier, reporter, watchdog)
 
 
