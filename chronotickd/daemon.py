@@ -34,6 +34,7 @@ from chronotickd.handlers import Handlers
 from chronotickd.publish import Publisher
 from chronotickd.reload import Reloader
 from chronotickd.server import ServerLimits, SocketServer, bind_unix_socket
+from chronotickd.service.userns import gid_mapped
 from chronotickd.sources.ntp import NtpSettings, NtpSource
 from chronotickd.sources.ptp import PtpSettings, PtpSource
 from chronotickd.sources.system_clock import kernel_maxerror
@@ -98,7 +99,13 @@ def resolve_group(name: str) -> int | None:
     if not name:
         return None
     try:
-        return grp.getgrnam(name).gr_gid
+        gid = grp.getgrnam(name).gr_gid
+        if not gid_mapped(gid):
+            log.warning("admin_group %r (gid %d) is not mapped into this service's user "
+                        "namespace (PrivateUsers=yes), so its members look like gid 65534 and "
+                        "are refused; use the service's own group (admin_group: chronotick) or "
+                        "a drop-in with PrivateUsers=no", name, gid)
+        return gid
     except KeyError:
         if name.isdigit():
             return int(name)
@@ -397,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"chronotickd: config error: {exc}", file=sys.stderr)
         service.notify_failure(f"config error: {exc}")
+        service.refuse_activation(f"chronotickd cannot start: config error: {exc}; fix "
+                                  f"{args.config} (chronotickd --check-config) and restart it")
         return 2
     if args.check_config:
         for key, value in cfg.as_dict().items():
