@@ -88,7 +88,7 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
         TIMINGS["boot (incl. rootfs extract)"] = time.monotonic() - t0
         out, _ = build.communicate(timeout=600)
         assert build.returncode == 0, f"make deb failed:\n{out[-3000:]}"
-        debs = list(dist.glob("chronotick_*_*.deb"))
+        debs = list(dist.glob("*.deb"))
         assert len(debs) == 1, out
         TIMINGS["make deb (parallel)"] = time.monotonic() - t0
         c.copy_in(debs[0], f"/root/{debs[0].name}")
