@@ -369,8 +369,12 @@ def test_apt_purge_stops_and_removes_everything(box: Container) -> None:
     c = box
     c.sh(f"rm -rf {DROPIN} && systemctl daemon-reload")
     assert show(c, "ActiveState") == "active"
+    pid, cur = show(c, "MainPID"), cursor(c)
     c.sh("DEBIAN_FRONTEND=noninteractive apt-get purge -y -q chronotick", timeout=120)
+    assert c.sh(f"test -e /proc/{pid}", check=False).returncode == 1  # gone at once
     assert c.sh("pgrep -f '[c]hronotickd --config'", check=False).returncode == 1
+    log = c.sh(f"journalctl --no-pager -o cat --after-cursor='{cur}'").stdout
+    assert "Stopping chronotickd.service" in log and "Watchdog timeout" not in log, log
     assert show(c, "LoadState") == "not-found"
     assert show(c, "LoadState", "chronotickd.socket") == "not-found"
     assert not c.sh("ls -d /opt/chronotick /etc/chronotick /var/lib/chronotick /run/chronotick "
