@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 RUN_DIR := $(CURDIR)/run
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: run test venv deps system-deps lint results bench clean install
+.PHONY: run test venv deps system-deps lint results bench clean install deb
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,8 @@ venv: $(VENV)/.base
 
 deps: $(VENV)/.dev
 
-# Debian packages the integration tests drive (real chronyd, ptp4l, pmc); root only.
+# Debian packages the integration tests drive (real chronyd, ptp4l, pmc; a booted Debian
+# container for the shipped units: systemd-nspawn, mmdebstrap; `make deb`); root only.
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  missing=""; \
@@ -37,6 +38,11 @@ system-deps:
 	  for c in gcc:gcc systemd-analyze:systemd; do \
 	    command -v $${c%%:*} >/dev/null || missing="$$missing $${c#*:}"; done; \
 	  dpkg -s python3-dev >/dev/null 2>&1 || missing="$$missing python3-dev"; \
+	  for c in systemd-nspawn:systemd-container mmdebstrap:mmdebstrap zstd:zstd \
+	           dpkg-deb:dpkg-dev nsenter:util-linux; do \
+	    command -v $${c%%:*} >/dev/null || missing="$$missing $${c#*:}"; done; \
+	  dpkg -s python3-venv >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	  dpkg -s python3-pip >/dev/null 2>&1 || missing="$$missing python3-pip"; \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing:$$missing"; \
 	    (apt-get install -y -q $$missing || (apt-get update -q && apt-get install -y -q $$missing)) >/dev/null; \
@@ -61,6 +67,12 @@ results: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(PY) benchmarks/bench_socket.py
 	$(PY) benchmarks/bench_service.py
+
+# Debian package (dpkg-deb): dist/chronotick_<version>_<arch>.deb, a venv under /opt/chronotick
+# built with Debian's /usr/bin/python3 (needs python3-venv, python3-pip, and for python-systemd
+# gcc, pkg-config, libsystemd-dev, python3-dev: `make system-deps`). docs/service.md.
+deb:
+	packaging/deb/build-deb.sh
 
 clean:
 	rm -rf $(VENV) $(RUN_DIR) .pytest_cache .ruff_cache

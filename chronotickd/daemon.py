@@ -30,9 +30,11 @@ from chronotickd.core.engine import Engine, EngineConfig
 from chronotickd.core.estimator import FitConfig
 from chronotickd.core.measurement import Measurement
 from chronotickd.forecast import worker as forecast_worker
-from chronotickd.handlers import AdminFailed, Handlers
+from chronotickd.handlers import Handlers
 from chronotickd.publish import Publisher
+from chronotickd.reload import Reloader
 from chronotickd.server import ServerLimits, SocketServer, bind_unix_socket
+from chronotickd.service.userns import gid_mapped
 from chronotickd.sources.ntp import NtpSettings, NtpSource
 from chronotickd.sources.ptp import PtpSettings, PtpSource
 from chronotickd.sources.ptp_quality import GmPolicy
@@ -42,10 +44,6 @@ log = logging.getLogger("chronotickd")
 
 PUBLISH_INTERVAL_S = 1.0
 PERSIST_INTERVAL_S = 60.0
-E_CONFIG = "config_error"  # admin `reload` found the config file invalid; nothing was changed
-# keys `reload` cannot apply to a running daemon (the old value stays in force)
-RESTART_KEYS = ("socket", "socket_mode", "state_dir")
-RESTART_PREFIXES = ("clock.", "metrics.")
 STEP_DETECT_S = 0.001  # CLOCK_REALTIME − CLOCK_MONOTONIC moving more than this is a step
 
 
@@ -102,7 +100,13 @@ def resolve_group(name: str) -> int | None:
     if not name:
         return None
     try:
-        return grp.getgrnam(name).gr_gid
+        gid = grp.getgrnam(name).gr_gid
+        if not gid_mapped(gid):
+            log.warning("admin_group %r (gid %d) is not mapped into this service's user "
+                        "namespace (PrivateUsers=yes), so its members look like gid 65534 and "
+                        "are refused; use the service's own group (admin_group: chronotick) or "
+                        "a drop-in with PrivateUsers=no", name, gid)
+        return gid
     except KeyError:
         if name.isdigit():
             return int(name)
@@ -124,10 +128,10 @@ class Daemon:
         self.handlers = Handlers(self.publisher)
         self.server = SocketServer(self.handlers, server_limits(cfg))
         self.handlers.admin_gid = resolve_group(cfg["admin_group"])
-        self.handlers.admin_ops.update(reload=self.admin_reload, poll_now=self.admin_poll_now,
-                                       reset=self.admin_reset)
+        self.reloader = Reloader(self)  # admin `reload`, SIGHUP (systemctl reload)
+        self.handlers.admin_ops.update(reload=lambda _req: self.reloader.reload(),
+                                       poll_now=self.admin_poll_now, reset=self.admin_reset)
         self._engine_calls: queue.Queue[Callable[[], None]] = queue.Queue()
-        self._ntp_restart_lock = threading.Lock()
         self.listen_sock = listen_sock
         self.sources: list[Source] = []
         self.on_ready: list[Callable[[], None]] = []  # e.g. sd_notify READY=1
@@ -166,26 +170,26 @@ class Daemon:
         self.measurements.put(m)
 
     def build_sources(self) -> None:
-        ntp = self.ntp_source(self.cfg)
-        if ntp is not None:
-            self.sources.append(ntp)
-        if self.cfg["ptp.enabled"]:
-            self.sources.append(PtpSource(PtpSettings(
-                uds=self.cfg["ptp.uds"],
-                phc_device=self.cfg["ptp.phc_device"],
-                poll_interval_s=self.cfg["ptp.poll_interval_s"],
-                pmc_path=self.cfg["ptp.pmc_path"],
-                phc_ctl_path=self.cfg["ptp.phc_ctl_path"],
-                timeout_s=self.cfg["ptp.timeout_s"],
-                gm_policy=GmPolicy(
-                    unknown_accuracy_s=self.cfg["ptp.unknown_gm_accuracy_s"],
-                    holdover_accuracy_s=self.cfg["ptp.holdover_gm_accuracy_s"],
-                    untraceable_accuracy_s=self.cfg["ptp.untraceable_gm_accuracy_s"]),
-                # pmc's own reply socket; its default /var/run/pmc.PID is read-only under
-                # the systemd sandbox, the socket's directory (RuntimeDirectory) is writable
-                pmc_local=os.path.join(os.path.dirname(self.cfg["socket"]),
-                                       f"pmc.{os.getpid()}"),
-            ), self.submit))
+        self.sources = [s for s in (self.ntp_source(self.cfg), self.ptp_source(self.cfg)) if s]
+
+    def ptp_source(self, cfg: Config) -> PtpSource | None:
+        if not cfg["ptp.enabled"]:
+            return None
+        return PtpSource(PtpSettings(
+            uds=cfg["ptp.uds"],
+            phc_device=cfg["ptp.phc_device"],
+            poll_interval_s=cfg["ptp.poll_interval_s"],
+            pmc_path=cfg["ptp.pmc_path"],
+            phc_ctl_path=cfg["ptp.phc_ctl_path"],
+            timeout_s=cfg["ptp.timeout_s"],
+            gm_policy=GmPolicy(
+                unknown_accuracy_s=cfg["ptp.unknown_gm_accuracy_s"],
+                holdover_accuracy_s=cfg["ptp.holdover_gm_accuracy_s"],
+                untraceable_accuracy_s=cfg["ptp.untraceable_gm_accuracy_s"]),
+            # pmc's own reply socket; its default /var/run/pmc.PID is read-only under
+            # the systemd sandbox, the socket's directory (RuntimeDirectory) is writable
+            pmc_local=os.path.join(os.path.dirname(cfg["socket"]), f"pmc.{os.getpid()}"),
+        ), self.submit)
 
     def ntp_source(self, cfg: Config) -> NtpSource | None:
         servers = cfg["ntp.servers"]
@@ -202,45 +206,32 @@ class Daemon:
         )
         return NtpSource(settings, self.submit)
 
+    # -- live changes (chronotickd/reload.py decides what a reload may apply) ---------------
+    def apply_admin_group(self) -> None:
+        self.handlers.admin_gid = resolve_group(self.cfg["admin_group"])
+
+    def apply_server_limits(self) -> None:
+        self.server.limits = server_limits(self.cfg)
+
+    def restart_source(self, kind: str) -> None:
+        """Swap the ``kind`` source for one built from the current settings (not on the loop)."""
+        for source in [s for s in self.sources if s.kind == kind]:
+            source.stop()
+        new = self.ntp_source(self.cfg) if kind == "ntp" else self.ptp_source(self.cfg)
+        self.sources = [s for s in self.sources if s.kind != kind] + ([new] if new else [])
+        if new is not None:
+            new.start()
+
+    def restart_forecast(self) -> None:
+        old, self.forecast = self.forecast, None
+        if old is not None:
+            old.stop()
+        new = forecast_worker.from_config(self.cfg, lambda: self.publisher.current.clock)
+        if new is not None:
+            new.start()
+        self.forecast = new
+
     # -- admin ops (handlers check SO_PEERCRED first; see docs/robustness.md) ---------------
-    def admin_reload(self, req: dict[str, Any]) -> dict[str, Any]:
-        """Re-read the config file; apply what can change live, report what needs a restart."""
-        if not self.cfg.path:
-            raise AdminFailed(E_CONFIG, "this daemon was started without a config file")
-        try:
-            new = Config.load(self.cfg.path)
-        except ConfigError as exc:
-            raise AdminFailed(E_CONFIG, f"{exc}; the running config is unchanged") from None
-        old = self.cfg
-        changed = sorted(k for k, v in new.as_dict().items() if old[k] != v)
-        restart = [k for k in changed
-                   if k in RESTART_KEYS or k.startswith(RESTART_PREFIXES)]
-        keep = {k.replace(".", "__"): old[k] for k in {*restart, *RESTART_KEYS}}
-        self.cfg = new.override(**keep)
-        applied = [k for k in changed if k not in restart]
-        if "log_level" in applied:
-            logging.getLogger().setLevel(self.cfg["log_level"].upper())
-        if "admin_group" in applied:
-            self.handlers.admin_gid = resolve_group(self.cfg["admin_group"])
-        if any(k.startswith("server.") for k in applied):
-            self.server.limits = server_limits(self.cfg)
-        if any(k.startswith("ntp.") for k in applied):
-            threading.Thread(target=self._restart_ntp, name="ntp-restart", daemon=True).start()
-        log.info("config %s reloaded: applied %s%s", self.cfg.path, ", ".join(applied) or
-                 "nothing (unchanged)",
-                 f"; needs a restart: {', '.join(restart)}" if restart else "")
-        return {"config": self.cfg.path, "applied": applied, "restart_required": restart}
-
-    def _restart_ntp(self) -> None:
-        """Swap the NTP source for one built from the reloaded settings (off the event loop)."""
-        with self._ntp_restart_lock:  # two quick reloads must not interleave
-            for source in [s for s in self.sources if s.kind == "ntp"]:
-                source.stop()
-            new = self.ntp_source(self.cfg)
-            self.sources = [s for s in self.sources if s.kind != "ntp"] + ([new] if new else [])
-            if new is not None:
-                new.start()
-
     def admin_poll_now(self, req: dict[str, Any]) -> dict[str, Any]:
         polled = []
         for source in self.sources:
@@ -364,6 +355,7 @@ class Daemon:
         self._stop_async = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self.stop)
+        self._loop.add_signal_handler(signal.SIGHUP, self.reloader.on_sighup)
         # Prometheus endpoint (metrics.listen): its own thread, reads only published state
         listen = self.cfg["metrics.listen"]
         scrape = metrics.start(self, listen) if listen else None
@@ -428,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"chronotickd: config error: {exc}", file=sys.stderr)
         service.notify_failure(f"config error: {exc}")
+        service.refuse_activation(f"chronotickd cannot start: config error: {exc}; fix "
+                                  f"{args.config} (chronotickd --check-config) and restart it")
         return 2
     if args.check_config:
         for key, value in cfg.as_dict().items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -113,6 +114,37 @@ def test_reload_applies_live_keys_and_rejects_bad_config(workdir: Path) -> None:
         assert exc.value.code == "config_error" and "unchanged" in str(exc.value)
         assert c.now()["bound_ns"] > 0
         assert d.log().count("reloaded") == 1
+
+
+def test_reload_restarts_ptp_and_model_and_sighup_reloads(workdir: Path) -> None:
+    """ptp.* and model.* changes restart that component (reported applied only because
+    they are); SIGHUP — systemd's ExecReload — re-reads the file like the admin request."""
+    with daemon_process(workdir) as d, Client(d.socket) as c:
+        wait_until(lambda: "socket" in c.status())
+        assert c.status()["models"] == {} and c.call("sources")["sources"] == []
+        cfg = yaml.safe_load(d.config.read_text())
+        cfg["ptp"] = {"enabled": True, "pmc_path": "/nonexistent/pmc", "uds": str(workdir / "p")}
+        cfg["model"] = {"enabled": True, "source": str(workdir / "no-model")}
+        d.config.write_text(yaml.safe_dump(cfg))
+        r = c.call("reload")
+        assert r["applied"] == ["model.enabled", "model.source", "ptp.enabled",
+                                "ptp.pmc_path", "ptp.uds"]
+        assert r["restart_required"] == []
+        kinds = lambda: [s["kind"] for s in c.call("sources")["sources"]]  # noqa: E731
+        wait_until(lambda: kinds() == ["ptp"])  # the PTP source runs now
+        models = wait_until(lambda: c.status()["models"])  # so does the forecaster
+        assert models["short"]["source"] == str(workdir / "no-model")
+        cfg["ptp"]["enabled"] = False
+        cfg["model"]["enabled"] = False
+        cfg["log_level"] = "debug"
+        d.config.write_text(yaml.safe_dump(cfg))
+        d.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "applied log_level, model.enabled, ptp.enabled" in d.log())
+        wait_until(lambda: kinds() == [] and c.status()["models"] == {})
+        d.config.write_text("ntp: {servers: 5}\n")  # a bad file on SIGHUP: logged, kept
+        d.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload on SIGHUP failed" in d.log())
+        assert d.proc.poll() is None and c.now()["bound_ns"] > 0
 
 
 def test_poll_now_and_reset(workdir: Path, chronyd) -> None:  # type: ignore[no-untyped-def]

@@ -37,7 +37,7 @@ PLIST = REPO / "packaging" / "launchd" / "org.chronotick.chronotickd.plist"
 ANALYZE = shutil.which("systemd-analyze")
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
 ENTRY_POINT = Path(sys.executable).parent / "chronotickd"
-MAX_EXPOSURE = 2.5
+MAX_EXPOSURE = 1.7  # issue 17's limit (aim 1.5); the real-systemd test checks it too
 
 needs_analyze = pytest.mark.skipif(
     ANALYZE is None, reason="systemd-analyze not installed (apt-get install systemd)")
@@ -144,7 +144,8 @@ def test_units_declare_what_the_issue_asks() -> None:
                  "WatchdogSec=", "CapabilityBoundingSet=\n", "DeviceAllow=char-ptp",
                  "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", "User=chronotick",
                  "ExecStart=/usr/bin/chronotickd --config /etc/chronotick/chronotick.yaml",
-                 "RuntimeDirectoryPreserve=yes", "Wants=chronotickd.socket"):
+                 "RuntimeDirectoryPreserve=yes", "Wants=chronotickd.socket",
+                 "ExecReload=/bin/kill -HUP $MAINPID", "RestartPreventExitStatus=2 217\n"):
         assert line in service, line
     assert "CAP_SYS_TIME" not in service and "PrivateDevices=yes" not in service
     sock = (UNITS / "chronotickd.socket").read_text()
@@ -173,7 +174,7 @@ def test_systemd_analyze_verify_accepts_the_units() -> None:
 
 
 @needs_analyze
-def test_security_exposure_at_most_2_5() -> None:
+def test_security_exposure_at_most_1_7() -> None:
     with workdir() as d:
         service = unit_copy(d, ENTRY_POINT)
         res = subprocess.run([ANALYZE, "security", "--offline=true", "--no-pager",
@@ -524,7 +525,14 @@ def test_launchd_plist() -> None:
         plist = plistlib.load(f)
     assert plist["Label"] == "org.chronotick.chronotickd"
     assert plist["RunAtLoad"] is True
-    assert plist["KeepAlive"] == {"SuccessfulExit": False} or plist["KeepAlive"] is True
+    assert plist["KeepAlive"] == {"SuccessfulExit": False}  # like Restart=on-failure
+    assert plist["ThrottleInterval"] >= 2
+    # no launchd socket activation: the daemon binds --socket itself (docs/service.md)
+    assert "Sockets" not in plist and "launch_activate_socket" not in \
+        (REPO / "chronotickd" / "service" / "activation.py").read_text()
+    assert set(plist) <= {"Label", "ProgramArguments", "RunAtLoad", "KeepAlive",
+                          "ThrottleInterval", "ProcessType", "EnvironmentVariables",
+                          "StandardOutPath", "StandardErrorPath", "WorkingDirectory"}, set(plist)
     args = plist["ProgramArguments"]
     assert args[0] == "/usr/local/bin/chronotickd"
     opts = dict(zip(args[1::2], args[2::2], strict=True))
@@ -541,6 +549,7 @@ def test_launchd_plist() -> None:
     doc = (REPO / "docs" / "service.md").read_text()
     for path in opts.values():
         assert path in doc, path
+    assert "what is and is not tested" in doc
 
 
 # -- install ----------------------------------------------------------------------------------
@@ -618,3 +627,46 @@ def test_journal_stream_must_be_our_stderr() -> None:
         assert not stderr_is_journal({"JOURNAL_STREAM": "junk"}, stream)
         assert not under_systemd({}, stream)
         assert under_systemd({"INVOCATION_ID": "ab12"}, stream)
+
+
+# -- start failures under socket activation, PrivateUsers ---------------------------------------
+def test_refuse_pending_answers_queued_clients_with_the_error() -> None:
+    """A daemon that cannot start drains the activation socket: each waiting client gets
+    config_error (with its request id) instead of re-triggering the service (issue 17)."""
+    from chronotick_client.protocol import HEADER, decode_body, encode, request
+    from chronotickd.service.activation import refuse_pending
+
+    with workdir() as d:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(d / "s.sock"))
+        listener.listen(8)
+        clients = []
+        for i in range(3):
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.connect(str(d / "s.sock"))
+            if i < 2:  # the third sends nothing: still answered, with id None
+                c.sendall(encode(request("now", req_id=40 + i)))
+            clients.append(c)
+        assert refuse_pending(listener, "config_error", "bad key x; fix it", wait_s=0.2) == 3
+        for i, c in enumerate(clients):
+            c.settimeout(5)
+            head = c.recv(HEADER.size, socket.MSG_WAITALL)
+            reply = decode_body(c.recv(HEADER.unpack(head)[0], socket.MSG_WAITALL))
+            assert reply["ok"] is False and reply["error"]["code"] == "config_error"
+            assert reply["id"] == (40 + i if i < 2 else None)
+            assert c.recv(1) == b""  # closed
+            c.close()
+        assert refuse_pending(listener, "config_error", "x") == 0  # queue empty
+        listener.close()
+
+
+def test_gid_mapped_reads_the_user_namespace_map(tmp_path: Path) -> None:
+    from chronotickd.service.userns import gid_mapped
+
+    m = tmp_path / "gid_map"
+    m.write_text("         0          0          1\n       997        997          1\n")
+    assert gid_mapped(0, m) and gid_mapped(997, m)
+    assert not gid_mapped(1000, m) and not gid_mapped(998, m)
+    m.write_text("         0          0 4294967295\n")  # no user namespace: all mapped
+    assert gid_mapped(1000, m)
+    assert gid_mapped(5, tmp_path / "missing")

@@ -94,8 +94,12 @@ class ForecastWorker:
             try:
                 os.sched_setaffinity(0, self.cpus)  # 0 = this thread on Linux
             except (OSError, ValueError) as exc:
-                log.warning("model.cpu_affinity %s not applied (%s); running unpinned",
-                            sorted(self.cpus), exc)
+                hint = ""
+                if isinstance(exc, PermissionError) and os.environ.get("INVOCATION_ID"):
+                    hint = ("; the unit's SystemCallFilter=~@resources blocks it: add a drop-in "
+                            "with SystemCallFilter=sched_setaffinity (docs/service.md)")
+                log.warning("model.cpu_affinity %s not applied (%s); running unpinned%s",
+                            sorted(self.cpus), exc, hint)
         try:
             pipe = load_pipeline(self.source, self.threads)
             from chronotickd.forecast.forecaster import Forecaster

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from chronotickd.service.activation import inherited_socket, socket_path
+from chronotickd.service.activation import inherited_socket, refuse_pending, socket_path
 from chronotickd.service.logs import setup_logging, under_systemd
 from chronotickd.service.notify import Notifier
 from chronotickd.service.status import StatusReporter, status_line
@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Notifier", "ServiceHooks", "StatusReporter", "Watchdog", "attach", "inherited_socket",
-    "notify_failure", "setup_logging", "socket_path", "status_line", "under_systemd",
-    "watchdog_interval",
+    "notify_failure", "refuse_activation", "setup_logging", "socket_path", "status_line",
+    "under_systemd", "watchdog_interval",
 ]
 
 log = logging.getLogger("chronotickd.service")
@@ -76,6 +76,10 @@ def attach(daemon: Daemon, env: Mapping[str, str] | None = None) -> ServiceHooks
     if watchdog is not None:
         daemon.on_tick.append(watchdog.tick)
     daemon.on_stopping.append(stopping)
+    # `systemctl reload` (ExecReload=kill -HUP): state "reloading" until the restarts are done
+    daemon.reloader.on_reloading.append(lambda: notifier.notify("RELOADING=1"))
+    daemon.reloader.on_reloaded.append(
+        lambda: notifier.notify("READY=1", "STATUS=config reloaded"))
     return ServiceHooks(notifier, reporter, watchdog)
 
 
@@ -96,3 +100,13 @@ def notify_failure(message: str, errno: int | None = None) -> None:
     if errno:
         fields.append(f"ERRNO={errno}")
     Notifier().notify(*fields)
+
+
+def refuse_activation(message: str) -> None:
+    """On a fatal start error under socket activation: answer the waiting clients with
+    ``config_error`` so the queued connection does not re-trigger the service (issue 17)."""
+    sock = inherited_socket()
+    if sock is not None:
+        n = refuse_pending(sock, "config_error", message)
+        sock.detach()  # systemd keeps listening on it
+        log.info("answered %d waiting client(s) with the start error", n)

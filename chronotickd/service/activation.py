@@ -7,6 +7,7 @@ are removed afterwards so subprocesses (pmc, phc_ctl) never mistake them for the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -66,3 +67,33 @@ def socket_path(sock: socket.socket) -> str | None:
     """The filesystem path an inherited socket listens on (None for abstract/unnamed)."""
     name = sock.getsockname()
     return name if isinstance(name, str) and name.startswith("/") else None
+
+
+def refuse_pending(sock: socket.socket, code: str, message: str, wait_s: float = 0.5) -> int:
+    """Answer every connection already queued on ``sock`` with one error reply, then close it.
+
+    Used when the daemon cannot start (a config error) but systemd handed it the socket
+    because a client connected: left in the queue, that connection would make systemd start
+    the service again at once, up to the start limit, and then fail the socket unit itself.
+    Draining it ends the loop and tells the waiting client what is wrong. Returns the count.
+    """
+    from chronotick_client.protocol import HEADER, ProtocolError, decode_body, encode, error_reply
+
+    served = 0
+    sock.setblocking(False)
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except OSError:  # nothing (more) queued
+            return served
+        with conn:
+            conn.settimeout(wait_s)
+            req_id = None
+            with contextlib.suppress(OSError, ProtocolError):  # the id, so the client matches
+                head = conn.recv(HEADER.size, socket.MSG_WAITALL)
+                if len(head) == HEADER.size and HEADER.unpack(head)[0] <= 65536:
+                    body = conn.recv(HEADER.unpack(head)[0], socket.MSG_WAITALL)
+                    req_id = decode_body(body).get("id")
+            with contextlib.suppress(OSError):
+                conn.sendall(encode(error_reply(req_id, code, message)))
+        served += 1
