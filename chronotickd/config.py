@@ -91,6 +91,12 @@ SCHEMA: dict[str, Key] = {
                                   0.05, 3600),
     "server.write_timeout_s": Key("float", 5.0, "a client must take its reply this fast",
                                   0.05, 3600),
+    "server.uid_connection_share": Key("float", 0.25, "share of max_connections one uid may "
+                                       "hold", 0.01, 1),
+    "server.max_pipelined": Key("int", 16, "pipelined requests a connection has answered per "
+                                "event-loop pass before it waits its turn", 1, 4096),
+    "server.heavy_queue": Key("int", 16, "`at` requests queued on the work pool before `busy`",
+                              1, 4096),
     "model.enabled": Key("bool", MODEL_DEFAULT_ON, "fuse Chronos-Bolt forecasts with the engine"),
     "model.source": Key("str", "builtin", "'builtin' (shipped chronotick-bolt-mini), a local "
                         "Chronos-Bolt directory or a Hugging Face id"),

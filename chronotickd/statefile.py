@@ -19,12 +19,13 @@ log = logging.getLogger("chronotickd.state")
 
 STATE_FILE = "drift.json"
 FORMAT_VERSION = 1
+STATE_DIR_MODE = 0o750  # created no wider than this (umask may narrow it); tmpfiles.d agrees
 REQUIRED = ("t", "offset", "freq", "offset_stddev", "freq_stddev", "systematic")
 
 
 def save(state_dir: str | Path, data: dict[str, float]) -> Path:
     directory = Path(state_dir)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
     target = directory / STATE_FILE
     fd, tmp = tempfile.mkstemp(prefix=".drift-", dir=directory)
     try:

@@ -75,6 +75,7 @@ def attach(daemon: Daemon, env: Mapping[str, str] | None = None) -> ServiceHooks
     daemon.on_tick.append(reporter)
     if watchdog is not None:
         daemon.on_tick.append(watchdog.tick)
+        watchdog.checks.append(daemon.supervisor.healthy)
     daemon.on_stopping.append(stopping)
     return ServiceHooks(notifier, reporter, watchdog)
 
