@@ -210,6 +210,8 @@ class Config:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"not valid YAML: {exc}") from None
+        except RecursionError:  # found by fuzzing: PyYAML recurses per nesting level
+            raise ConfigError("not valid YAML: nested too deeply for a config file") from None
         if not isinstance(data, dict):
             raise ConfigError("the file must hold a mapping of keys to values")
         return cls(_flatten(data), path)
