@@ -15,6 +15,7 @@ admin requests.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -66,7 +67,12 @@ class ServerLimits:
         return max(1, int(self.max_connections * self.uid_connection_share))
 
 
-UID_PASS_FACTOR = 4  # a uid's share per pass: this many connections' worth of max_pipelined
+# A uid's share of one pass of the event loop: this much time answering its frames. Beyond,
+# its connections wait in a per-uid queue for the next pass, so a flood from one uid adds at
+# most about this much to another uid's latency, however many connections it holds.
+UID_PASS_SLICE_S = 50e-6
+_perf = time.perf_counter
+ACCEPT_BATCH = 16
 
 
 def _echo_id(req: dict) -> int | str | None:
@@ -148,9 +154,10 @@ class _Connection(asyncio.Protocol):
     """One client connection; replies are written from ``data_received`` itself.
 
     Fairness (issue 14): a connection answers at most ``max_pipelined`` frames per pass of
-    the event loop and its uid at most ``UID_PASS_FACTOR`` times that; beyond, it stops
-    reading (the rest waits in the kernel's socket buffer, not in our memory) and carries on
-    in the next pass, after everyone else had their turn. Heavy ops (``at``) go to the work
+    the event loop and its uid spends at most ``UID_PASS_SLICE_S`` answering; beyond, the
+    connection stops reading (the rest waits in the kernel's socket buffer, not in our memory)
+    and queues behind its uid's other connections for the next pass (``SocketServer.defer``),
+    after everyone else had their turn. Heavy ops (``at``) go to the work
     pool; until the reply is back the connection reads nothing more, so replies keep the
     order of the requests.
     """
@@ -230,9 +237,11 @@ class _Connection(asyncio.Protocol):
         if not self.buf and len(data) > 4 and not (self.waiting or self.yielded):
             # the usual case, one whole request per read: no buffering, no list of replies
             (length,) = _unpack_header(data)
-            if len(data) == 4 + length and length <= max_frame and \
-                    self.server.spend(self.peer.uid):
+            srv = self.server
+            if len(data) == 4 + length and length <= max_frame and srv.has_budget(self.peer.uid):
+                began = _perf()
                 frame, last = self._answer(data[4:])
+                srv.charge(self.peer.uid, _perf() - began)
                 if frame is None:
                     return  # on the work pool
                 if last:
@@ -264,10 +273,12 @@ class _Connection(asyncio.Protocol):
                 return
             if end - pos - 4 < length:
                 break
-            if served >= lim.max_pipelined or not srv.spend(self.peer.uid):
+            if served >= lim.max_pipelined or not srv.has_budget(self.peer.uid):
                 self._yield()
                 break
+            began = _perf()
             frame, last = self._answer(bytes(buf[pos + 4 : pos + 4 + length]))
+            srv.charge(self.peer.uid, _perf() - began)
             pos += 4 + length
             served += 1
             if frame is None:
@@ -290,7 +301,7 @@ class _Connection(asyncio.Protocol):
         self.yielded = True
         self.server.yields += 1
         self._pause("yield")
-        asyncio.get_running_loop().call_soon(self._next_pass)
+        self.server.defer(self)
 
     def _next_pass(self) -> None:
         self.yielded = False
@@ -417,7 +428,9 @@ class SocketServer:
         self.yields = 0
         self.connections: set[_Connection] = set()
         self.per_uid: dict[int, int] = {}  # uid → open connections
-        self._pass_used: dict[int, int] = {}  # uid → frames answered in this loop pass
+        self._pass_used: dict[int, float] = {}  # uid → seconds answering in this loop pass
+        self._deferred: dict[int, collections.deque[_Connection]] = {}
+        self._pass_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -432,18 +445,34 @@ class SocketServer:
         self.pool.queue_size = value.heavy_queue
         self.pool.per_uid = max(1, value.heavy_queue // 2)
 
-    def spend(self, uid: int) -> bool:
-        """Count one frame against ``uid``'s share of this loop pass; False when used up."""
-        if self._loop is None:  # not started (tests drive connections by hand): no passes
-            return True
+    def has_budget(self, uid: int) -> bool:
+        """Whether ``uid`` may have another frame answered in this pass of the loop."""
+        return self._pass_used.get(uid, 0.0) < UID_PASS_SLICE_S or self._loop is None
+
+    def charge(self, uid: int, seconds: float) -> None:
         used = self._pass_used
-        n = used.get(uid, 0)
-        if n >= self._limits.max_pipelined * UID_PASS_FACTOR:
-            return False
-        if not used:
+        if not used and self._loop is not None:
             self._loop.call_soon(used.clear)  # runs before the next pass's reads
-        used[uid] = n + 1
-        return True
+        used[uid] = used.get(uid, 0.0) + seconds
+
+    def defer(self, conn: _Connection) -> None:
+        """Queue a connection that used up its share; ``_next_pass`` serves the queues."""
+        self._deferred.setdefault(conn.peer.uid, collections.deque()).append(conn)
+        if not self._pass_scheduled:
+            self._pass_scheduled = True
+            asyncio.get_running_loop().call_soon(self._serve_deferred)
+
+    def _serve_deferred(self) -> None:
+        """Each uid's queued connections in turn, while the uid has budget in this pass."""
+        self._pass_scheduled = False
+        for uid, waiting in list(self._deferred.items()):
+            while waiting and self.has_budget(uid):
+                waiting.popleft()._next_pass()  # may queue itself again, at the end
+            if not waiting:
+                del self._deferred[uid]
+        if self._deferred and not self._pass_scheduled:
+            self._pass_scheduled = True
+            asyncio.get_running_loop().call_soon(self._serve_deferred)
 
     def counters(self) -> dict[str, int]:
         """For `status`: how often limits were enforced."""
@@ -455,7 +484,10 @@ class SocketServer:
                     spawn: Callable[[str, Callable[[], None]], Any] | None = None) -> None:
         loop = self._loop = asyncio.get_running_loop()
         self.pool.start(loop, spawn)
-        self._server = await loop.create_unix_server(lambda: _Connection(self), sock=sock)
+        # backlog: connections accepted per wake-up; a connect storm waits in the kernel
+        # queue instead of stalling the loop with hundreds of accepts in one go
+        self._server = await loop.create_unix_server(lambda: _Connection(self), sock=sock,
+                                                     backlog=ACCEPT_BATCH)
         self._sweeper = asyncio.create_task(self._sweep())
 
     async def _sweep(self) -> None:
