@@ -23,7 +23,7 @@ from typing import Any
 
 log = logging.getLogger("chronotickd.workpool")
 
-SWITCH_INTERVAL_S = 0.0002
+SWITCH_INTERVAL_S = 50e-6
 
 Job = tuple[int, Callable[[], Any], Callable[[Any, BaseException | None], None]]
 
