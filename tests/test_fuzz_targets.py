@@ -50,7 +50,7 @@ def test_found_by_fuzzing_stays_fixed() -> None:
     deep nesting in the config: each a clean rejection now."""
     from chronotickd.config import Config, ConfigError
 
-    with pytest.raises(ConfigError, match="nested too deeply"):
+    with pytest.raises(ConfigError, match=r"nested (too deeply|deeper than)"):
         Config.from_text("ntp: {servers: [" + "[" * 5000 + "]}")
     for name in ("regress-deep-nesting.json", "regress-huge-int.json"):
         data = (fuzz_targets.CORPUS / "statefile" / name).read_bytes()
