@@ -118,6 +118,12 @@ SCHEMA: dict[str, Key] = {
                                   0.05, 3600),
     "server.write_timeout_s": Key("float", 5.0, "a client must take its reply this fast",
                                   0.05, 3600),
+    "server.uid_connection_share": Key("float", 0.25, "share of max_connections one uid may "
+                                       "hold", 0.01, 1),
+    "server.max_pipelined": Key("int", 16, "pipelined requests a connection has answered per "
+                                "event-loop pass before it waits its turn", 1, 4096),
+    "server.heavy_queue": Key("int", 16, "`at` requests queued on the work pool before `busy`",
+                              1, 4096),
     "metrics.listen": Key("str", "", "address:port of the Prometheus endpoint (/metrics); "
                           "empty: off", check=_listen),
     "model.enabled": Key("bool", MODEL_DEFAULT_ON, "fuse Chronos-Bolt forecasts with the engine"),
@@ -203,6 +209,49 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+MAX_YAML_DEPTH = 32  # the schema nests 3 deep; PyYAML is quadratic in deep nesting
+
+
+class _DepthLimitedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` refusing nesting deeper than ``MAX_YAML_DEPTH``: fuzzing found a
+    1.6 kB file of nested ``[`` that took seconds to reject."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise ConfigError(f"not valid YAML: nested deeper than {MAX_YAML_DEPTH} levels "
+                                  "(a config file nests 3)")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _flow_depth(text: str) -> int:
+    """Deepest nesting of ``[``/``{`` outside quotes and comments (PyYAML's scanner is
+    quadratic in it, before any composer check could stop it)."""
+    depth = deepest = 0
+    quote = ""
+    comment = False
+    for ch in text:
+        if comment:
+            comment = ch != "\n"
+        elif quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#":
+            comment = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+    return deepest
+
+
 class Config:
     """Validated settings; ``cfg["ntp.servers"]`` style access, defaults filled in."""
 
@@ -229,10 +278,15 @@ class Config:
 
     @classmethod
     def from_text(cls, text: str, path: str | None = None) -> Config:
+        if _flow_depth(text) > MAX_YAML_DEPTH:
+            raise ConfigError(f"not valid YAML: nested deeper than {MAX_YAML_DEPTH} levels "
+                              "(a config file nests 3)")
         try:
-            data = yaml.safe_load(text) or {}
+            data = yaml.load(text, Loader=_DepthLimitedLoader) or {}  # a SafeLoader
         except yaml.YAMLError as exc:
             raise ConfigError(f"not valid YAML: {exc}") from None
+        except RecursionError:  # found by fuzzing: PyYAML recurses per nesting level
+            raise ConfigError("not valid YAML: nested too deeply for a config file") from None
         if not isinstance(data, dict):
             raise ConfigError("the file must hold a mapping of keys to values")
         return cls(_flatten(data), path)

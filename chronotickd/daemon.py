@@ -39,6 +39,7 @@ from chronotickd.sources.ntp import NtpSettings, NtpSource
 from chronotickd.sources.ptp import PtpSettings, PtpSource
 from chronotickd.sources.ptp_quality import GmPolicy
 from chronotickd.sources.system_clock import kernel_maxerror
+from chronotickd.supervise import Supervisor
 
 log = logging.getLogger("chronotickd")
 
@@ -92,6 +93,9 @@ def server_limits(cfg: Config) -> ServerLimits:
         idle_timeout_s=cfg["server.idle_timeout_s"],
         frame_timeout_s=cfg["server.frame_timeout_s"],
         write_timeout_s=cfg["server.write_timeout_s"],
+        uid_connection_share=cfg["server.uid_connection_share"],
+        max_pipelined=cfg["server.max_pipelined"],
+        heavy_queue=cfg["server.heavy_queue"],
     )
 
 
@@ -132,6 +136,7 @@ class Daemon:
         self.handlers.admin_ops.update(reload=lambda _req: self.reloader.reload(),
                                        poll_now=self.admin_poll_now, reset=self.admin_reset)
         self._engine_calls: queue.Queue[Callable[[], None]] = queue.Queue()
+        self.supervisor = Supervisor()  # engine + work pool threads: restarted if they die
         self.listen_sock = listen_sock
         self.sources: list[Source] = []
         self.on_ready: list[Callable[[], None]] = []  # e.g. sd_notify READY=1
@@ -268,6 +273,8 @@ class Daemon:
             "outliers": sum(t.outliers for t in self.engine.tracks.values()),
             "connections": self.server.active,
             "requests": self.server.served,
+            "limits": self.server.counters(),
+            "threads": self.supervisor.describe(),
             "models": self.forecast.describe() if self.forecast is not None else {},
         }
 
@@ -362,9 +369,8 @@ class Daemon:
         sock = self.listen_sock or bind_unix_socket(self.cfg["socket"],
                                                     int(self.cfg["socket_mode"], 8))
         self.publish_now()  # `status` is complete from the first request on
-        await self.server.start(sock)
-        engine_thread = threading.Thread(target=self._engine_loop, name="engine", daemon=True)
-        engine_thread.start()
+        await self.server.start(sock, spawn=self.supervisor.spawn)
+        self.supervisor.spawn("engine", self._engine_loop)
         if self.forecast is not None:
             self.forecast.start()
         for source in self.sources:
@@ -383,7 +389,8 @@ class Daemon:
             scrape.stop()
         for source in self.sources:
             source.stop()
-        engine_thread.join(timeout=3)
+        self.supervisor.stop()
+        self.supervisor.join("engine", timeout=3)
         if self.forecast is not None:
             self.forecast.stop()
         self.persist()

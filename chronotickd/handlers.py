@@ -26,6 +26,9 @@ from chronotickd.wire import answer_to_wire, now_reply_frame, values_to_wire
 MAX_FUTURE_S = 86400.0
 MAX_ID_CHARS = 256  # a request id is echoed back; a huge one could not fit in the reply
 ADMIN_OPS = ("reload", "poll_now", "reset")
+# ops costing more than arithmetic (``at`` fits a local line: ~2 ms): the server runs them on
+# its bounded work pool (chronotickd/workpool.py), never on the event loop
+HEAVY_OPS = frozenset({"at"})
 
 
 class BadRequest(ValueError):
@@ -50,7 +53,8 @@ class Peer:
     groups: tuple[int, ...] = ()
 
 
-LOCAL_ROOT = Peer(0, 0, 0)  # in-process callers (tests, hooks)
+UNPRIVILEGED = Peer(-1, -1, -1)  # the default caller: anyone; admin ops are refused
+LOCAL_ROOT = Peer(0, 0, 0)  # in-process admin callers must pass this explicitly
 
 
 def short(value: Any, limit: int = 60) -> str:
@@ -92,7 +96,7 @@ class Handlers:
         self.admin_ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
         self.admin_gid: int | None = None
 
-    def reply_frame(self, req: dict[str, Any], peer: Peer = LOCAL_ROOT) -> bytes:
+    def reply_frame(self, req: dict[str, Any], peer: Peer = UNPRIVILEGED) -> bytes:
         """The whole reply frame (length prefix + msgpack body) for ``req``: what the server
         sends.
 
@@ -109,13 +113,22 @@ class Handlers:
         body = self._packer.pack(self.handle(req, peer))
         return HEADER.pack(len(body)) + body
 
+    def is_heavy(self, req: dict[str, Any]) -> bool:
+        op = req.get("op")
+        return isinstance(op, str) and op in HEAVY_OPS and req.get("v") == PROTOCOL_VERSION
+
+    def pack(self, reply: dict[str, Any]) -> bytes:
+        """The frame of a reply map ``handle`` made (event loop only: one shared packer)."""
+        body = self._packer.pack(reply)
+        return HEADER.pack(len(body)) + body
+
     def is_admin(self, peer: Peer) -> bool:
         if peer.uid == 0:
             return True
         gid = self.admin_gid
         return gid is not None and peer.uid >= 0 and (peer.gid == gid or gid in peer.groups)
 
-    def handle(self, req: dict[str, Any], peer: Peer = LOCAL_ROOT) -> dict[str, Any]:
+    def handle(self, req: dict[str, Any], peer: Peer = UNPRIVILEGED) -> dict[str, Any]:
         op = req.get("op")
         key = op if isinstance(op, str) and op in self.op_counts else "other"
         self.op_counts[key] += 1

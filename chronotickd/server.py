@@ -15,6 +15,7 @@ admin requests.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -22,8 +23,10 @@ import socket
 import stat
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from chronotick_client.protocol import (
     E_BAD_FRAME,
@@ -38,6 +41,7 @@ from chronotick_client.protocol import (
     error_reply,
 )
 from chronotickd.handlers import Handlers, Peer
+from chronotickd.workpool import WorkPool
 
 log = logging.getLogger("chronotickd.server")
 
@@ -54,6 +58,26 @@ class ServerLimits:
     idle_timeout_s: float = 60.0
     frame_timeout_s: float = 5.0  # once a frame has begun, all of it must arrive this fast
     write_timeout_s: float = 5.0  # a reply must be taken by the client this fast
+    uid_connection_share: float = 0.25  # one uid may hold this share of max_connections
+    max_pipelined: int = 16  # frames one connection has answered per event-loop pass
+    heavy_queue: int = 16  # `at` requests queued on the work pool before `busy`
+
+    @property
+    def max_connections_per_uid(self) -> int:
+        return max(1, int(self.max_connections * self.uid_connection_share))
+
+
+# A uid's share of one pass of the event loop: this much time answering its frames. Beyond,
+# its connections wait in a per-uid queue for the next pass, so a flood from one uid adds at
+# most about this much to another uid's latency, however many connections it holds.
+UID_PASS_SLICE_S = 50e-6
+_perf = time.perf_counter
+ACCEPT_BATCH = 16
+
+
+def _echo_id(req: dict) -> int | str | None:
+    req_id = req.get("id")
+    return req_id if type(req_id) in (int, str) else None
 
 
 def peer_credentials(sock: socket.socket | None) -> Peer:
@@ -109,19 +133,34 @@ def _bind(path: str, mode: int) -> socket.socket:
         finally:
             probe.close()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o777 & ~mode)
+    old = os.umask(0o777 & ~mode)  # bind creates the file with `mode` already
     try:
         sock.bind(path)
     finally:
         os.umask(old)
-    os.chmod(path, mode)
+    try:  # never through a symlink someone swapped in after bind (it could point anywhere)
+        os.chmod(path, mode, follow_symlinks=False)
+    except (NotImplementedError, OSError) as exc:
+        sock.close()
+        raise OSError(f"{path} changed under us after bind (not our socket any more: "
+                      f"{getattr(exc, 'strerror', None) or exc}); make its directory writable "
+                      "by chronotickd only") from None
     sock.listen(128)
     sock.setblocking(False)
     return sock
 
 
 class _Connection(asyncio.Protocol):
-    """One client connection; replies are written from ``data_received`` itself."""
+    """One client connection; replies are written from ``data_received`` itself.
+
+    Fairness (issue 14): a connection answers at most ``max_pipelined`` frames per pass of
+    the event loop and its uid spends at most ``UID_PASS_SLICE_S`` answering; beyond, the
+    connection stops reading (the rest waits in the kernel's socket buffer, not in our memory)
+    and queues behind its uid's other connections for the next pass (``SocketServer.defer``),
+    after everyone else had their turn. Heavy ops (``at``) go to the work
+    pool; until the reply is back the connection reads nothing more, so replies keep the
+    order of the requests.
+    """
 
     def __init__(self, server: SocketServer) -> None:
         self.server = server
@@ -134,6 +173,9 @@ class _Connection(asyncio.Protocol):
         self.write_paused_at: float | None = None  # when the client stopped taking replies
         self.peer = Peer(-1, -1, -1, ())
         self.reply_frame = server.handlers.reply_frame
+        self.paused: set[str] = set()  # why reading is paused: write, yield, heavy
+        self.yielded = False  # used up this pass's share; resumes next pass
+        self.waiting = False  # a heavy request is on the work pool
 
     # -- asyncio callbacks ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -143,79 +185,144 @@ class _Connection(asyncio.Protocol):
         srv = self.server
         srv.active += 1
         srv.connections.add(self)
-        if srv.active > srv.limits.max_connections:
+        uid = self.peer.uid
+        srv.per_uid[uid] = srv.per_uid.get(uid, 0) + 1
+        lim = srv.limits
+        if srv.active > lim.max_connections:
             srv.rejected += 1
             self.fail(error_reply(None, E_BUSY,
-                                  f"too many connections (limit {srv.limits.max_connections}); "
+                                  f"too many connections (limit {lim.max_connections}); "
                                   "retry later"))
+        elif srv.per_uid[uid] > lim.max_connections_per_uid:
+            srv.rejected_uid += 1
+            self.fail(error_reply(None, E_BUSY,
+                                  f"too many connections from uid {uid} (limit "
+                                  f"{lim.max_connections_per_uid}: server.uid_connection_share "
+                                  "of server.max_connections); close some or retry later"))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.active -= 1
-        self.server.connections.discard(self)
+        srv = self.server
+        srv.active -= 1
+        srv.connections.discard(self)
+        left = srv.per_uid.get(self.peer.uid, 1) - 1
+        if left > 0:
+            srv.per_uid[self.peer.uid] = left
+        else:
+            srv.per_uid.pop(self.peer.uid, None)
         self.closing = True
+
+    def _pause(self, why: str) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.pause_reading()  # idempotent
+        self.paused.add(why)
+
+    def _unpause(self, why: str) -> None:
+        self.paused.discard(why)
+        if not self.paused and self.transport is not None and not self.closing:
+            self.transport.resume_reading()
 
     def pause_writing(self) -> None:  # the client does not read its replies: stop reading
         self.write_paused_at = _monotonic()
-        if self.transport is not None and not self.closing:
-            self.transport.pause_reading()
+        self._pause("write")
 
     def resume_writing(self) -> None:
         self.write_paused_at = None
-        if self.transport is not None and not self.closing:
-            self.transport.resume_reading()
+        self._unpause("write")
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
         self.last_active = now = _monotonic()
         max_frame = self.server.limits.max_frame_bytes  # read per call: `reload` may change it
-        if not self.buf and len(data) > 4:
+        if not self.buf and len(data) > 4 and not (self.waiting or self.yielded):
             # the usual case, one whole request per read: no buffering, no list of replies
             (length,) = _unpack_header(data)
-            if len(data) == 4 + length and length <= max_frame:
+            srv = self.server
+            if len(data) == 4 + length and length <= max_frame and srv.has_budget(self.peer.uid):
+                began = _perf()
                 frame, last = self._answer(data[4:])
+                srv.charge(self.peer.uid, _perf() - began)
+                if frame is None:
+                    return  # on the work pool
                 if last:
                     self._close_after([frame])
                 else:
                     self.transport.write(frame)  # type: ignore[union-attr]
                 return
+        self.buf += data
+        self._process(now)
+
+    def _process(self, now: float) -> None:
+        """Answer the complete frames in ``buf``, within this pass's share."""
+        if self.waiting or self.yielded or self.closing:
+            return
+        srv = self.server
+        lim = srv.limits
+        max_frame = lim.max_frame_bytes
         buf = self.buf
-        buf += data
         replies: list[bytes] = []
-        pos = 0
+        pos = served = 0
         end = len(buf)
         while end - pos >= 4:
             (length,) = _unpack_header(buf, pos)
             if length > max_frame:
-                self.server.bad_frames += 1
+                srv.bad_frames += 1
                 replies.append(encode(error_reply(
                     None, E_TOO_LARGE, f"frame of {length} bytes over the {max_frame} limit")))
                 self._close_after(replies)
                 return
             if end - pos - 4 < length:
                 break
+            if served >= lim.max_pipelined or not srv.has_budget(self.peer.uid):
+                self._yield()
+                break
+            began = _perf()
             frame, last = self._answer(bytes(buf[pos + 4 : pos + 4 + length]))
+            srv.charge(self.peer.uid, _perf() - began)
             pos += 4 + length
+            served += 1
+            if frame is None:
+                break  # on the work pool: the rest waits for its reply
             replies.append(frame)
             if last:
                 self._close_after(replies)
                 return
         if pos:
             del buf[:pos]
-            self.frame_started = now if buf else None
-        elif self.frame_started is None:
+        if not buf or self.waiting or self.yielded:
+            self.frame_started = None  # nothing half-sent, or the delay is ours
+        elif pos or self.frame_started is None:
             self.frame_started = now
         if replies:
             self.transport.write(b"".join(replies))  # type: ignore[union-attr]
 
-    def _answer(self, body: bytes) -> tuple[bytes, bool]:
-        """(reply frame, whether the connection must close after it) for one request body."""
+    def _yield(self) -> None:
+        """This pass's share is used up: stop reading, carry on in the next pass."""
+        self.yielded = True
+        self.server.yields += 1
+        self._pause("yield")
+        self.server.defer(self)
+
+    def _next_pass(self) -> None:
+        self.yielded = False
+        if self.closing:
+            return
+        self._process(_monotonic())
+        if not self.yielded:
+            self._unpause("yield")
+
+    def _answer(self, body: bytes) -> tuple[bytes | None, bool]:
+        """(reply frame, whether the connection must close after it) for one request body;
+        frame None: the request went to the work pool (``_heavy_done`` answers it)."""
         try:
             req = decode_body(body)
         except ProtocolError as exc:
             self.server.bad_frames += 1
             return encode(error_reply(None, exc.code or E_BAD_FRAME, exc.message)), True
         self.server.served += 1
+        handlers = self.server.handlers
+        if handlers.is_heavy(req):
+            return self._submit(req), False
         try:
             frame = self.reply_frame(req, self.peer)
             if len(frame) > MAX_FRAME_BYTES + 4:
@@ -228,9 +335,39 @@ class _Connection(asyncio.Protocol):
         except Exception:
             log.exception("unexpected error serving a request; connection closed")
             self.server.handlers.count_error(E_INTERNAL)
-            req_id = req.get("id")
-            return encode(error_reply(req_id if type(req_id) in (int, str) else None,
-                                      E_INTERNAL, "internal error")), True
+            return encode(error_reply(_echo_id(req), E_INTERNAL, "internal error")), True
+
+    def _submit(self, req: dict) -> bytes | None:
+        """Hand a heavy request to the work pool; a ``busy`` frame when it is full."""
+        handlers, peer = self.server.handlers, self.peer
+        if not self.server.pool.running:  # not started (tests drive connections by hand)
+            return self.reply_frame(req, peer)
+        if self.server.pool.submit(peer.uid, lambda: handlers.handle(req, peer),
+                                   lambda reply, error: self._heavy_done(req, reply, error)):
+            self.waiting = True
+            self._pause("heavy")
+            return None
+        return encode(error_reply(_echo_id(req), E_BUSY,
+                                  f"too many {req.get('op')!s:.20} requests queued (limit "
+                                  f"server.heavy_queue = {self.server.pool.queue_size}); "
+                                  "retry later"))
+
+    def _heavy_done(self, req: dict, reply: dict | None, error: BaseException | None) -> None:
+        """The work pool's answer (on the loop): send it, then carry on with the buffer."""
+        self.waiting = False
+        if self.closing or self.transport is None:
+            return
+        if error is not None or reply is None:
+            log.error("unexpected error serving %s: %r", req.get("op"), error)
+            frame = encode(error_reply(_echo_id(req), E_INTERNAL, "internal error"))
+        else:
+            frame = self.server.handlers.pack(reply)
+            if len(frame) > MAX_FRAME_BYTES + 4:
+                frame = encode(error_reply(None, E_TOO_LARGE, "reply would exceed the frame "
+                                           "limit"))
+        self.transport.write(frame)
+        self._unpause("heavy")
+        self._process(_monotonic())
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -281,19 +418,77 @@ class _Connection(asyncio.Protocol):
 class SocketServer:
     def __init__(self, handlers: Handlers, limits: ServerLimits = ServerLimits()) -> None:
         self.handlers = handlers
+        self.pool = WorkPool(limits.heavy_queue)
         self.limits = limits  # replaced whole by `reload`; connections read it per frame
         self.active = 0
         self.served = 0
         self.rejected = 0
+        self.rejected_uid = 0
         self.bad_frames = 0
         self.timeouts = 0
+        self.yields = 0
         self.connections: set[_Connection] = set()
+        self.per_uid: dict[int, int] = {}  # uid → open connections
+        self._pass_used: dict[int, float] = {}  # uid → seconds answering in this loop pass
+        self._deferred: dict[int, collections.deque[_Connection]] = {}
+        self._pass_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
-    async def start(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(lambda: _Connection(self), sock=sock)
+    @property
+    def limits(self) -> ServerLimits:
+        return self._limits
+
+    @limits.setter
+    def limits(self, value: ServerLimits) -> None:
+        self._limits = value
+        self.pool.queue_size = value.heavy_queue
+        self.pool.per_uid = max(1, value.heavy_queue // 2)
+
+    def has_budget(self, uid: int) -> bool:
+        """Whether ``uid`` may have another frame answered in this pass of the loop."""
+        return self._pass_used.get(uid, 0.0) < UID_PASS_SLICE_S or self._loop is None
+
+    def charge(self, uid: int, seconds: float) -> None:
+        used = self._pass_used
+        if not used and self._loop is not None:
+            self._loop.call_soon(used.clear)  # runs before the next pass's reads
+        used[uid] = used.get(uid, 0.0) + seconds
+
+    def defer(self, conn: _Connection) -> None:
+        """Queue a connection that used up its share; ``_next_pass`` serves the queues."""
+        self._deferred.setdefault(conn.peer.uid, collections.deque()).append(conn)
+        if not self._pass_scheduled:
+            self._pass_scheduled = True
+            asyncio.get_running_loop().call_soon(self._serve_deferred)
+
+    def _serve_deferred(self) -> None:
+        """Each uid's queued connections in turn, while the uid has budget in this pass."""
+        self._pass_scheduled = False
+        for uid, waiting in list(self._deferred.items()):
+            while waiting and self.has_budget(uid):
+                waiting.popleft()._next_pass()  # may queue itself again, at the end
+            if not waiting:
+                del self._deferred[uid]
+        if self._deferred and not self._pass_scheduled:
+            self._pass_scheduled = True
+            asyncio.get_running_loop().call_soon(self._serve_deferred)
+
+    def counters(self) -> dict[str, int]:
+        """For `status`: how often limits were enforced."""
+        return {"rejected": self.rejected, "rejected_uid": self.rejected_uid,
+                "bad_frames": self.bad_frames, "timeouts": self.timeouts,
+                "yields": self.yields, **{f"heavy_{k}": v for k, v in self.pool.describe().items()}}
+
+    async def start(self, sock: socket.socket,
+                    spawn: Callable[[str, Callable[[], None]], Any] | None = None) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        self.pool.start(loop, spawn)
+        # backlog: connections accepted per wake-up; a connect storm waits in the kernel
+        # queue instead of stalling the loop with hundreds of accepts in one go
+        self._server = await loop.create_unix_server(lambda: _Connection(self), sock=sock,
+                                                     backlog=ACCEPT_BATCH)
         self._sweeper = asyncio.create_task(self._sweep())
 
     async def _sweep(self) -> None:
@@ -308,6 +503,7 @@ class SocketServer:
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        self.pool.stop()
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):

@@ -19,12 +19,14 @@ log = logging.getLogger("chronotickd.state")
 
 STATE_FILE = "drift.json"
 FORMAT_VERSION = 1
+STATE_DIR_MODE = 0o750  # created no wider than this (umask may narrow it); tmpfiles.d agrees
+MAX_STATE_BYTES = 65536  # the file is ~200 bytes; anything much larger is not ours
 REQUIRED = ("t", "offset", "freq", "offset_stddev", "freq_stddev", "systematic")
 
 
 def save(state_dir: str | Path, data: dict[str, float]) -> Path:
     directory = Path(state_dir)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
     target = directory / STATE_FILE
     fd, tmp = tempfile.mkstemp(prefix=".drift-", dir=directory)
     try:
@@ -62,10 +64,14 @@ def load(state_dir: str | Path) -> dict[str, float] | None:
     path = Path(state_dir) / STATE_FILE
     remove_leftovers(state_dir)
     try:
-        raw = json.loads(path.read_text())
+        with path.open("rb") as fh:
+            text = fh.read(MAX_STATE_BYTES + 1)
+        if len(text) > MAX_STATE_BYTES:
+            raise ValueError(f"over {MAX_STATE_BYTES} bytes, not a state file")
+        raw = json.loads(text)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # fuzzing found deep nesting
         log.warning("ignoring state file %s (%s); starting without a saved estimate", path, exc)
         return None
     try:
@@ -74,7 +80,7 @@ def load(state_dir: str | Path) -> dict[str, float] | None:
         data = {k: float(raw[k]) for k in REQUIRED}
         if not all(math.isfinite(v) for v in data.values()):
             raise ValueError("non-finite value")
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+    except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as exc:
         log.warning("ignoring state file %s (%s); starting without a saved estimate", path, exc)
         return None
     return data

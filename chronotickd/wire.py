@@ -1,7 +1,12 @@
 """Conversion of core answers (float seconds) into wire results (integer nanoseconds).
 
-The system time stays the exact integer the kernel gave; the offset is rounded to the
-nearest ns and the bound is rounded *up*, so integer arithmetic never narrows the promise.
+The system time stays the exact integer the kernel gave. The interval rounds *outward*:
+``earliest_ns = system + floor((offset − bound)·1e9)`` and ``latest_ns = system +
+ceil((offset + bound)·1e9)`` (the system time is added as an integer: a float cannot hold
+today's time to the ns). The offset is rounded to the nearest ns and ``bound_ns`` is the
+larger distance from the corrected time to either end (at least ``ceil(bound·1e9)``), so
+``corrected ± bound_ns`` covers ``[earliest, latest]`` too and integer arithmetic never
+narrows the promise.
 """
 
 from __future__ import annotations
@@ -23,6 +28,17 @@ def ns_up(seconds: float) -> int:
     return math.ceil(seconds * 1e9) if seconds < _FINITE_LIMIT else 2**62
 
 
+def interval_ns(offset: float, bound: float) -> tuple[int, int, int, int]:
+    """(offset_ns, bound_ns, earliest − system, latest − system) in integer ns, rounded
+    outward; a bound this wide (or NaN/inf) saturates at 2**62 ns."""
+    offset_ns = round(offset * 1e9)
+    if not bound < _FINITE_LIMIT:
+        return offset_ns, 2**62, offset_ns - 2**62, offset_ns + 2**62
+    lo = math.floor((offset - bound) * 1e9)
+    hi = math.ceil((offset + bound) * 1e9)
+    return offset_ns, max(ceil(bound * 1e9), offset_ns - lo, hi - offset_ns), lo, hi
+
+
 def answer_to_wire(ans: TimeAnswer, system_time_ns: int) -> dict[str, Any]:
     return values_to_wire(system_time_ns, ans.offset, ans.bound, ans.status, ans.source,
                           ans.as_of, ans.void_after)
@@ -31,17 +47,15 @@ def answer_to_wire(ans: TimeAnswer, system_time_ns: int) -> dict[str, Any]:
 def values_to_wire(system_time_ns: int, offset: float, bound: float, status: Status,
                    source: str, as_of: float, void_after: float) -> dict[str, Any]:
     """The wire result of a time answer; arguments as ``ClockState.answer`` returns them."""
-    offset_ns = round(offset * 1e9)
-    bound_ns = ceil(bound * 1e9) if bound < _FINITE_LIMIT else 2**62
-    corrected = system_time_ns + offset_ns
+    offset_ns, bound_ns, lo, hi = interval_ns(offset, bound)
     as_of_ns = round(as_of * 1e9) if as_of else 0
     return {
-        "corrected_time_ns": corrected,
+        "corrected_time_ns": system_time_ns + offset_ns,
         "system_time_ns": system_time_ns,
         "offset_ns": offset_ns,
         "bound_ns": bound_ns,
-        "earliest_ns": corrected - bound_ns,
-        "latest_ns": corrected + bound_ns,
+        "earliest_ns": system_time_ns + lo,
+        "latest_ns": system_time_ns + hi,
         "status": str(status),
         "source": source,
         "as_of_ns": as_of_ns,
@@ -101,8 +115,7 @@ def now_reply_frame(req_id: int, system_time_ns: int, offset: float, bound: floa
         result = values_to_wire(system_time_ns, offset, bound, status, source, as_of, void_after)
         body = msgpack.packb({"v": 1, "id": req_id, "ok": True, "result": result})
         return struct.pack(">I", len(body)) + body
-    offset_ns = round(offset * 1e9)
-    bound_ns = ceil(bound * 1e9) if bound < _FINITE_LIMIT else 2**62
+    offset_ns, bound_ns, lo, hi = interval_ns(offset, bound)
     corrected = system_time_ns + offset_ns
     void_ns = round(void_after * 1e9) if void_after else 0
     has_age = bool(as_of)
@@ -115,8 +128,8 @@ def now_reply_frame(req_id: int, system_time_ns: int, offset: float, bound: floa
         as_of_ns = round(as_of * 1e9)
         age_ns = system_time_ns - as_of_ns
         return s.pack(c[0], req_id, c[1], corrected, c[2], system_time_ns, c[3], offset_ns,
-                      c[4], bound_ns, c[5], corrected - bound_ns, c[6], corrected + bound_ns,
+                      c[4], bound_ns, c[5], system_time_ns + lo, c[6], system_time_ns + hi,
                       c[7], as_of_ns, c[8], age_ns if age_ns > 0 else 0, c[9], void_ns)
     return s.pack(c[0], req_id, c[1], corrected, c[2], system_time_ns, c[3], offset_ns,
-                  c[4], bound_ns, c[5], corrected - bound_ns, c[6], corrected + bound_ns,
+                  c[4], bound_ns, c[5], system_time_ns + lo, c[6], system_time_ns + hi,
                   c[7], 0, c[8], void_ns)

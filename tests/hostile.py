@@ -175,3 +175,102 @@ def wait_fds(pid: int, baseline: int, timeout: float = 5.0) -> int:
         time.sleep(0.05)
         n = open_fds(pid)
     return n
+
+
+# -- a hostile NTP server ------------------------------------------------------------------------
+NTP_EPOCH = 2208988800
+_NTP = struct.Struct(">BBbbII4sQQQQ")
+NTP_MODES = ("truncated", "oversized", "bad_mode", "bad_version", "zero_transmit",
+             "absurd_root", "garbage", "wrong_origin", "spoofed_port")
+
+
+def _ntp_ts(t: float) -> int:
+    return int((t + NTP_EPOCH) * 2**32) & 0xFFFFFFFFFFFFFFFF
+
+
+class HostileNtp:
+    """A UDP "NTP server" on loopback whose every reply is wrong in some way, and whose time
+    is ``shift`` seconds off: a reply a client wrongly accepts shows up as a lie.
+
+    Modes (cycled, or fixed with ``modes``): truncated (< 48 bytes), oversized (a reply with
+    ~900 bytes of garbage "extension fields"), bad_mode (mode 3), bad_version (0), zero_transmit,
+    absurd_root (root dispersion 0xFFFF s), garbage (random bytes), wrong_origin (origin is not
+    the client's transmit timestamp), spoofed_port (a reply echoing the origin correctly, sent
+    from another port: an off-path injector); not in the default cycle: duplicate (the same
+    reply twice: a replay, whose first copy is well-formed).
+    """
+
+    def __init__(self, shift: float = 10.0, modes: tuple[str, ...] = NTP_MODES) -> None:
+        import threading
+
+        self.shift, self.modes = shift, modes
+        self.sent: dict[str, int] = {}
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.spoofer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.spoofer.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.rng = random.Random(5)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hostile-ntp", daemon=True)
+        self._n = 0
+
+    @property
+    def server(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def reply(self, request: bytes, mode: str) -> bytes:
+        now = time.time() + self.shift
+        origin = struct.unpack(">Q", request[40:48])[0] if len(request) >= 48 else 0
+        first = (0 << 6) | (4 << 3) | 4
+        stratum, root_disp, transmit = 2, int(0.0001 * 65536), _ntp_ts(now)
+        if mode == "bad_mode":
+            first = (4 << 3) | 3
+        elif mode == "bad_version":
+            first = 4
+        elif mode == "zero_transmit":
+            transmit = 0
+        elif mode == "absurd_root":
+            root_disp = 0xFFFFFFFF
+        elif mode == "wrong_origin":
+            origin = self.rng.getrandbits(64)
+        body = _NTP.pack(first, stratum, 6, -20, 0, root_disp, b"EVIL", _ntp_ts(now - 1),
+                         origin, _ntp_ts(now), transmit)
+        if mode == "truncated":
+            return body[: self.rng.randint(0, 47)]
+        if mode == "oversized":
+            return body + self.rng.randbytes(900)
+        if mode == "garbage":
+            return self.rng.randbytes(self.rng.choice([1, 47, 48, 68, 200]))
+        return body
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, addr = self.sock.recvfrom(2048)
+            except (TimeoutError, OSError):
+                continue
+            mode = self.modes[self._n % len(self.modes)]
+            self._n += 1
+            self.sent[mode] = self.sent.get(mode, 0) + 1
+            out = self.reply(data, mode)
+            try:
+                if mode == "spoofed_port":
+                    self.spoofer.sendto(out, addr)
+                else:
+                    self.sock.sendto(out, addr)
+                    if mode == "duplicate":
+                        self.sock.sendto(out, addr)
+            except OSError:
+                pass
+
+    def start(self) -> HostileNtp:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+        self.spoofer.close()

@@ -92,11 +92,12 @@ def test_reload_applies_live_keys_and_rejects_bad_config(workdir: Path) -> None:
         wait_until(lambda: "socket" in c.status())  # first publish done
         cfg = yaml.safe_load(d.config.read_text())
         cfg["log_level"] = "debug"
-        cfg["server"] = {"max_connections": 3}
+        cfg["server"] = {"max_connections": 3, "uid_connection_share": 1.0}
         cfg["socket"] = str(workdir / "other.sock")
         d.config.write_text(yaml.safe_dump(cfg))
         r = c.call("reload")
-        assert r["applied"] == ["log_level", "server.max_connections"]
+        assert r["applied"] == ["log_level", "server.max_connections",
+                                "server.uid_connection_share"]
         assert r["restart_required"] == ["socket"]
         time.sleep(1.2)  # next publish
         assert c.status()["socket"] == d.socket  # still the one it listens on

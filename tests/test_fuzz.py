@@ -35,7 +35,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import DaemonProc, daemon_process
 
-LIMITS = dict(server__max_connections=16, server__frame_timeout_s=0.5,
+LIMITS = dict(server__max_connections=16, server__uid_connection_share=1.0,
+              server__frame_timeout_s=0.5,
               server__idle_timeout_s=1.0, server__write_timeout_s=1.0,
               server__max_frame_bytes=4096)
 HYPO = settings(max_examples=120, deadline=None,

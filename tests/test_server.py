@@ -89,7 +89,7 @@ def test_connection_limit_answers_busy(tmp_path: Path) -> None:
         r4, w4 = await asyncio.open_unix_connection(path)  # a slot is free again
         w4.write(frame({"v": 1, "id": 4, "op": "now"}))
         assert (await read_reply(r4))["id"] == 4
-    serve(tmp_path, ServerLimits(max_connections=2), body)
+    serve(tmp_path, ServerLimits(max_connections=2, uid_connection_share=1.0), body)
 
 
 def test_oversize_frame_refused_before_reading_it(tmp_path: Path) -> None:

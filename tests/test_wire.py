@@ -24,7 +24,8 @@ def test_bound_rounds_up_and_offset_to_nearest() -> None:
     w = answer_to_wire(ans, NS)
     assert w["offset_ns"] == 1 and w["bound_ns"] == 1001
     assert w["corrected_time_ns"] == NS + 1
-    assert w["earliest_ns"] == NS + 1 - 1001 and w["latest_ns"] == NS + 1 + 1001
+    # outward: floor(1.4 − 1000.1) = −999 and ceil(1.4 + 1000.1) = 1002; bound_ns covers both
+    assert w["earliest_ns"] == NS - 999 and w["latest_ns"] == NS + 1002
     assert w["status"] == "synchronized" and type(w["status"]) is str
     assert w["age_ns"] == NS - round((NS / 1e9 - 1) * 1e9)
 
@@ -94,3 +95,23 @@ def test_now_handler_is_the_published_state_at_clock_time() -> None:
     ans = h.publisher.current.clock.query(NS / 1e9)
     assert r == answer_to_wire(ans, NS)
     assert r["status"] == "synchronized" and r["age_ns"] == pytest.approx(5e9, abs=1e3)
+
+
+@pytest.mark.parametrize("offset,bound", [
+    (0.6e-9, 0.0), (0.5e-9, 0.6e-9), (-0.6e-9, 0.1e-9), (2.5e-9, 0.4e-9), (1e-3, 2e-3),
+    (-0.3, 1.7e-9), (1.4e-9, 1.0001e-6), (0.0, 0.0), (123.456789012, 3.3e-9),
+])
+def test_interval_rounds_outward(offset: float, bound: float) -> None:
+    """earliest = floor((system+offset−bound)·1e9), latest = ceil(...): never narrower than
+    the float interval, on both the generic and the hand-packed `now` path."""
+    w = values_to_wire(NS, offset, bound, Status.SYNCHRONIZED, "ntp", 1.0, 2.0)
+    assert w["earliest_ns"] - NS == math.floor((offset - bound) * 1e9)
+    assert w["latest_ns"] - NS == math.ceil((offset + bound) * 1e9)
+    assert w["earliest_ns"] - NS <= (offset - bound) * 1e9
+    assert w["latest_ns"] - NS >= (offset + bound) * 1e9
+    c = w["corrected_time_ns"]
+    assert c - w["bound_ns"] <= w["earliest_ns"] and w["latest_ns"] <= c + w["bound_ns"]
+    assert w["bound_ns"] >= math.ceil(bound * 1e9)
+    got = msgpack.unpackb(now_reply_frame(3, NS, offset, bound, Status.SYNCHRONIZED, "ntp",
+                                          1.0, 2.0)[4:])
+    assert got["result"] == w

@@ -75,6 +75,7 @@ def attach(daemon: Daemon, env: Mapping[str, str] | None = None) -> ServiceHooks
     daemon.on_tick.append(reporter)
     if watchdog is not None:
         daemon.on_tick.append(watchdog.tick)
+        watchdog.checks.append(daemon.supervisor.healthy)
     daemon.on_stopping.append(stopping)
     # `systemctl reload` (ExecReload=kill -HUP): state "reloading" until the restarts are done
     daemon.reloader.on_reloading.append(lambda: notifier.notify("RELOADING=1"))

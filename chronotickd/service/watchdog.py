@@ -4,7 +4,8 @@
 if the loop hangs, the pings stop and systemd kills and restarts the service (WatchdogSec=).
 The ping is also withheld when the engine thread has not ticked for a whole watchdog period
 (at least ENGINE_STALL_MIN_S; it publishes about once a second), so a wedged engine is
-restarted too instead of serving an ever-older state forever.
+restarted too instead of serving an ever-older state forever, and so is a daemon whose
+supervisor gave up on a thread (``checks``: chronotickd/supervise.py ``healthy``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from chronotickd.service.notify import Notifier
@@ -48,6 +49,7 @@ class Watchdog:
         self._last_tick = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self._withheld = False
+        self.checks: list[Callable[[], bool]] = []  # all must hold for a ping
 
     def tick(self, _facts: dict[str, Any] | None = None) -> None:
         """``Daemon.on_tick`` hook (engine thread): the engine is alive."""
@@ -68,10 +70,15 @@ class Watchdog:
     async def _run(self) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             while True:
-                if self.engine_alive():
+                failing = [c for c in self.checks if not c()]
+                if self.engine_alive() and not failing:
                     if self.notifier.notify("WATCHDOG=1"):
                         self.pings += 1
                     self._withheld = False
+                elif not self._withheld and failing:
+                    self._withheld = True
+                    log.error("a worker thread could not be restarted; withholding the "
+                              "watchdog ping so systemd restarts the service")
                 elif not self._withheld:
                     self._withheld = True
                     log.error("engine thread has not published for %.0f s; withholding the "

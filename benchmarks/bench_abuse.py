@@ -1,0 +1,242 @@
+"""Abuse benchmark (issue 14 item 4): one uid runs every abuse pattern at once while another
+uid's ``now`` latency is measured; its p99 should stay within 2× of its idle p99.
+
+A real daemon (synchronized on a loopback NTP responder, so ``at`` has a history to fit) with
+the shipped server limits. The victim (uid ``--victim-uid``) sends ``now`` on one connection,
+one request every ``--gap-us``, and reports p50/p99/max. The abuser (uid ``--abuser-uid``, one
+process per pattern, all started with ``setpriv --reuid`` as tests/test_admin.py does):
+
+* hog       holds as many connections as its uid may (then some: the extra get ``busy``)
+* pipeline  batches of 2000 ``now`` frames on a few connections, replies read
+* at        batches of 200 ``at`` frames (a local fit each) on a few connections
+* nonreader ``sources`` requests pipelined on connections that never read a reply
+* slow      frames trickled a byte at a time
+* garbage   connect, send random bytes or a bad length prefix, close; again
+
+The abusers run at ``nice --abuser-nice`` so the figure measures the daemon's isolation of
+uids, not the kernel's CPU sharing between the two clients on a small machine.
+
+    python benchmarks/bench_abuse.py [--requests 5000] [--seconds 6]
+
+Needs root (setpriv) and a socket reachable by other uids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+for p in (ROOT, ROOT / "clients", ROOT / "tests"):
+    sys.path.insert(0, str(p))
+
+from hostile import probe_now  # noqa: E402
+from ntp_responder import responder  # noqa: E402
+from support import PYTHONPATH, daemon_process, kill_pid  # noqa: E402
+
+from chronotick_client import Client  # noqa: E402
+
+VICTIM = r"""
+import json, socket, struct, sys, time
+import msgpack
+path, n, gap = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]) / 1e6
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(path)
+lat = []
+for i in range(n):
+    body = msgpack.packb({"v": 1, "id": i, "op": "now"})
+    t0 = time.perf_counter_ns()
+    s.sendall(struct.pack(">I", len(body)) + body)
+    buf = b""
+    while len(buf) < 4 or len(buf) < 4 + struct.unpack(">I", buf[:4])[0]:
+        chunk = s.recv(4096)
+        if not chunk:
+            raise SystemExit("daemon closed the victim's connection")
+        buf += chunk
+    lat.append(time.perf_counter_ns() - t0)
+    assert msgpack.unpackb(buf[4:])["ok"]
+    time.sleep(gap)
+lat.sort()
+print(json.dumps({"p50": lat[len(lat) // 2], "p99": lat[int(len(lat) * 0.99)],
+                  "max": lat[-1], "n": len(lat)}))
+"""
+
+ABUSER = r"""
+import os, random, socket, struct, sys, threading, time
+import msgpack
+path, pattern = sys.argv[1], sys.argv[2]
+rng = random.Random(os.getpid())
+def frame(obj):
+    b = msgpack.packb(obj)
+    return struct.pack(">I", len(b)) + b
+def conn():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    return s
+def drain(s):
+    try:
+        while s.recv(1 << 16):
+            pass
+    except OSError:
+        pass
+def flood(payload, nconn):
+    def one():
+        while True:
+            try:
+                s = conn()
+                threading.Thread(target=drain, args=(s,), daemon=True).start()
+                while True:
+                    s.sendall(payload)
+            except OSError:
+                time.sleep(0.01)
+    for _ in range(nconn):
+        threading.Thread(target=one, daemon=True).start()
+if pattern == "hog":
+    held = []
+    while True:
+        try:
+            s = conn()
+            s.sendall(frame({"v": 1, "id": 1, "op": "now"}))
+            held.append(s)
+        except OSError:
+            time.sleep(0.05)
+        if len(held) > 400:
+            held.pop(0).close()
+        time.sleep(0.001)
+elif pattern == "pipeline":
+    flood(b"".join(frame({"v": 1, "id": i, "op": "now"}) for i in range(2000)), 4)
+elif pattern == "at":
+    t = time.time_ns() - 5 * 10**9
+    flood(b"".join(frame({"v": 1, "id": i, "op": "at", "system_time_ns": t - i * 10**7})
+                   for i in range(200)), 4)
+elif pattern == "nonreader":
+    def nr():
+        while True:
+            try:
+                s = conn()
+                s.settimeout(2)
+                while True:
+                    s.sendall(frame({"v": 1, "id": 1, "op": "sources"}) * 500)
+            except OSError:
+                time.sleep(0.05)
+    for _ in range(3):
+        threading.Thread(target=nr, daemon=True).start()
+elif pattern == "slow":
+    def sl():
+        while True:
+            try:
+                s = conn()
+                for b in frame({"v": 1, "id": 1, "op": "now"}):
+                    s.send(bytes([b]))
+                    time.sleep(0.3)
+                drain(s)
+            except OSError:
+                time.sleep(0.05)
+    for _ in range(4):
+        threading.Thread(target=sl, daemon=True).start()
+elif pattern == "garbage":
+    def gb():
+        while True:
+            try:
+                s = conn()
+                if rng.random() < 0.5:
+                    s.sendall(rng.randbytes(rng.randint(1, 64)))
+                else:
+                    s.sendall(struct.pack(">I", rng.choice([2**31, 70000])) + b"x" * 8)
+                s.close()
+            except OSError:
+                time.sleep(0.01)
+    for _ in range(2):
+        threading.Thread(target=gb, daemon=True).start()
+while True:
+    time.sleep(3600)
+"""
+
+PATTERNS = ("pipeline", "at", "nonreader", "slow", "garbage", "hog")
+
+
+def as_uid(uid: int, gid: int, *args: str, nice: int = 0) -> list[str]:
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is needed"
+    return ["nice", "-n", str(nice), setpriv, f"--reuid={uid}", f"--regid={gid}",
+            "--clear-groups", sys.executable, *args]
+
+
+def victim(path: str, uid: int, n: int, gap_us: int) -> dict:
+    out = subprocess.run(as_uid(uid, uid, "-c", VICTIM, path, str(n), str(gap_us)),
+                         capture_output=True, text=True, timeout=600, cwd="/",
+                         env={**os.environ, "PYTHONPATH": PYTHONPATH})
+    if out.returncode != 0:
+        raise RuntimeError(f"victim failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--requests", type=int, default=5000)
+    ap.add_argument("--gap-us", type=int, default=200)
+    ap.add_argument("--seconds", type=float, default=3.0, help="abuse ramp-up before measuring")
+    ap.add_argument("--victim-uid", type=int, default=65534)
+    ap.add_argument("--abuser-uid", type=int, default=65533)
+    ap.add_argument("--abuser-nice", type=int, default=10)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench_abuse: needs root to run clients as other uids (setpriv)", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="ct-abuse-"))
+    os.chmod(work, 0o711)
+    procs: list[subprocess.Popen] = []
+    try:
+        with responder() as ntp, daemon_process(
+                work, socket_mode="0666", ntp__servers=[ntp.server],
+                ntp__warmup_interval_s=0.2) as d:
+            deadline = time.monotonic() + 30
+            with Client(d.socket) as c:
+                while c.status()["status"] != "synchronized" and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                time.sleep(2)  # some history for `at` to fit
+                print(f"daemon status         {c.status()['status']}")
+            idle = victim(d.socket, args.victim_uid, args.requests, args.gap_us)
+            for pattern in PATTERNS:
+                procs.append(subprocess.Popen(
+                    as_uid(args.abuser_uid, args.abuser_uid, "-c", ABUSER, d.socket, pattern,
+                           nice=args.abuser_nice),
+                    cwd="/", env={**os.environ, "PYTHONPATH": PYTHONPATH},
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            time.sleep(args.seconds)
+            abused = victim(d.socket, args.victim_uid, args.requests, args.gap_us)
+            with Client(d.socket) as c:
+                st = c.status()
+            for p in procs:
+                kill_pid(p, 2)
+            procs.clear()
+            time.sleep(0.5)
+            alive = probe_now(d.socket)["ok"] and d.proc.poll() is None
+            tracebacks = d.log().count("Traceback")
+    finally:
+        for p in procs:
+            kill_pid(p, 2)
+        shutil.rmtree(work, ignore_errors=True)
+    ratio = abused["p99"] / idle["p99"]
+    print(f"victim now idle       p50 {idle['p50'] / 1e3:7.1f} us   p99 {idle['p99'] / 1e3:7.1f} us"
+          f"   max {idle['max'] / 1e3:8.1f} us   (n={idle['n']})")
+    print(f"victim now abused     p50 {abused['p50'] / 1e3:7.1f} us   p99 "
+          f"{abused['p99'] / 1e3:7.1f} us   max {abused['max'] / 1e3:8.1f} us   "
+          f"(n={abused['n']})")
+    print(f"p99 ratio             {ratio:.2f}  (target <= 2)")
+    print(f"daemon limits         {json.dumps(st.get('limits', {}))}")
+    print(f"daemon connections    {st.get('connections')}   requests {st.get('requests')}")
+    print(f"daemon after abuse    {'answering' if alive else 'NOT ANSWERING'}, "
+          f"{tracebacks} tracebacks in its log")
+    return 0 if ratio <= 2 and alive and not tracebacks else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

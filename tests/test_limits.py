@@ -1,0 +1,241 @@
+"""Local abuse limits (issue 14 item 4) in-process on a real Unix socket: the per-uid
+connection cap, the per-pass share of a pipelining connection, the bounded work pool that
+runs `at` off the event loop, the unprivileged default caller, thread supervision and the
+watchdog check it feeds; and the file-safety rules of item 6 (socket chmod, state dir)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import stat
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_server import frame, read_reply, serve
+
+from chronotickd import server as server_mod
+from chronotickd import statefile
+from chronotickd.core.engine import Engine
+from chronotickd.handlers import LOCAL_ROOT, Handlers
+from chronotickd.publish import Publisher
+from chronotickd.server import ServerLimits, SocketServer, bind_unix_socket
+from chronotickd.supervise import Supervisor
+
+
+def test_per_uid_connection_cap(tmp_path: Path) -> None:
+    """One uid holds at most uid_connection_share of max_connections; the next is `busy`."""
+    async def body(path: str, server: SocketServer) -> None:
+        held = [await asyncio.open_unix_connection(path) for _ in range(2)]
+        for i, (r, w) in enumerate(held):
+            w.write(frame({"v": 1, "id": i, "op": "now"}))
+            assert (await read_reply(r))["ok"]
+        r3, _w3 = await asyncio.open_unix_connection(path)
+        reply = await read_reply(r3)
+        assert reply["error"]["code"] == "busy"
+        assert f"uid {os.geteuid()}" in reply["error"]["message"]
+        assert "server.uid_connection_share" in reply["error"]["message"]
+        assert server.rejected_uid == 1 and server.rejected == 0
+        held[0][1].close()
+        await asyncio.sleep(0.05)
+        r4, w4 = await asyncio.open_unix_connection(path)  # a slot is free again
+        w4.write(frame({"v": 1, "id": 4, "op": "now"}))
+        assert (await read_reply(r4))["ok"]
+    serve(tmp_path, ServerLimits(max_connections=8, uid_connection_share=0.25), body)
+
+
+def test_pipelining_flood_waits_its_turn(tmp_path: Path) -> None:
+    """A connection pipelining thousands of frames is answered in order, a share per pass;
+    another connection's request is answered while the flood is still being worked off."""
+    n = 20000
+
+    async def body(path: str, server: SocketServer) -> None:
+        ra, wa = await asyncio.open_unix_connection(path)
+        rb, wb = await asyncio.open_unix_connection(path)
+        wa.write(b"".join(frame({"v": 1, "id": i, "op": "now"}) for i in range(n)))
+        await asyncio.sleep(0.01)  # the flood has begun
+        wb.write(frame({"v": 1, "id": -1, "op": "now"}))
+        assert (await read_reply(rb))["id"] == -1
+        served_when_b_answered = server.served
+        ids = [(await read_reply(ra))["id"] for _ in range(n)]
+        assert ids == list(range(n))
+        assert served_when_b_answered < n + 1, "the flood was served whole before the other"
+        assert server.yields > 0
+    serve(tmp_path, ServerLimits(max_pipelined=4, max_frame_bytes=4096), body)
+
+
+def _slow_at(gate: threading.Event) -> Any:
+    def at(req: dict[str, Any]) -> dict[str, Any]:
+        gate.wait(5)
+        return {"slow": True}
+    return at
+
+
+def test_at_runs_off_the_loop_in_order_and_busy_when_full(tmp_path: Path) -> None:
+    gate = threading.Event()
+
+    async def body(path: str, server: SocketServer) -> None:
+        server.handlers.ops["at"] = _slow_at(gate)
+        r1, w1 = await asyncio.open_unix_connection(path)
+        # a heavy request followed by a cheap one on the same connection: replies in order
+        w1.write(frame({"v": 1, "id": 1, "op": "at", "system_time_ns": 5})
+                 + frame({"v": 1, "id": 2, "op": "now"}))
+        await asyncio.sleep(0.05)
+        # while `at` runs, the loop still serves others at once ...
+        r2, w2 = await asyncio.open_unix_connection(path)
+        w2.write(frame({"v": 1, "id": 3, "op": "now"}))
+        assert (await read_reply(r2))["ok"]
+        # ... and a second `at` from the same uid finds the (size 1) queue full: busy
+        w2.write(frame({"v": 1, "id": 4, "op": "at", "system_time_ns": 5}))
+        busy = await read_reply(r2)
+        assert busy["id"] == 4 and busy["error"]["code"] == "busy"
+        assert "server.heavy_queue" in busy["error"]["message"]
+        gate.set()
+        first, second = await read_reply(r1), await read_reply(r1)
+        assert (first["id"], first["result"]) == (1, {"slow": True})
+        assert second["id"] == 2 and second["ok"]
+        assert server.pool.refused == 1 and server.pool.done == 1
+    serve(tmp_path, ServerLimits(heavy_queue=1), body)
+
+
+def test_default_caller_is_unprivileged() -> None:
+    h = Handlers(Publisher(Engine().snapshot(0.0)))
+    h.admin_ops["reset"] = lambda req: {"reset": "done"}
+    req = {"v": 1, "id": 1, "op": "reset"}
+    assert h.handle(req)["error"]["code"] == "forbidden"
+    assert h.handle(req, LOCAL_ROOT)["result"] == {"reset": "done"}
+
+
+def test_supervisor_restarts_then_gives_up() -> None:
+    sup = Supervisor(max_deaths=3, window_s=60, backoff_s=0.01)
+    runs: list[int] = []
+
+    def flaky() -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            raise RuntimeError("first run fails")
+
+    sup.spawn("flaky", flaky)
+    sup.join("flaky", 2)
+    d = sup.describe()["flaky"]
+    assert len(runs) == 2 and d["restarts"] == 1 and not d["given_up"]
+    assert d["last_error"] == "RuntimeError: first run fails" and sup.healthy()
+
+    def broken() -> None:
+        raise ValueError("always")
+
+    sup.spawn("broken", broken)
+    sup.join("broken", 2)
+    d = sup.describe()["broken"]
+    assert d["given_up"] and d["restarts"] == 2 and not d["alive"]
+    assert not sup.healthy()
+
+
+def test_watchdog_withheld_when_supervisor_gives_up() -> None:
+    from chronotickd.service import watchdog as wd
+
+    sent: list[str] = []
+
+    class Rec:
+        def notify(self, *fields: str) -> bool:
+            sent.extend(fields)
+            return True
+
+    healthy = [True]
+    dog = wd.Watchdog(Rec(), 0.02)  # type: ignore[arg-type]
+    dog.checks.append(lambda: healthy[0])
+
+    async def scenario() -> tuple[int, int]:
+        dog.start()
+        await asyncio.sleep(0.1)
+        before = len(sent)
+        healthy[0] = False
+        await asyncio.sleep(0.03)
+        n = len(sent)
+        await asyncio.sleep(0.15)
+        dog.stop()
+        return before, len(sent) - n
+
+    before, after = asyncio.run(scenario())
+    assert before >= 3 and after == 0
+
+
+def test_engine_thread_death_is_counted_and_restarted(tmp_path: Path) -> None:
+    """A daemon whose engine raises once keeps publishing; `status` shows the restart."""
+    from chronotickd.config import Config
+    from chronotickd.daemon import Daemon
+
+    cfg = Config({"ntp.servers": [], "state_dir": str(tmp_path / "state"),
+                  "socket": str(tmp_path / "d.sock")})
+    daemon = Daemon(cfg)
+    boom = [True]
+    real = daemon._check_clock_step
+
+    def step_check() -> bool:
+        if boom:
+            boom.clear()
+            raise RuntimeError("injected engine fault")
+        return real()
+
+    daemon._check_clock_step = step_check  # type: ignore[method-assign]
+    daemon.supervisor.spawn("engine", daemon._engine_loop)  # as Daemon._main does
+    try:
+        deadline = time.monotonic() + 10
+        threads: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            threads = daemon.publisher.current.status.get("threads", {})
+            if threads.get("engine", {}).get("restarts"):
+                break
+            time.sleep(0.1)
+        eng = threads["engine"]
+        assert eng["restarts"] == 1 and eng["alive"] and not eng["given_up"]
+        assert "injected engine fault" in eng["last_error"]
+        assert daemon.supervisor.healthy()
+    finally:
+        daemon.stop()
+        daemon.supervisor.stop()
+        daemon.supervisor.join("engine", 5)
+
+
+def test_socket_chmod_never_follows_a_swapped_in_symlink(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the socket path becomes a symlink between bind and chmod, the target keeps its
+    mode and binding fails with a message."""
+    victim = tmp_path / "victim"
+    victim.write_text("x")
+    os.chmod(victim, 0o600)
+    path = tmp_path / "s.sock"
+
+    class Swapping(socket.socket):
+        def bind(self, address: Any) -> None:
+            super().bind(address)
+            os.unlink(address)
+            os.symlink(victim, address)
+
+    monkeypatch.setattr(server_mod.socket, "socket", Swapping)
+    with pytest.raises(OSError, match="changed under us"):
+        bind_unix_socket(str(path), 0o666)
+    assert stat.S_IMODE(os.stat(victim).st_mode) == 0o600
+
+
+def test_socket_mode_is_exact(tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    sock = bind_unix_socket(str(path), 0o660)
+    try:
+        st = os.lstat(path)
+        assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660
+    finally:
+        sock.close()
+
+
+def test_state_dir_created_0750_or_tighter(tmp_path: Path) -> None:
+    d = tmp_path / "a" / "state"
+    old = os.umask(0)
+    try:
+        statefile.save(d, {k: 0.0 for k in statefile.REQUIRED})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(d).st_mode) & ~0o750 == 0
