@@ -28,7 +28,7 @@ from support import PYTHONPATH, REPO, chronyd_server, daemon_process, kill_pid, 
 from chronotick_client import Client
 from chronotickd import statefile
 
-FAST = dict(ntp__warmup_s=60, ntp__warmup_interval_s=0.5, ntp__timeout_s=0.3,
+FAST = dict(ntp__minpoll_s=0.5, ntp__maxpoll_s=0.5, ntp__timeout_s=0.3,
             clock__stale_after_s=2)
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chronyd needs root here")
 
