@@ -13,8 +13,8 @@ import yaml
 from support import PYTHONPATH, REPO
 
 from chronotickd.config import SCHEMA, Config, ConfigError, _flatten
-from chronotickd.sources.ntp_pool import parse_entries
 from chronotickd.daemon import main
+from chronotickd.sources.ntp_pool import parse_entries
 
 EXAMPLE = REPO / "etc" / "chronotick.yaml"
 
