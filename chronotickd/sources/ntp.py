@@ -184,7 +184,8 @@ class Track:
     false_run: int = 0
     authenticated: bool = False
     keys: nts.NtsKeys | None = None
-    nts_ke: int = 0
+    nts_ke: int = 0  # NTS-KE handshakes tried
+    nts_ke_failed: int = 0  # ... and failed (untrusted certificate, wrong name, refused)
     logged: str = ""  # last reason logged, so a persistent fault logs one line
     latest: Measurement | None = None  # the last accepted sample, for selection
     latest_mono: float = 0.0
@@ -199,7 +200,7 @@ class Track:
             "polls": self.polls, "good": self.good, "dropped": sum(self.dropped.values()),
             "dropped_by": dict(self.dropped), "poll_interval_s": self.policy.interval_s,
             "next_poll_in_s": round(max(0.0, self.next_poll - now), 3),
-            **({"nts_ke": self.nts_ke,
+            **({"nts_ke": self.nts_ke, "nts_ke_failed": self.nts_ke_failed,
                 "cookies": len(self.keys.cookies) if self.keys else 0} if self.spec.nts else {}),
         }
 
@@ -449,6 +450,7 @@ class NtpSource:
             keys = nts.key_exchange(t.spec.host, t.spec.nts_port, t.spec.port,
                                     max(self.settings.timeout_s * 3, 2.0), t.spec.trusted_ca)
         except nts.NtsError as exc:
+            t.nts_ke_failed += 1
             return f"{exc}; NTS source not used"
         if (keys.server, keys.port) != (t.spec.host, t.address[1][1]):
             try:
@@ -485,9 +487,8 @@ class NtpSource:
                             out.reason.split()[-1])
             else:
                 log.warning("NTP server %s rejected: %s", t.name, out.reason)
-        if out.state != "ok":
-            t.logged = out.reason or t.logged
-        else:
+            t.logged = out.reason  # the same reason again stays quiet
+        elif out.state == "ok":
             t.logged = ""
 
     def _select(self, due: list[Track], now: float) -> None:
@@ -547,7 +548,9 @@ class NtpSource:
     def _log_usable(self, due: list[Track]) -> None:
         usable = any(t.state == "ok" for t in self.tracks)
         if not usable and not self._warned_unusable:
-            why = [f"{t.name[4:]}: {t.reason}" for t in self.tracks]
+            # a reason already logged on its own line is not repeated here
+            why = [f"{t.name[4:]}: {t.state if t.logged == t.reason else t.reason}"
+                   for t in self.tracks]
             why += [f"{e.spec.spec}: {e.error}" for e in self.entries if e.error]
             log.warning("no NTP server usable (%s); serving the system clock as "
                         "unsynchronized", "; ".join(why))
