@@ -122,18 +122,21 @@ def chronyd_server(port: int | None = None, nts: bool = False) -> Iterator[Chron
 
 
 def _wait_ntp(port: int, proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    import ntplib
+    from chronotickd.sources import ntp_packet as pkt
 
     deadline = time.monotonic() + timeout
-    client = ntplib.NTPClient()
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"chronyd exited with {proc.returncode}")
-        try:
-            client.request("127.0.0.1", port=port, timeout=0.2)
-            return
-        except Exception:
-            time.sleep(0.1)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.2)
+            try:
+                s.connect(("127.0.0.1", port))
+                s.send(pkt.client_request(pkt.random_timestamp()))
+                if len(s.recv(512)) >= 48:
+                    return
+            except OSError:
+                time.sleep(0.1)
     raise RuntimeError("chronyd did not answer NTP in time")
 
 
