@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
 from chronotickd.core.measurement import Measurement
@@ -215,6 +215,7 @@ class Entry:
     next_resolve: float = 0.0
     resolved_once: bool = False
     error: str = ""
+    logged_error: str = ""  # a resolution error is logged once until it changes
 
     @property
     def target(self) -> int:
@@ -230,6 +231,7 @@ class Outcome:
     state: str = ""
     reason: str = ""
     stop: bool = False
+    dropped: list[str] = field(default_factory=list)  # datagrams refused, by reason
 
 
 class NtpSource:
@@ -354,10 +356,10 @@ class NtpSource:
         full = len(e.tracks) >= e.target
         e.next_resolve = now + (s.resolve_interval_s if full and not e.error
                                 else RESOLVE_RETRY_S)
-        if e.error and e.error != getattr(e, "_logged", ""):
+        if e.error and e.error != e.logged_error:
             log.warning("NTP server %s: %s; retrying every %g s", e.spec.spec, e.error,
                         RESOLVE_RETRY_S)
-        e._logged = e.error  # type: ignore[attr-defined]
+        e.logged_error = e.error
 
     # -- one poll (worker thread) ------------------------------------------------------------
     def _poll(self, t: Track) -> Outcome:
@@ -404,15 +406,21 @@ class NtpSource:
             return (p, cookies), None
 
         r = self.transport.exchange(t.address, payload, s.timeout_s, check)
-        for why in r.dropped:
-            t.dropped[why] += 1
+        out = self._judge(t, r, nts_req=req, nak=nak[0])
+        out.dropped = r.dropped
+        return out
+
+    def _judge(self, t: Track, r: Reply, nts_req: nts.NtsRequest | None,
+               nak: bool) -> Outcome:
+        """What the exchange's accepted datagram (if any) means for this track."""
+        s = self.settings
         if r.accepted is None:
             return Outcome("no_reply", state="unreachable", reason=r.error or "no reply")
-        if nak[0]:
+        if nak:
             t.keys = None  # the server no longer knows our cookies: NTS-KE next poll
             return Outcome("no_reply", state="rejected",
                            reason="NTS NAK: cookies refused; redoing NTS-KE")
-        if req is not None:
+        if nts_req is not None:
             p, cookies = r.accepted
             assert t.keys is not None
             t.keys.cookies.extend(cookies[: nts.MAX_COOKIES - len(t.keys.cookies)])
@@ -431,13 +439,11 @@ class NtpSource:
         problem = check_reply(p, ex.delay_ns / 1e9, s)
         if problem:
             return Outcome("outlier", state="rejected", reason=problem)
-        extra = {"leap": p.leap} if HAS_LEAP else {}
         m = Measurement.from_ntp(ex.t_raw_ns / 1e9, ex.offset_ns / 1e9, ex.delay_ns / 1e9,
                                  p.root_delay_s, p.root_dispersion_s, source=t.name,
                                  stratum=p.stratum)
-        if extra:  # core added a leap field: carry the server's leap indicator
-            m = Measurement(m.t, m.offset, m.delay, m.bound, m.source, m.kind, m.stratum,
-                            **extra)
+        if HAS_LEAP:  # the engine knows leap indicators: carry the server's
+            m = replace(m, leap=p.leap)
         return Outcome("accepted", measurement=m, state="ok")
 
     def _ensure_keys(self, t: Track) -> str | None:
@@ -465,6 +471,9 @@ class NtpSource:
 
     # -- results (loop thread) -------------------------------------------------------------
     def _apply(self, t: Track, out: Outcome, now: float) -> None:
+        with self._lock:  # describe() copies the counters from another thread
+            for why in out.dropped:
+                t.dropped[why] += 1
         t.state, t.reason = out.state, out.reason
         if out.measurement is not None:
             m = out.measurement
@@ -503,8 +512,7 @@ class NtpSource:
                 continue
             age = now - t.latest_mono
             if age > 0:
-                m = Measurement(m.t, m.offset, m.delay, m.bound + age * SELECT_DRIFT_PPM * 1e-6,
-                                m.source, m.kind, m.stratum)
+                m = replace(m, bound=m.bound + age * SELECT_DRIFT_PPM * 1e-6)
             fresh.append(m)
             owner[m.source] = t
         if not fresh:
