@@ -254,6 +254,9 @@ def test_daemon_synchronizes_over_nts(ntsd: Any) -> None:
         assert row["nts"] is True and row["authenticated"] is True
         assert row["name"] == f"ntp:127.0.0.1:{ntsd.port}"
         assert row["address"] == f"127.0.0.1:{ntsd.port}"
+        text = cli("sources", socket_path=d.socket).stdout
+        assert any(" nts   ok " in ln for ln in text.splitlines()
+                   if f"127.0.0.1:{ntsd.port}" in ln), text
         assert "Traceback" not in d.log()
 
 
