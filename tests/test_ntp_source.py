@@ -436,3 +436,20 @@ def test_real_chronyd_thread_delivers_without_blocking(chronyd: Any) -> None:
         src.stop()
     assert src._thread is not None and not src._thread.is_alive()
     assert all(abs(m.offset) < 0.001 for m in got)
+
+
+def test_daemon_without_the_nts_extra_starts_and_names_it(tmp_path: Any) -> None:
+    """pyOpenSSL missing: the daemon still serves, and the log says which extra to install."""
+    from support import PYTHONPATH, cli, daemon_process
+
+    block = tmp_path / "block" / "OpenSSL"
+    block.mkdir(parents=True)
+    (block / "__init__.py").write_text("raise ImportError('blocked by the test')\n")
+    env = {"PYTHONPATH": f"{tmp_path / 'block'}:{PYTHONPATH}"}
+    servers = [{"host": "127.0.0.1", "port": free_udp_port(), "nts": True}]
+    (tmp_path / "d").mkdir()
+    with daemon_process(tmp_path / "d", env=env, ntp__servers=servers) as d:
+        wait_for(lambda: "chronotick[nts]" in d.log(), what="the install hint")
+        r = cli("--json", "now", socket_path=d.socket)
+        assert r.returncode == 0 and '"unsynchronized"' in r.stdout
+        assert d.log().count("chronotick[nts]") == 1
