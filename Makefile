@@ -20,7 +20,7 @@ $(VENV)/.base: pyproject.toml
 # would pull a multi-GB CUDA build.
 $(VENV)/.dev: $(VENV)/.base
 	$(PIP) install -q "torch==$(TORCH_VERSION)" || $(PIP) install -q torch --index-url https://download.pytorch.org/whl/cpu
-	$(PIP) install -q -e ".[dev,chronos,mcp,bench]"
+	$(PIP) install -q -e ".[dev,chronos,mcp,metrics,bench]"
 	touch $@
 
 venv: $(VENV)/.base

@@ -47,6 +47,28 @@ def _servers(value: Any) -> str | None:
 DEFAULT_SERVERS = [{"host": "2.pool.ntp.org", "pool": True, "maxsources": 4}]
 
 
+def _listen(value: Any) -> str | None:
+    """'' (off) or 'host:port' with an IP literal or host name ('[::1]:9123' for IPv6)."""
+    import ipaddress
+    import re
+
+    if value == "":
+        return None
+    host, sep, port = str(value).rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    name = host[1:-1] if bracketed else host
+    ok_host = bool(name) and (re.fullmatch(r"[A-Za-z0-9.-]+", name) is not None or bracketed)
+    if ok_host and bracketed:
+        try:
+            ok_host = ipaddress.ip_address(name).version == 6
+        except ValueError:
+            ok_host = False
+    if not sep or not ok_host or not port.isdigit() or not 0 < int(port) < 65536:
+        return (f"'{value}' is not '' (off) or 'address:port' with a port in 1..65535, "
+                "e.g. '127.0.0.1:9123' or '[::1]:9123'")
+    return None
+
+
 def _cpu_list(value: Any) -> str | None:
     text = str(value).replace(" ", "")
     if text and not all(p.isdigit() for p in text.split(",")):
@@ -95,8 +117,13 @@ SCHEMA: dict[str, Key] = {
     "ptp.pmc_path": Key("str", "pmc", "pmc executable (linuxptp)"),
     "ptp.phc_ctl_path": Key("str", "phc_ctl", "phc_ctl executable (linuxptp)"),
     "ptp.timeout_s": Key("float", 1.0, "timeout of one pmc or phc_ctl run", 0.05, 30),
-    "ptp.unknown_gm_accuracy_s": Key("float", 0.0, "error assumed for a grandmaster whose "
+    "ptp.unknown_gm_accuracy_s": Key("float", 100e-6, "error assumed for a grandmaster whose "
                                      "clockAccuracy is 0xFE (unknown)", 0, 16),
+    "ptp.holdover_gm_accuracy_s": Key("float", 1e-3, "added for a traceable grandmaster in "
+                                      "holdover or a degraded clockClass", 0, 16),
+    "ptp.untraceable_gm_accuracy_s": Key("float", 1.0, "added for a grandmaster whose time is "
+                                         "not traceable (timeTraceable false, class 248...)",
+                                         0, 16),
     "server.max_frame_bytes": Key("int", 65536, "largest request frame accepted", 64, 1 << 20),
     "server.max_connections": Key("int", 256, "concurrent client connections", 1, 65536),
     "server.idle_timeout_s": Key("float", 60.0, "close connections idle this long", 0.1, 86400),
@@ -104,6 +131,8 @@ SCHEMA: dict[str, Key] = {
                                   0.05, 3600),
     "server.write_timeout_s": Key("float", 5.0, "a client must take its reply this fast",
                                   0.05, 3600),
+    "metrics.listen": Key("str", "", "address:port of the Prometheus endpoint (/metrics); "
+                          "empty: off", check=_listen),
     "model.enabled": Key("bool", MODEL_DEFAULT_ON, "fuse Chronos-Bolt forecasts with the engine"),
     "model.source": Key("str", "builtin", "'builtin' (shipped chronotick-bolt-mini), a local "
                         "Chronos-Bolt directory or a Hugging Face id"),

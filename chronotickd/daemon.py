@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from chronotick_client.protocol import PROTOCOL_VERSION
-from chronotickd import __version__, service, statefile
+from chronotickd import __version__, metrics, service, statefile
 from chronotickd.config import DEFAULT_CONFIG_PATH, Config, ConfigError
 from chronotickd.core.engine import Engine, EngineConfig
 from chronotickd.core.estimator import FitConfig
@@ -37,6 +37,7 @@ from chronotickd.sources import nts
 from chronotickd.sources.ntp import NtpSettings, NtpSource
 from chronotickd.sources.ntp_pool import parse_entries
 from chronotickd.sources.ptp import PtpSettings, PtpSource
+from chronotickd.sources.ptp_quality import GmPolicy
 from chronotickd.sources.system_clock import kernel_maxerror
 
 log = logging.getLogger("chronotickd")
@@ -46,7 +47,7 @@ PERSIST_INTERVAL_S = 60.0
 E_CONFIG = "config_error"  # admin `reload` found the config file invalid; nothing was changed
 # keys `reload` cannot apply to a running daemon (the old value stays in force)
 RESTART_KEYS = ("socket", "socket_mode", "state_dir")
-RESTART_PREFIXES = ("clock.",)
+RESTART_PREFIXES = ("clock.", "metrics.")
 STEP_DETECT_S = 0.001  # CLOCK_REALTIME − CLOCK_MONOTONIC moving more than this is a step
 
 
@@ -139,6 +140,7 @@ class Daemon:
         self._stop_async: asyncio.Event | None = None
         self._last_persist = 0.0
         self._last_status_line = ""
+        self._last_disagreement = ""
         # optional Chronos-Bolt forecaster (model.*): its own thread, never on the query path
         self.forecast = forecast_worker.from_config(cfg, lambda: self.publisher.current.clock)
 
@@ -177,7 +179,10 @@ class Daemon:
                 pmc_path=self.cfg["ptp.pmc_path"],
                 phc_ctl_path=self.cfg["ptp.phc_ctl_path"],
                 timeout_s=self.cfg["ptp.timeout_s"],
-                unknown_gm_accuracy_s=self.cfg["ptp.unknown_gm_accuracy_s"],
+                gm_policy=GmPolicy(
+                    unknown_accuracy_s=self.cfg["ptp.unknown_gm_accuracy_s"],
+                    holdover_accuracy_s=self.cfg["ptp.holdover_gm_accuracy_s"],
+                    untraceable_accuracy_s=self.cfg["ptp.untraceable_gm_accuracy_s"]),
                 # pmc's own reply socket; its default /var/run/pmc.PID is read-only under
                 # the systemd sandbox, the socket's directory (RuntimeDirectory) is writable
                 pmc_local=os.path.join(os.path.dirname(self.cfg["socket"]),
@@ -303,6 +308,12 @@ class Daemon:
         rows = tuple(row for s in self.sources for row in s.describe())
         facts = self.status_facts()
         self.publisher.publish(clock=clock, status=facts, sources=rows)
+        if clock.disagreement != self._last_disagreement:
+            if clock.disagreement:
+                log.warning("%s", clock.disagreement)
+            else:
+                log.info("sources agree again")
+            self._last_disagreement = clock.disagreement
         ans = clock.query(now)
         line = f"{ans.status} via {ans.source}"
         if line != self._last_status_line:
@@ -366,6 +377,9 @@ class Daemon:
         self._stop_async = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self.stop)
+        # Prometheus endpoint (metrics.listen): its own thread, reads only published state
+        listen = self.cfg["metrics.listen"]
+        scrape = metrics.start(self, listen) if listen else None
         sock = self.listen_sock or bind_unix_socket(self.cfg["socket"],
                                                     int(self.cfg["socket_mode"], 8))
         self.publish_now()  # `status` is complete from the first request on
@@ -386,6 +400,8 @@ class Daemon:
         for hook in self.on_stopping:
             hook()
         await self.server.close()
+        if scrape is not None:
+            scrape.stop()
         for source in self.sources:
             source.stop()
         engine_thread.join(timeout=3)

@@ -20,6 +20,7 @@ from chronotick_client.protocol import (
     error_reply,
 )
 from chronotickd.publish import Publisher
+from chronotickd.tracking import tracking_result
 from chronotickd.wire import answer_to_wire, now_reply_frame, values_to_wire
 
 MAX_FUTURE_S = 86400.0
@@ -78,7 +79,14 @@ class Handlers:
             "sources": self.sources,
             "future": self.future,
             "at": self.at,
+            "tracking": self.tracking,
         }
+        # Requests per op and error replies per code, for metrics (chronotickd/metrics.py).
+        # Plain dict increments on the event loop: a few tens of ns, no lock (the scraper only
+        # reads, and a value one request old is fine). Unknown ops count as "other" so a
+        # hostile client cannot grow the label set.
+        self.op_counts: dict[str, int] = dict.fromkeys([*self.ops, *ADMIN_OPS, "other"], 0)
+        self.error_counts: dict[str, int] = {}
         # Admin ops: the daemon installs the callables (``Daemon`` wires reload/poll_now/
         # reset); only root or members of ``admin_gid`` may call them.
         self.admin_ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
@@ -95,6 +103,7 @@ class Handlers:
         req_id = req.get("id")
         if req.get("op") == "now" and req.get("v") == PROTOCOL_VERSION and \
                 type(req_id) is int and -(2**63) <= req_id < 2**64:
+            self.op_counts["now"] += 1
             ns = self.clock_ns()
             return now_reply_frame(req["id"], ns, *self.publisher.current.clock.answer(ns / 1e9))
         body = self._packer.pack(self.handle(req, peer))
@@ -107,6 +116,19 @@ class Handlers:
         return gid is not None and peer.uid >= 0 and (peer.gid == gid or gid in peer.groups)
 
     def handle(self, req: dict[str, Any], peer: Peer = LOCAL_ROOT) -> dict[str, Any]:
+        op = req.get("op")
+        key = op if isinstance(op, str) and op in self.op_counts else "other"
+        self.op_counts[key] += 1
+        reply = self._handle(req, peer)
+        if not reply.get("ok"):
+            self.count_error(reply["error"]["code"])
+        return reply
+
+    def count_error(self, code: str) -> None:
+        """One more error reply with ``code`` (the server calls it for frame errors too)."""
+        self.error_counts[code] = self.error_counts.get(code, 0) + 1
+
+    def _handle(self, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
         req_id = req.get("id")
         if not isinstance(req_id, int | str | None) or isinstance(req_id, bool):
             req_id = None
@@ -173,8 +195,15 @@ class Handlers:
             "source": ans.source,
             "bound_ns": answer_to_wire(ans, ns)["bound_ns"],
             "last_sync_ns": round(pub.clock.fit.t_last * 1e9) if pub.clock.fit else None,
+            "sources_disagree": pub.clock.disagreement or None,
             "protocol_version": PROTOCOL_VERSION,
         }
+
+    def tracking(self, req: dict[str, Any]) -> dict[str, Any]:
+        """``chronyc tracking`` for ChronoTick (docs/protocol.md): the estimate behind ``now``."""
+        pub = self.publisher.current
+        ns = self.clock_ns()
+        return tracking_result(pub, ns, pub.clock.query(ns / 1e9))
 
     def sources(self, req: dict[str, Any]) -> dict[str, Any]:
         pub = self.publisher.current
@@ -198,7 +227,7 @@ def _merge(row: dict[str, Any], track: Any, now_ns: int | None = None) -> dict[s
             selected=track.selected,
             engine_state=track.reason,
         )
-    for key in ("last_offset", "last_delay"):
+    for key in ("last_offset", "last_delay", "root_delay", "root_dispersion"):
         value = out.pop(key, None)
         out[key + "_ns"] = round(value * 1e9) if value is not None else None
     last_t = out.pop("last_t", None)

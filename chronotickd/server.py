@@ -227,6 +227,7 @@ class _Connection(asyncio.Protocol):
                 False
         except Exception:
             log.exception("unexpected error serving a request; connection closed")
+            self.server.handlers.count_error(E_INTERNAL)
             req_id = req.get("id")
             return encode(error_reply(req_id if type(req_id) in (int, str) else None,
                                       E_INTERNAL, "internal error")), True

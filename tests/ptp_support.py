@@ -70,8 +70,32 @@ class PtpPair:
         self.procs[role] = proc
         return proc
 
+    traceable: bool = True  # the master announces a GNSS-locked, traceable grandmaster
+
     def start_master(self) -> None:
         self._start("master")
+        if self.traceable:
+            self.announce_traceable()
+
+    def announce_traceable(self, traceable: bool = True, timeout: float = 10.0) -> None:
+        """Make the master announce what a GNSS-locked grandmaster does (clockClass 6,
+        accuracy 0x21 = 100 ns, time/frequency traceable), as phc2sys/ts2phc would on a real
+        one. ptp4l's defaults (class 248, not traceable) are priced as untraceable
+        (chronotickd/sources/ptp_quality.py). ptpTimescale stays 0: the master's clock is
+        CLOCK_REALTIME, which is UTC, and claiming TAI would shift every offset by 37 s."""
+        cls, acc, flag, src = (6, "0x21", 1, "0x20") if traceable else (248, "0xfe", 0, "0xa0")
+        cmd = ["pmc", "-u", "-b", "0", "-s", self.uds_master,
+               f"SET GRANDMASTER_SETTINGS_NP clockClass {cls} clockAccuracy {acc} "
+               "offsetScaledLogVariance 0x4e5d currentUtcOffset 37 leap61 0 leap59 0 "
+               f"currentUtcOffsetValid 1 ptpTimescale 0 timeTraceable {flag} "
+               f"frequencyTraceable {flag} timeSource {src}"]
+        began = time.monotonic()
+        while time.monotonic() - began < timeout:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout
+            if "GRANDMASTER_SETTINGS_NP" in out and f"timeTraceable           {flag}" in out:
+                return
+            time.sleep(0.2)
+        raise RuntimeError("ptp4l master did not take GRANDMASTER_SETTINGS_NP:\n" + out)
 
     def kill_master(self) -> None:
         proc = self.procs.pop("master", None)
@@ -99,7 +123,7 @@ class PtpPair:
 
 
 @contextlib.contextmanager
-def ptp_pair(wait: bool = True) -> Iterator[PtpPair]:
+def ptp_pair(wait: bool = True, traceable: bool = True) -> Iterator[PtpPair]:
     n = next(_counter)
     tag = f"{os.getpid()}-{n}"
     work = Path(tempfile.mkdtemp(prefix="ctptp-"))
@@ -107,7 +131,8 @@ def ptp_pair(wait: bool = True) -> Iterator[PtpPair]:
     pair = PtpPair(tag=tag, ns_master=f"ctptpA-{tag}", ns_client=f"ctptpB-{tag}",
                    veth_master=f"ctpa{os.getpid() % 100000}{n}"[:15],
                    veth_client=f"ctpb{os.getpid() % 100000}{n}"[:15], workdir=work,
-                   uds_master=str(work / "ptp4l-master"), uds_client=str(work / "ptp4l-client"))
+                   uds_master=str(work / "ptp4l-master"), uds_client=str(work / "ptp4l-client"),
+                   traceable=traceable)
     made: list[str] = []
     try:
         for ns in (pair.ns_master, pair.ns_client):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
 from support import PYTHONPATH, REPO, DaemonProc, daemon_process, kill_pid
@@ -35,7 +37,7 @@ from chronotick_mcp import ordering, tools
 from chronotick_mcp.models import Event
 
 TOOLS = {"get_time", "get_daemon_status", "get_time_with_future_uncertainty", "order_events",
-         "correct_timestamp"}
+         "correct_timestamp", "get_current_time", "convert_time"}
 STATUSES = {"synchronized", "freerunning", "unsynchronized"}
 
 
@@ -451,3 +453,140 @@ def test_malformed_input_does_not_kill_the_adapter(tmp_path: Path) -> None:
         assert ok[0]["result"]["serverInfo"]["name"] == "chronotick"
     finally:
         kill_pid(proc)
+
+
+# -- the official MCP time server's tools (get_current_time, convert_time) --------------------
+def fake_now(utc: str, bound_ns: int) -> dict[str, Any]:
+    """A `now` result at the UTC instant ``utc`` (whole seconds) with the given bound."""
+    mid = int(datetime.fromisoformat(utc).replace(tzinfo=UTC).timestamp()) * 10**9
+    return {"corrected_time_ns": mid, "system_time_ns": mid, "offset_ns": 0,
+            "bound_ns": bound_ns, "earliest_ns": mid - bound_ns, "latest_ns": mid + bound_ns,
+            "status": "synchronized", "source": "ntp", "age_ns": 10**9}
+
+
+def test_current_time_in_a_zone_carries_the_bound() -> None:
+    r = tools.current_time(fake_now("2026-07-01T12:00:00", 250_000), "Europe/Paris")
+    assert r.datetime == "2026-07-01T14:00:00+02:00"  # the reference server's format
+    assert r.day_of_week == "Wednesday" and r.is_dst is True and r.timezone == "Europe/Paris"
+    assert r.earliest == "2026-07-01T13:59:59.999750000+02:00"
+    assert r.latest == "2026-07-01T14:00:00.000250000+02:00"
+    assert r.datetime_ns == "2026-07-01T14:00:00.000000000+02:00"
+    assert r.date_certain and r.bound_ns == 250_000
+    # 2 ms around local midnight in Tokyo: the date itself is uncertain, and said so
+    edge = tools.current_time(fake_now("2026-07-01T15:00:00", 2_000_000), "Asia/Tokyo")
+    assert edge.earliest.startswith("2026-07-01T23:59:59.998") and \
+        edge.latest.startswith("2026-07-02T00:00:00.002")
+    assert not edge.date_certain and "date is uncertain" in edge.summary
+    # a zone with a 45-minute offset, winter time
+    np_ = tools.current_time(fake_now("2026-01-15T00:00:00", 1000), "Asia/Kathmandu")
+    assert np_.datetime == "2026-01-15T05:45:00+05:45" and np_.is_dst is False
+
+
+def test_convert_time_like_the_reference_server() -> None:
+    now = fake_now("2026-07-01T08:00:00", 100_000)
+    c = tools.convert_time(now, "Europe/Paris", "16:30", "Asia/Tokyo")
+    assert c.source.datetime == "2026-07-01T16:30:00+02:00"
+    assert c.target.datetime == "2026-07-01T23:30:00+09:00"
+    assert c.time_difference == "+7.0h" and c.target.is_dst is False
+    assert c.date_certain and c.reference_time == "2026-07-01T08:00:00.000000000Z"
+    k = tools.convert_time(now, "UTC", "00:00", "Asia/Kathmandu")
+    assert k.time_difference == "+5.75h"
+    # "today" near midnight in the source zone, with a bound spanning it: flagged
+    late = tools.convert_time(fake_now("2026-07-01T21:59:59", 5 * 10**9), "Europe/Paris",
+                              "09:00", "UTC")
+    assert not late.date_certain
+    # a time skipped by the spring-forward change (EU: 2026-03-29, 02:00 → 03:00)
+    with pytest.raises(ToolError, match="does not exist in Europe/Paris on 2026-03-29"):
+        tools.convert_time(fake_now("2026-03-29T10:00:00", 1000), "Europe/Paris", "02:30",
+                           "UTC")
+
+
+@pytest.mark.parametrize("bad", ["Mars/Olympus_Mons", "Europe", "../../etc/passwd",
+                                 "/usr/share/zoneinfo/UTC", "Europe/Paris\x00", " UTC"])
+def test_bad_zone_names_are_clear_errors(bad: str) -> None:
+    with pytest.raises(ToolError, match="not a known IANA time zone name") as info:
+        tools.current_time(fake_now("2026-07-01T12:00:00", 1), bad)
+    # our message only: none of zoneinfo's own (some carry file paths)
+    assert str(info.value) == (f"invalid timezone {bad!r}: not a known IANA time zone name "
+                               "(e.g. 'Europe/Paris', 'America/New_York', 'UTC')")
+
+
+@pytest.mark.parametrize("bad", ["25:00", "9", "16:30:00", "noon", "16h30", ""])
+def test_bad_times_are_clear_errors(bad: str) -> None:
+    with pytest.raises(ToolError, match="expected HH:MM"):
+        tools.convert_time(fake_now("2026-07-01T12:00:00", 1), "UTC", bad, "Asia/Tokyo")
+
+
+def test_zone_tools_over_mcp(daemon: DaemonProc) -> None:
+    client = Client(daemon.socket)
+
+    async def body(s: ClientSession) -> None:
+        listed = {t.name: t for t in (await s.list_tools()).tools}
+        assert listed["get_current_time"].input_schema["required"] == ["timezone"]
+        assert listed["convert_time"].input_schema["required"] == [
+            "source_timezone", "time", "target_timezone"]
+        before = client.now()
+        r = await call_ok(s, "get_current_time", {"timezone": "Europe/Paris"})
+        after = client.now()
+        assert r["timezone"] == "Europe/Paris" and r["status"] == "synchronized"
+        assert before["corrected_time_ns"] <= r["corrected_time_ns"] <= after["corrected_time_ns"]
+        assert r["earliest_ns"] == r["corrected_time_ns"] - r["bound_ns"] > 0
+        assert r["latest_ns"] == r["corrected_time_ns"] + r["bound_ns"]
+        offset = r["datetime"][19:]
+        assert offset in ("+01:00", "+02:00") and r["earliest"].endswith(offset)
+        assert r["earliest"] <= r["datetime_ns"] <= r["latest"]  # same offset: text order
+        c = await call_ok(s, "convert_time", {"source_timezone": "Europe/Paris",
+                                              "time": "16:30", "target_timezone": "Asia/Tokyo"})
+        assert c["source"]["datetime"][11:16] == "16:30"
+        assert c["time_difference"] in ("+7.0h", "+8.0h")
+        assert c["status"] == "synchronized" and c["bound_ns"] > 0
+        for name, args, text in (
+                ("get_current_time", {"timezone": "Mars/Olympus_Mons"}, "invalid timezone"),
+                ("convert_time", {"source_timezone": "UTC", "time": "25:61",
+                                  "target_timezone": "Asia/Tokyo"}, "expected HH:MM"),
+                ("convert_time", {"source_timezone": "UTC", "time": "10:00",
+                                  "target_timezone": "Nowhere/Town"}, "Nowhere/Town")):
+            res = await s.call_tool(name, args)
+            assert res.is_error and text in res.content[0].text, (name, res.content)
+        err = await call_invalid(s, "get_current_time", {})
+        assert "timezone" in err.message
+        await call_invalid(s, "get_current_time", {"timezone": ""})
+
+    try:
+        run_session(daemon.socket, body)
+    finally:
+        client.close()
+
+
+# -- the real MCP Inspector CLI (npx) ---------------------------------------------------------
+INSPECTOR = ["npx", "-y", "-p", "node@22", "-p", "@modelcontextprotocol/inspector",
+             "mcp-inspector", "--cli"]
+
+
+def inspector(sock: str, *method: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    cmd = [*INSPECTOR, "-e", f"PYTHONPATH={PYTHONPATH}", "--", sys.executable, "-m",
+           "chronotick_mcp", "--socket", sock, *method]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+@pytest.mark.slow
+def test_mcp_inspector_cli_lists_and_calls_the_zone_tools(daemon: DaemonProc) -> None:
+    """The MCP Inspector's CLI (a real, independent client) lists the tools and calls
+    get_current_time with Europe/Paris. Skipped only when npx cannot fetch the package."""
+    if shutil.which("npx") is None:
+        pytest.skip("npx not installed (Node.js); the Inspector CLI needs it")
+    listed = inspector(daemon.socket, "--method", "tools/list")
+    if listed.returncode != 0 and re.search(r"E404|ENOTFOUND|EAI_AGAIN|ECONNREFUSED|"
+                                            r"network|fetch failed", listed.stderr, re.I):
+        pytest.skip(f"npx cannot fetch the Inspector: {listed.stderr.strip()[-300:]}")
+    assert listed.returncode == 0, listed.stderr
+    names = {t["name"] for t in json.loads(listed.stdout)["tools"]}
+    assert {"get_current_time", "convert_time"} <= names and names == TOOLS
+    called = inspector(daemon.socket, "--method", "tools/call", "--tool-name",
+                       "get_current_time", "--tool-arg", "timezone=Europe/Paris")
+    assert called.returncode == 0, called.stderr
+    res = json.loads(called.stdout)
+    assert not res.get("isError"), res
+    data = res["structuredContent"]
+    assert data["timezone"] == "Europe/Paris" and data["bound_ns"] > 0
+    assert data["earliest"] < data["latest"] and data["status"] in STATUSES

@@ -83,3 +83,18 @@ def test_phc_path_with_clock_realtime(pair: PtpPair) -> None:
     assert poll_until(src, lambda: len(got) >= 3, 30), src.reason
     assert all(abs(m.offset) < 200e-6 for m in got)
     assert all(m.bound < 1e-3 for m in got)
+
+
+def test_untraceable_grandmaster_is_priced_then_trusted_once_traceable(pair: PtpPair) -> None:
+    """ptp4l's default announce (class 248, not traceable) costs the untraceable allowance;
+    the same master announcing GNSS lock (class 6, traceable) is priced by its accuracy."""
+    got: list[Measurement] = []
+    src = PtpSource(PtpSettings(uds=pair.uds_client, poll_interval_s=0.5), got.append)
+    try:
+        pair.announce_traceable(False)
+        assert poll_until(src, lambda: bool(got) and got[-1].bound > 1.0, 20), src.describe()
+        assert src.describe()[0]["gm_trust"] == "untraceable"
+    finally:
+        pair.announce_traceable(True)
+    assert poll_until(src, lambda: got[-1].bound < 1e-3, 20), src.describe()
+    assert src.describe()[0]["gm_trust"] == "traceable"

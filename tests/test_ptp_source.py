@@ -11,6 +11,7 @@ import pytest
 
 from chronotickd.core.measurement import Measurement
 from chronotickd.sources.ptp import RECOVER_SYNCS, PtpSettings, PtpSource
+from chronotickd.sources.ptp_quality import GmPolicy
 
 DATA = Path(__file__).parent / "data" / "ptp"
 LIVE = (DATA / "slave_uncalibrated.txt").read_text()
@@ -47,6 +48,9 @@ class Fake:
         return 0, out
 
     def source(self, **settings: object) -> PtpSource:
+        # the recording's grandmaster is ptp4l's default (class 248, not traceable, accuracy
+        # unknown); tests of other rules price that at 0 unless they pass their own policy
+        settings.setdefault("gm_policy", GmPolicy(0.0, 0.0, 0.0))
         return PtpSource(PtpSettings(uds="/tmp/ptp-test", **settings),  # type: ignore[arg-type]
                          self.got.append, runner=self.run, clock=lambda: self.now,
                          monotonic=lambda: self.now, exists=lambda p: False)
@@ -73,7 +77,7 @@ def test_software_timestamping_sign_and_time() -> None:
 
 def test_bound_uses_path_delay_accuracy_and_spread() -> None:
     f = Fake()
-    src = f.source(unknown_gm_accuracy_s=2e-6)
+    src = f.source(gm_policy=GmPolicy(unknown_accuracy_s=2e-6, untraceable_accuracy_s=0.0))
     first = f.sync(src)
     assert first is not None
     # prior spread until 4 offsets are known: delay + unknown-accuracy + 3 × 10 µs
@@ -124,7 +128,7 @@ def test_stale_ingress_marks_unusable_before_port_changes(caplog: pytest.LogCapt
         f.now += 1.0
         assert src.poll_once() is None
     assert "LISTENING" in (src.health()[src.name] or "")
-    lines = [r.getMessage() for r in caplog.records]
+    lines = [r.getMessage() for r in caplog.records if "unusable" in r.getMessage()]
     assert len(lines) == 2  # one line per problem, not one per poll
     assert len(f.got) == 4  # nothing fed while dead
     # master back: usable after RECOVER_SYNCS fresh Syncs
@@ -196,3 +200,30 @@ def test_phc_errors_mark_unusable(phc_out: str | Exception, words: str) -> None:
     f.phc_out = phc_out
     assert f.sync(src) is None
     assert words in (src.health()[src.name] or "")
+
+
+def test_default_untraceable_grandmaster_costs_a_second() -> None:
+    """ptp4l's defaults (class 248, timeTraceable 0, accuracy 0xFE) are not a UTC reference:
+    the measurement's bound carries the untraceable allowance and `sources` says why."""
+    f = Fake()
+    src = f.source(gm_policy=GmPolicy())  # the shipped defaults
+    m = f.sync(src)
+    assert m is not None and m.bound > 1.0
+    row = src.describe()[0]
+    assert row["gm_trust"] == "untraceable" and "not traceable" in row["gm_note"]
+
+
+def test_traceable_grandmaster_is_priced_by_its_accuracy() -> None:
+    f = Fake()
+    src = f.source(gm_policy=GmPolicy())
+    traceable = (LIVE.replace("gm.ClockClass                         248",
+                              "gm.ClockClass                         6")
+                 .replace("gm.ClockAccuracy                      0xfe",
+                          "gm.ClockAccuracy                      0x21")
+                 .replace("timeTraceable         0", "timeTraceable         1"))
+    f.now += 1.0
+    f.pmc_out = with_values(traceable, int((f.now - 0.2) * 1e9))
+    m = src.poll_once()
+    assert m is not None
+    assert m.bound == pytest.approx(1294e-9 + 100e-9 + 30e-6)  # delay + 0x21 (100 ns) + prior
+    assert src.describe()[0]["gm_trust"] == "traceable"

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from chronotickd.core.crosscheck import Disagreement, Estimate, cross_check
 from chronotickd.core.estimator import FitConfig, LineFit, fast_median, fit_arrays, fit_line
 from chronotickd.core.measurement import Measurement
 from chronotickd.core.state import KERNEL_UNSYNC_MAXERROR_S, ClockState, TrackSummary
@@ -350,8 +351,15 @@ class Engine:
             fit_config=self.cfg.fit,
         )
         if chosen is not None and chosen.fit is not None:
+            fit = self._cover_pending(chosen)
+            disagreement = self._cross_check(chosen, now)
+            if disagreement is not None:
+                extra = disagreement.cover - self._bound_now(chosen, now)
+                if extra > 0:
+                    fit = replace(fit, systematic=fit.systematic + extra)
             return ClockState(
-                fit=self._cover_pending(chosen),
+                fit=fit,
+                disagreement=disagreement.describe() if disagreement else "",
                 source=chosen.kind,
                 max_drift=self.cfg.max_drift_ppm * 1e-6,
                 stale_after=self._stale_after(chosen),
@@ -369,6 +377,17 @@ class Engine:
                 **common,
             )
         return ClockState(fit=None, source="system", max_drift=0.0, stale_after=0.0, **common)
+
+    def _cross_check(self, chosen: Track, now: float) -> Disagreement | None:
+        """Does a fresh source of another kind contradict the chosen one (crosscheck.py)?"""
+
+        def estimate(t: Track) -> Estimate:
+            assert t.fit is not None
+            return Estimate(t.name, t.kind, t.fit.predict(now), self._bound_now(t, now))
+
+        others = [estimate(t) for t in self.tracks.values()
+                  if t is not chosen and t.kind != chosen.kind and self._selectable(t, now)]
+        return cross_check(estimate(chosen), others) if others else None
 
     @staticmethod
     def _cover_pending(track: Track) -> LineFit:

@@ -89,6 +89,7 @@ class ClockState:
     history: tuple[Measurement, ...] = field(default=(), repr=False)
     steps: tuple[float, ...] = ()  # system times where the clock stepped (``at`` never fits across)
     fit_config: FitConfig = field(default_factory=FitConfig, repr=False)
+    disagreement: str = ""  # sources of different kinds contradict each other (crosscheck.py)
 
     # -- queries -------------------------------------------------------------------------
     def _bound(self, fit: LineFit, t: float, last: float) -> float:

@@ -175,7 +175,10 @@ class Track:
     last_delay: float | None = None
     last_t: float | None = None  # wall-clock seconds of the last accepted sample
     stratum: int | None = None
-    leap: int | None = None
+    leap: int | None = None  # the last reply's leap indicator (0 none, 1 +1 s, 2 −1 s, 3 alarm)
+    root_delay: float | None = None  # of the last reply (tracking, metrics)
+    root_dispersion: float | None = None
+    reach: int = 0  # chrony's reach register: one bit per poll, newest lowest, 1 = usable
     polls: int = 0
     good: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
@@ -197,7 +200,9 @@ class Track:
             "authenticated": self.authenticated, "state": self.state, "reason": self.reason,
             "last_offset": self.last_offset, "last_delay": self.last_delay,
             "last_t": self.last_t, "stratum": self.stratum, "leap": self.leap,
-            "polls": self.polls, "good": self.good, "dropped": sum(self.dropped.values()),
+            "root_delay": self.root_delay, "root_dispersion": self.root_dispersion,
+            "reach": self.reach, "polls": self.polls, "good": self.good,
+            "dropped": sum(self.dropped.values()),
             "dropped_by": dict(self.dropped), "poll_interval_s": self.policy.interval_s,
             "next_poll_in_s": round(max(0.0, self.next_poll - now), 3),
             **({"nts_ke": self.nts_ke, "nts_ke_failed": self.nts_ke_failed,
@@ -427,6 +432,7 @@ class NtpSource:
         else:
             p = r.accepted
         t.stratum, t.leap = p.stratum, p.leap
+        t.root_delay, t.root_dispersion = p.root_delay_s, p.root_dispersion_s
         if p.stratum == 0:
             code = p.kiss_code
             if code in KOD_STOP:
@@ -475,6 +481,7 @@ class NtpSource:
             for why in out.dropped:
                 t.dropped[why] += 1
         t.state, t.reason = out.state, out.reason
+        t.reach = ((t.reach << 1) | (out.measurement is not None)) & 0xFF
         if out.measurement is not None:
             m = out.measurement
             t.latest, t.latest_mono = m, now

@@ -102,6 +102,8 @@ class PtpStatus:
     gm_clock_accuracy: int | None = None
     current_utc_offset_s: int | None = None
     ptp_timescale: bool | None = None
+    time_traceable: bool | None = None
+    frequency_traceable: bool | None = None
     replies: int = 0
 
     @property
@@ -192,7 +194,9 @@ def summarize(replies: list[PmcReply]) -> PtpStatus:
             values.setdefault("gm_identity", r.fields.get("grandmasterIdentity"))
         elif r.tlv == "TIME_PROPERTIES_DATA_SET":
             values.update(current_utc_offset_s=_int(r, "currentUtcOffset"),
-                          ptp_timescale=_bool(r, "ptpTimescale"))
+                          ptp_timescale=_bool(r, "ptpTimescale"),
+                          time_traceable=_bool(r, "timeTraceable"),
+                          frequency_traceable=_bool(r, "frequencyTraceable"))
     mpd = values.get("mean_path_delay_ns")
     if isinstance(mpd, float) and mpd < 0:
         raise PmcParseError(f"CURRENT_DATA_SET.meanPathDelay: negative ({mpd})")

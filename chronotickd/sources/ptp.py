@@ -40,7 +40,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from chronotickd.core.measurement import Measurement
@@ -50,11 +50,11 @@ from chronotickd.sources.pmc_parse import (
     PhcError,
     PmcParseError,
     PtpStatus,
-    gm_accuracy_s,
     parse_phc_cmp,
     parse_pmc_status,
     pmc_failure,
 )
+from chronotickd.sources.ptp_quality import GmPolicy, GmQuality, assess
 
 log = logging.getLogger("chronotickd.ptp")
 
@@ -87,7 +87,7 @@ class PtpSettings:
     pmc_path: str = "pmc"
     phc_ctl_path: str = "phc_ctl"
     timeout_s: float = 1.0
-    unknown_gm_accuracy_s: float = 0.0
+    gm_policy: GmPolicy = field(default_factory=GmPolicy)  # grandmaster quality allowances
     pmc_local: str = ""  # pmc's reply socket (-i); empty: pmc's default /var/run/pmc.PID
 
 
@@ -144,6 +144,7 @@ class PtpSource:
         self.reason = "starting: no pmc poll yet"
         self._problem_key = ""
         self.status: PtpStatus | None = None
+        self.quality: GmQuality | None = None
         self.last_offset: float | None = None
         self.last_delay: float | None = None
         self.last_t: float | None = None
@@ -284,10 +285,16 @@ class PtpSource:
         if not ingress:
             self._fail("no-sync", f"port {state} but no Sync received yet (ingress_time 0)")
             return None
-        accuracy = gm_accuracy_s(status.gm_clock_accuracy, self.settings.unknown_gm_accuracy_s)
-        if not math.isfinite(accuracy):
+        quality = assess(status, self.settings.gm_policy)
+        if not math.isfinite(quality.accuracy_s):
             self._fail("gm-accuracy", "grandmaster claims an accuracy worse than 10 s")
             return None
+        if self.quality is None or quality.trust != self.quality.trust:
+            log.log(logging.INFO if quality.trust == "traceable" else logging.WARNING,
+                    "PTP grandmaster %s is %s: bound allows %.6f s for it%s", status.gm_identity,
+                    quality.trust, quality.accuracy_s,
+                    f" ({quality.reason})" if quality.reason else "")
+        self.quality = quality
         phc = None
         if self.settings.phc_device:
             phc = self._phc_minus_sys()
@@ -329,13 +336,14 @@ class PtpSource:
         """Half-width (s) of the interval holding the true offset, from what PTP knows.
 
         ``meanPathDelay`` (PTP assumes symmetric paths; the worst asymmetry puts all the delay
-        one way, an error of up to the one-way mean) + the grandmaster's clockAccuracy + 3 ×
+        one way, an error of up to the one-way mean) + what the grandmaster's word is worth
+        (its clockAccuracy, widened for holdover or missing traceability: ptp_quality) + 3 ×
         the robust spread of recent offsets + with a PHC: the PHC read uncertainty, the
         ingress→read extrapolation at ``PHC_FREE_PPM`` and, when ptp4l's servo steers the PHC
         (SLAVE), the |master_offset| it may already have removed.
         """
         delay = max(status.mean_path_delay_ns or 0.0, 0.0) * 1e-9
-        accuracy = gm_accuracy_s(status.gm_clock_accuracy, self.settings.unknown_gm_accuracy_s)
+        accuracy = assess(status, self.settings.gm_policy).accuracy_s
         jitter = robust_jitter(list(self._offsets))
         spread = SPREAD_K * (jitter if jitter is not None else JITTER_PRIOR_S)
         b = delay + accuracy + spread
@@ -376,6 +384,10 @@ class PtpSource:
             "gm_identity": st.gm_identity if st else None,
             "gm_clock_accuracy": (f"0x{acc:02x}" + (" (unknown)" if acc == ACCURACY_UNKNOWN
                                                      else "")) if acc is not None else None,
+            "gm_clock_class": st.gm_clock_class if st else None,
+            "gm_trust": self.quality.trust if self.quality else None,
+            "gm_note": self.quality.reason if self.quality else None,
             "phc_device": self.settings.phc_device or None,
             "polls": self.polls, "good": self.good,
+            "poll_interval_s": self.settings.poll_interval_s,
         }]

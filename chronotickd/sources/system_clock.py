@@ -3,12 +3,22 @@
 ``adjtimex(2)`` reports ``maxerror`` (µs) and the STA_UNSYNC flag. When another NTP daemon
 disciplines the clock, ``maxerror`` is its promise; when nobody does, the kernel says 16 s.
 That is what an ``unsynchronized`` answer carries as its bound: wide, but not invented.
+
+The kernel's figure is believed only when it is both *claimed* and *plausible*: STA_UNSYNC
+clear (someone says the clock is disciplined) and ``0 < maxerror < 16 s``. systemd-timesyncd,
+for one, clears STA_UNSYNC but leaves maxerror at 0 — taken at face value that would be a
+1 µs promise nobody made. Anything else gets the documented unsynchronized default, 16 s (the
+kernel's NTP_PHASE_LIMIT, which chrony reports too).
+
+adjtimex is reached through ``ctypes.CDLL(None)``: the symbols the process itself resolves.
+That is the C library unless something was preloaded in front of it, which is how the test
+rig (tests/rig) shows the daemon a kernel of its choosing; ``CDLL(find_library('c'))`` would
+bypass such a preload. In production the two are the same function.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import sys
 
@@ -32,22 +42,32 @@ class _Timex(ctypes.Structure):
 
 @functools.cache
 def _libc() -> ctypes.CDLL:
-    """Loaded once: ``find_library`` runs ``ldconfig -p`` in a subprocess on every call."""
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    """The process's own symbol table (see the module docstring for why not libc by name)."""
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def honest_maxerror(maxerror_us: int, status: int) -> tuple[float, bool]:
+    """(bound in seconds, kernel claims synchronized) from raw adjtimex fields.
+
+    Pure, so the rule is tested without a kernel: the claim counts only with STA_UNSYNC clear
+    and a maxerror strictly between 0 and the 16 s unsynchronized limit.
+    """
+    synced = not (status & STA_UNSYNC)
+    seconds = maxerror_us / 1e6
+    if synced and 0.0 < seconds < KERNEL_UNSYNC_MAXERROR_S:
+        return seconds, True
+    return KERNEL_UNSYNC_MAXERROR_S, False
 
 
 def kernel_maxerror() -> tuple[float, bool]:
-    """(maxerror in seconds, kernel says synchronized). Read-only: modes = 0 changes nothing."""
+    """(bound in seconds, believed synchronized). Read-only: modes = 0 changes nothing."""
     if not sys.platform.startswith("linux"):
         return KERNEL_UNSYNC_MAXERROR_S, False
     try:
-        libc = _libc()
         tx = _Timex()
         tx.modes = 0
-        if libc.adjtimex(ctypes.byref(tx)) < 0:
+        if _libc().adjtimex(ctypes.byref(tx)) < 0:
             return KERNEL_UNSYNC_MAXERROR_S, False
     except (OSError, AttributeError):
         return KERNEL_UNSYNC_MAXERROR_S, False
-    synced = not (tx.status & STA_UNSYNC)
-    maxerror = tx.maxerror / 1e6 if synced else KERNEL_UNSYNC_MAXERROR_S
-    return max(maxerror, 1e-6), synced
+    return honest_maxerror(tx.maxerror, tx.status)

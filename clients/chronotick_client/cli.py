@@ -57,6 +57,41 @@ def render_status(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def fmt_ppm(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.3f} ppm"
+
+
+def render_tracking(r: dict[str, Any]) -> str:
+    """``chronyc tracking``'s layout, one labelled line per field."""
+    freq = r.get("frequency_ppm")
+    sense = "" if freq is None else (" slow" if freq > 0 else " fast" if freq < 0 else "")
+    ref = r.get("reference") or "-"
+    if r.get("stratum") is not None:
+        ref += f" (stratum {r['stratum']})"
+    last = r.get("last_update_ns")
+    rows = [
+        ("Reference", ref),
+        ("Status", f"{r.get('status')} via {r.get('source')}"
+                   + (" (restored estimate)" if r.get("restored") else "")),
+        ("Offset", f"{fmt_s(r.get('offset_ns'))} (reference − system, now)"),
+        ("Last offset", fmt_s(r.get("last_offset_ns"))),
+        ("Bound", f"± {fmt_s(r.get('bound_ns'))}"),
+        ("Frequency", f"{fmt_ppm(freq)}{sense} ({r.get('time_axis', 'realtime')} clock "
+                      "vs reference)"),
+        ("Freq error", f"± {fmt_ppm(r.get('frequency_error_ppm')).lstrip('+')}"
+                       if r.get("frequency_error_ppm") is not None else "-"),
+        ("Residual", fmt_s(r.get("residual_ns"))),
+        ("Samples", str(r.get("samples", "-"))),
+        ("Root delay", fmt_s(r.get("root_delay_ns"))),
+        ("Root dispersion", fmt_s(r.get("root_dispersion_ns"))),
+        ("Leap status", str(r.get("leap", "unknown"))),
+        ("Last update", f"{iso_ns(last)} ({fmt_s(r.get('age_ns'))} ago)" if last else "never"),
+        ("Poll interval", f"{r['poll_interval_s']:g} s"
+                          if r.get("poll_interval_s") is not None else "-"),
+    ]
+    return "\n".join(f"{k:<16}: {v}" for k, v in rows)
+
+
 def render_sources(r: dict[str, Any]) -> str:
     rows = r.get("sources", [])
     w = max([28, *(len(str(s.get("name", ""))) for s in rows)])  # PTP names are socket paths
@@ -95,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("now", parents=[common], help="corrected time with its bound")
     sub.add_parser("status", parents=[common], help="daemon health")
     sub.add_parser("sources", parents=[common], help="time sources and which one is selected")
+    sub.add_parser("tracking", parents=[common],
+                   help="the estimate in chronyc tracking's terms (frequency, leap, ...)")
     f = sub.add_parser("future", parents=[common], help="bound projected SECONDS ahead")
     f.add_argument("seconds", type=float)
     a = sub.add_parser("at", parents=[common],
@@ -128,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             r, render = client.status(), render_status
         elif args.command == "sources":
             r, render = client.sources(), render_sources
+        elif args.command == "tracking":
+            r, render = client.tracking(), render_tracking
         elif args.command == "future":
             r, render = client.future(args.seconds), render_now
         else:

@@ -125,6 +125,9 @@ class Client:
     def sources(self) -> dict[str, Any]:
         return self.call("sources")
 
+    def tracking(self) -> dict[str, Any]:
+        return self.call("tracking")
+
     def future(self, seconds: float) -> dict[str, Any]:
         return self.call("future", seconds=float(seconds))
 

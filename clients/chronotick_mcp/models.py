@@ -197,3 +197,55 @@ class EventOrder(BaseModel):
     ordered_pairs: int
     concurrent_pairs: int
     summary: str
+
+
+# -- the official MCP time server's tools (zones.py), with the bound carried into the zone ----
+ZoneName = Annotated[str, Field(min_length=1, max_length=100)]
+WallTime = Annotated[str, Field(min_length=1, max_length=20,
+                                description="Time to convert in 24-hour format (HH:MM)")]
+
+
+class ZoneTime(BaseModel):
+    """The reference mcp-server-time's TimeResult fields (same names, same formats)."""
+
+    timezone: str = Field(description="The IANA zone name as given.")
+    datetime: str = Field(description="Local date and time in the zone, ISO 8601 with the UTC "
+                                      "offset, to the second (the reference server's format).")
+    day_of_week: str
+    is_dst: bool
+
+
+class CurrentTime(ZoneTime):
+    """Current time in a zone from chronotickd's corrected clock, with its error bound."""
+
+    datetime_ns: str = Field(description="The corrected time in the zone, ISO 8601 with nine "
+                                         "fractional digits and the UTC offset.")
+    earliest: str = Field(description="Earliest possible true time, in the zone (ISO 8601, "
+                                      "nine fractional digits).")
+    latest: str = Field(description="Latest possible true time, in the zone.")
+    corrected_time_ns: int = Field(description="Corrected time, integer ns since the epoch.")
+    earliest_ns: int
+    latest_ns: int
+    bound_ns: int = Field(description="Half-width of [earliest, latest], ns (rounded up).")
+    status: str = Field(description="synchronized | freerunning | unsynchronized: check it.")
+    source: str
+    age_ns: int | None = Field(description="Age of the newest measurement, ns.")
+    date_certain: bool = Field(description="False when [earliest, latest] spans a change of "
+                                           "local date in the zone (around midnight).")
+    summary: str = Field(description="One line for a person.")
+
+
+class TimeConversion(BaseModel):
+    """The reference server's TimeConversionResult, plus the clock the date came from."""
+
+    source: ZoneTime
+    target: ZoneTime
+    time_difference: str = Field(description="Target's UTC offset minus the source's, "
+                                             "e.g. '+7.0h' or '+5.75h'.")
+    reference_time: str = Field(description="ChronoTick's corrected time (UTC) that fixed "
+                                            "'today' in the source zone.")
+    bound_ns: int = Field(description="Bound of that reference time, ns.")
+    status: str
+    date_certain: bool = Field(description="False when the bound spans midnight in the "
+                                           "source zone, so 'today' could be either date.")
+    summary: str

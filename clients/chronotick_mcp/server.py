@@ -12,7 +12,7 @@ import inspect
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 try:
     from mcp.server.mcpserver import MCPServer
@@ -22,20 +22,24 @@ except ImportError as exc:  # the SDK is an extra: say which one
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, CallToolResult, InputRequiredResult, ToolAnnotations
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from chronotick_client.client import Client
 from chronotick_client.protocol import default_socket_path
 from chronotick_mcp import tools
 from chronotick_mcp.models import (
     CorrectedTimestamp,
+    CurrentTime,
     DaemonStatus,
     EventOrder,
     Events,
     FutureSeconds,
     FutureTimeResult,
     SystemTimeNs,
+    TimeConversion,
     TimeResult,
+    WallTime,
+    ZoneName,
 )
 
 INSTRUCTIONS = """\
@@ -43,7 +47,9 @@ ChronoTick serves corrected time with an error bound: the true time lies in
 [earliest, latest]. Always check `status`: only "synchronized" is backed by fresh
 measurements; "freerunning" is an extrapolation with a growing bound; "unsynchronized" is
 the bare system clock. To order events across hosts, record get_time's earliest_ns/latest_ns
-at each event and use order_events: A happened before B only if A.latest < B.earliest."""
+at each event and use order_events: A happened before B only if A.latest < B.earliest.
+get_current_time and convert_time work like the reference MCP time server (IANA zone names)
+and add earliest/latest in the zone and whether the date is certain."""
 
 
 def _annotations(title: str) -> ToolAnnotations:
@@ -103,7 +109,7 @@ class ChronoTickServer(MCPServer):
 
 def build_server(client: Client, log_level: str = "WARNING",
                  argument_errors: str = "protocol") -> ChronoTickServer:
-    """The MCP server with its five tools, bound to one daemon client."""
+    """The MCP server with its seven tools, bound to one daemon client."""
     daemon = tools.DaemonGateway(client)
     server = ChronoTickServer("chronotick", title="ChronoTick", version=_version(),
                               instructions=INSTRUCTIONS, log_level=log_level,  # type: ignore[arg-type]
@@ -157,6 +163,38 @@ def build_server(client: Client, log_level: str = "WARNING",
         since the epoch, e.g. a log line's time.time_ns()), using measurements on both sides
         of it: what the true time was when the system clock read system_time_ns."""
         return tools.corrected_timestamp(daemon.call(client.at, system_time_ns), system_time_ns)
+
+    # The official MCP time server's two tools (same names, arguments and result fields:
+    # modelcontextprotocol/servers src/time), answered from the corrected clock.
+    @register("get_current_time", "Current time in a time zone, with error bound")
+    def get_current_time(timezone: Annotated[ZoneName, Field(
+            description="IANA timezone name (e.g., 'America/New_York', 'Europe/London'). Use "
+                        "'UTC' if no timezone is given by the user.")]) -> CurrentTime:
+        """Get current time in a specific timezone, from chronotickd's corrected clock: local
+        date and time, day of week and DST as the reference MCP time server gives them, plus
+        earliest/latest (the interval the true time lies in, in that zone), bound, status and
+        whether the date is certain. A name that is not an IANA zone is an error."""
+        tools.check_zone(timezone)  # a bad name is an error even with the daemon down
+        return tools.current_time(daemon.call(client.now), timezone)
+
+    @register("convert_time", "Convert a time between time zones")
+    def convert_time(
+        source_timezone: Annotated[ZoneName, Field(
+            description="Source IANA timezone name (e.g., 'America/New_York', "
+                        "'Europe/London'). Use 'UTC' if no source timezone is given.")],
+        time: WallTime,
+        target_timezone: Annotated[ZoneName, Field(
+            description="Target IANA timezone name (e.g., 'Asia/Tokyo', "
+                        "'America/Los_Angeles'). Use 'UTC' if no target timezone is given.")],
+    ) -> TimeConversion:
+        """Convert time between timezones: HH:MM (24-hour) today in the source zone, 'today'
+        taken from chronotickd's corrected clock, shown in the target zone with the UTC
+        offset difference (the reference MCP time server's result fields), plus the
+        reference time, its bound and whether today's date is certain."""
+        tools.check_zone(source_timezone), tools.check_zone(target_timezone)
+        tools.check_hhmm(time)
+        return tools.convert_time(daemon.call(client.now), source_timezone, time,
+                                  target_timezone)
 
     return server
 

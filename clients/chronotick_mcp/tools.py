@@ -19,16 +19,19 @@ from pydantic import ValidationError
 from chronotick_client.cli import fmt_s, iso_ns
 from chronotick_client.client import Client, DaemonUnavailable, RequestFailed
 from chronotick_client.protocol import E_BAD_REQUEST, ProtocolError
-from chronotick_mcp import ordering
+from chronotick_mcp import ordering, zones
 from chronotick_mcp.models import (
     CorrectedTimestamp,
+    CurrentTime,
     DaemonStatus,
     Event,
     EventOrder,
     FutureTimeResult,
     PairOrder,
     SourceInfo,
+    TimeConversion,
     TimeResult,
+    ZoneTime,
 )
 
 log = logging.getLogger("chronotick_mcp")
@@ -197,3 +200,63 @@ def order_events(events: list[Event]) -> EventOrder:
                    f"{concurrent} concurrent (overlapping intervals)")
     return EventOrder(pairs=pairs, order=order, ordered_pairs=ordered,
                       concurrent_pairs=concurrent, summary=summary)
+
+
+# -- the official time server's tools -------------------------------------------------------
+def check_zone(name: str) -> Any:
+    """The zone, or a tool error (isError result) an agent can read and correct."""
+    try:
+        return zones.zone(name)
+    except zones.ZoneInputError as exc:
+        raise ToolError(str(exc)) from None
+
+
+def check_hhmm(text: str) -> tuple[int, int]:
+    try:
+        return zones.parse_hhmm(text)
+    except zones.ZoneInputError as exc:
+        raise ToolError(str(exc)) from None
+
+
+def current_time(r: dict[str, Any], tz_name: str) -> CurrentTime:
+    """``get_current_time``: the daemon's answer ``r`` (a ``now``) seen in ``tz_name``."""
+    tz = check_zone(tz_name)
+    lo, mid, hi = r["earliest_ns"], r["corrected_time_ns"], r["latest_ns"]
+    certain = zones.wall(lo, tz).date() == zones.wall(hi, tz).date()
+    here = zones.describe(mid, tz, tz_name)
+    return CurrentTime(
+        **here, datetime_ns=zones.local_iso(mid, tz), earliest=zones.local_iso(lo, tz),
+        latest=zones.local_iso(hi, tz), corrected_time_ns=mid, earliest_ns=lo, latest_ns=hi,
+        bound_ns=r["bound_ns"], status=r["status"], source=r["source"], age_ns=r.get("age_ns"),
+        date_certain=certain,
+        summary=f"{zones.local_iso(mid, tz)} {here['day_of_week']} in {tz_name} "
+                f"± {fmt_s(r['bound_ns'])} ({_trust(r)})"
+                + ("" if certain else "; the bound spans midnight: the date is uncertain"))
+
+
+def convert_time(r: dict[str, Any], source_tz: str, time_text: str, target_tz: str
+                 ) -> TimeConversion:
+    """``convert_time``: HH:MM today in ``source_tz`` (today by ChronoTick's corrected clock,
+    the answer ``r``) shown in ``target_tz``."""
+    src, dst = check_zone(source_tz), check_zone(target_tz)
+    hour, minute = check_hhmm(time_text)
+    try:
+        local = zones.at_wall_time(r["corrected_time_ns"], src, source_tz, hour, minute)
+    except zones.ZoneInputError as exc:
+        raise ToolError(str(exc)) from None
+    target = local.astimezone(dst)
+    certain = (zones.wall(r["earliest_ns"], src).date() == zones.wall(r["latest_ns"], src).date())
+
+    def side(dt: Any, name: str) -> ZoneTime:
+        return ZoneTime(timezone=name, datetime=dt.isoformat(timespec="seconds"),
+                        day_of_week=dt.strftime("%A"), is_dst=bool(dt.dst()))
+
+    diff = zones.time_difference(local, target)
+    return TimeConversion(
+        source=side(local, source_tz), target=side(target, target_tz), time_difference=diff,
+        reference_time=iso_ns(r["corrected_time_ns"]), bound_ns=r["bound_ns"],
+        status=r["status"], date_certain=certain,
+        summary=f"{local.isoformat(timespec='minutes')} in {source_tz} is "
+                f"{target.isoformat(timespec='minutes')} in {target_tz} ({diff})"
+                + ("" if certain else "; today's date in the source zone is uncertain "
+                   "(the bound spans midnight)"))
