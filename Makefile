@@ -32,7 +32,7 @@ deps: $(VENV)/.dev
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  missing=""; \
-	  for c in chronyd:chrony ptp4l:linuxptp ip:iproute2 pkg-config:pkg-config; do \
+	  for c in chronyd:chrony ptp4l:linuxptp ip:iproute2 pkg-config:pkg-config openssl:openssl; do \
 	    command -v $${c%%:*} >/dev/null || missing="$$missing $${c#*:}"; done; \
 	  dpkg -s libsystemd-dev >/dev/null 2>&1 || missing="$$missing libsystemd-dev"; \
 	  for c in gcc:gcc systemd-analyze:systemd; do \
@@ -89,7 +89,7 @@ SYSUSERSDIR   ?= $(PREFIX)/lib/sysusers.d
 TMPFILESDIR   ?= $(PREFIX)/lib/tmpfiles.d
 UDEVRULESDIR  ?= $(PREFIX)/lib/udev/rules.d
 DOCDIR        ?= $(PREFIX)/share/doc/chronotick
-INSTALL_EXTRAS ?= systemd
+INSTALL_EXTRAS ?= systemd,nts
 
 .PHONY: install-venv install-data
 

@@ -71,8 +71,9 @@ def daemon_run(server: str, enabled: bool, seconds: float, interval: float) -> d
 
     from chronotick_client.client import Client
 
-    with daemon_process(ntp={"servers": [server], "warmup_s": 8, "warmup_interval_s": 0.3,
-                             "interval_s": interval, "timeout_s": 0.5},
+    with daemon_process(ntp={"servers": [server], "burst": 8, "burst_interval_s": 0.3,
+                             "minpoll_s": interval, "maxpoll_s": interval,
+                             "timeout_s": 0.5},
                         model={"enabled": enabled}) as d:
         pid = d.proc.pid
         with Client(d.socket) as c:

@@ -86,8 +86,8 @@ def main() -> int:
         return 2
     duration = args.minutes * 60
     with chronyd_server() as ntp, daemon_process(
-            ntp__servers=[ntp.server], ntp__warmup_s=5, ntp__warmup_interval_s=0.5,
-            ntp__interval_s=args.poll) as d:
+            ntp__servers=[ntp.server], ntp__burst_interval_s=0.5,
+            ntp__minpoll_s=args.poll, ntp__maxpoll_s=args.poll) as d:
         pid = d.proc.pid
         with Client(d.socket) as c:
             deadline = time.time() + 30

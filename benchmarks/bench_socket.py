@@ -242,8 +242,8 @@ def daemon(work: Path, ntp_server: str | None, models: bool = False
     servers = f"['{ntp_server}']" if ntp_server else "[]"
     conf = work / "chronotick.yaml"
     conf.write_text(f"socket: {path}\nstate_dir: {work / 'state'}\nlog_level: warning\n"
-                    f"ntp:\n  servers: {servers}\n  warmup_s: 5\n  warmup_interval_s: 0.5\n"
-                    f"  interval_s: 2\n  timeout_s: 0.5\n"
+                    f"ntp:\n  servers: {servers}\n  burst_interval_s: 0.5\n"
+                    f"  minpoll_s: 2\n  maxpoll_s: 2\n  timeout_s: 0.5\n"
                     f"model:\n  enabled: {'true' if models else 'false'}\n")
     log = open(work / "daemon.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([sys.executable, "-m", "chronotickd", "--config", str(conf)],

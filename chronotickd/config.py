@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from chronotickd.forecast.defaults import DEFAULT_ON as MODEL_DEFAULT_ON
+from chronotickd.sources import ntp_pool
 
 DEFAULT_CONFIG_PATH = "/etc/chronotick/chronotick.yaml"
 
@@ -25,7 +26,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Key:
-    kind: str  # "str" | "int" | "float" | "bool" | "list[str]" | "mode" | "choice"
+    kind: str  # "str" | "int" | "float" | "bool" | "list[str]" | "servers" | "mode" | "choice"
     default: Any
     help: str
     minimum: float | None = None
@@ -34,12 +35,16 @@ class Key:
     check: Callable[[Any], str | None] | None = None  # returns an error text or None
 
 
-def _host_port(value: Any) -> str | None:
-    for item in value:
-        host, _, port = str(item).rpartition(":") if ":" in str(item) else (item, "", "123")
-        if not host or not str(port).isdigit() or not 0 < int(port) < 65536:
-            return f"'{item}' is not 'host' or 'host:port' with a port in 1..65535"
+def _servers(value: Any) -> str | None:
+    try:
+        ntp_pool.parse_entries(value)
+    except ntp_pool.ServerEntryError as exc:
+        return f"{exc}"
     return None
+
+
+# the shipped default: one pool name, up to 4 of its servers (chrony's `pool ... iburst`)
+DEFAULT_SERVERS = [{"host": "2.pool.ntp.org", "pool": True, "maxsources": 4}]
 
 
 def _listen(value: Any) -> str | None:
@@ -78,12 +83,20 @@ SCHEMA: dict[str, Key] = {
     "state_dir": Key("str", "/var/lib/chronotick", "where the drift state is persisted"),
     "log_level": Key("choice", "info", "log verbosity",
                      choices=("debug", "info", "warning", "error")),
-    "ntp.servers": Key("list[str]", ["pool.ntp.org"], "NTP servers, 'host' or 'host:port'",
-                       check=_host_port),
+    "ntp.servers": Key("servers", DEFAULT_SERVERS,
+                       "NTP servers: 'host', 'host:port' or a mapping {host, port, nts, "
+                       "nts_port, trusted_ca, pool, maxsources, minpoll_s, maxpoll_s}",
+                       check=_servers),
     "ntp.timeout_s": Key("float", 1.0, "per-request timeout", 0.01, 30),
-    "ntp.warmup_s": Key("float", 180.0, "length of the fast-polling warm-up", 0, 86400),
-    "ntp.warmup_interval_s": Key("float", 1.0, "poll interval during warm-up", 0.1, 3600),
-    "ntp.interval_s": Key("float", 10.0, "poll interval after warm-up", 0.5, 86400),
+    "ntp.minpoll_s": Key("float", 64.0, "shortest poll interval (public servers: at least "
+                         "64 s whatever is set)", 0.1, 86400),
+    "ntp.maxpoll_s": Key("float", 1024.0, "longest poll interval", 0.1, 86400),
+    "ntp.burst": Key("int", 4, "requests in the initial burst (public servers: at most 4)",
+                     1, 8),
+    "ntp.burst_interval_s": Key("float", 2.0, "spacing of burst requests (public servers: at "
+                                "least 2 s)", 0.05, 60),
+    "ntp.resolve_interval_s": Key("float", 3600.0, "how often server and pool names are "
+                                  "resolved again", 60, 86400),
     "ntp.max_delay_s": Key("float", 0.5, "samples with a longer round trip are dropped", 0, 16),
     "ntp.max_root_distance_s": Key("float", 3.0, "servers farther from their root are dropped",
                                    0, 16),
@@ -161,6 +174,9 @@ def _validate(name: str, key: Key, value: Any) -> Any:
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             raise bad(f"a number in [{lo}, {hi}]")
         value = float(value) if kind == "float" else value
+    elif kind == "servers":
+        if not isinstance(value, list) or not all(isinstance(v, str | dict) for v in value):
+            raise bad("a list of 'host', 'host:port' or mappings")
     elif kind == "list[str]":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise bad("a list of strings")
@@ -178,7 +194,8 @@ def _validate(name: str, key: Key, value: Any) -> Any:
     if key.check is not None:
         problem = key.check(value)
         if problem:
-            raise ConfigError(f"{name}: {problem}")
+            sep = "" if problem.startswith("[") else ": "
+            raise ConfigError(f"{name}{sep}{problem}")
     return value
 
 

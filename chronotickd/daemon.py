@@ -34,8 +34,13 @@ from chronotickd.handlers import Handlers
 from chronotickd.publish import Publisher
 from chronotickd.reload import Reloader
 from chronotickd.server import ServerLimits, SocketServer, bind_unix_socket
+<<<<<<< HEAD
 from chronotickd.service.userns import gid_mapped
+=======
+from chronotickd.sources import nts
+>>>>>>> ntp
 from chronotickd.sources.ntp import NtpSettings, NtpSource
+from chronotickd.sources.ntp_pool import parse_entries
 from chronotickd.sources.ptp import PtpSettings, PtpSource
 from chronotickd.sources.ptp_quality import GmPolicy
 from chronotickd.sources.system_clock import kernel_maxerror
@@ -197,19 +202,30 @@ class Daemon:
         ), self.submit)
 
     def ntp_source(self, cfg: Config) -> NtpSource | None:
-        servers = cfg["ntp.servers"]
-        if not servers:
+        specs = parse_entries(cfg["ntp.servers"])
+        if not specs:
             return None
+        if any(s.nts for s in specs) and (missing := nts.available()) is not None:
+            log.error("ntp.servers asks for nts: true but %s; those servers are not used",
+                      missing)
+            specs = [s for s in specs if not s.nts]
         settings = NtpSettings(
-            servers=list(servers),
+            servers=specs,
             timeout_s=cfg["ntp.timeout_s"],
-            warmup_s=cfg["ntp.warmup_s"],
-            warmup_interval_s=cfg["ntp.warmup_interval_s"],
-            interval_s=cfg["ntp.interval_s"],
+            minpoll_s=cfg["ntp.minpoll_s"],
+            maxpoll_s=cfg["ntp.maxpoll_s"],
+            burst=cfg["ntp.burst"],
+            burst_interval_s=cfg["ntp.burst_interval_s"],
             max_delay_s=cfg["ntp.max_delay_s"],
             max_root_distance_s=cfg["ntp.max_root_distance_s"],
+            resolve_interval_s=cfg["ntp.resolve_interval_s"],
         )
-        return NtpSource(settings, self.submit)
+        # TIME BASE: t1/t4 from CLOCK_MONOTONIC_RAW against the engine's epoch. An engine
+        # without an epoch still models against CLOCK_REALTIME: read that, epoch 0.
+        epoch = getattr(self.engine, "epoch", None)
+        if epoch is None:
+            return NtpSource(settings, self.submit, read_raw_ns=time.time_ns, epoch=0)
+        return NtpSource(settings, self.submit, epoch=int(epoch))
 
     # -- live changes (chronotickd/reload.py decides what a reload may apply) ---------------
     def apply_admin_group(self) -> None:

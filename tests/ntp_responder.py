@@ -12,7 +12,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 NTP_EPOCH = 2208988800  # 1900-01-01 → 1970-01-01
 PACKET = struct.Struct(">BBbbII4sQQQQ")
@@ -36,6 +36,11 @@ class Responder:
         self.root_delay = 0.0
         self.root_dispersion = 0.0001
         self.requests = 0
+        # hostile mode: maps (genuine reply, request) to the datagrams actually sent, each
+        # with whether it leaves from another port (a spoofed source); None: the reply only
+        self.mangle: Callable[[bytes, bytes], list[tuple[bytes, bool]]] | None = None
+        self.other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.other.bind(("127.0.0.1", 0))
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(0.2)
@@ -71,8 +76,10 @@ class Responder:
                 int(self.root_delay * 65536), int(self.root_dispersion * 65536), self.refid,
                 to_ntp(received + shift - 1), client_tx, to_ntp(received + shift),
                 to_ntp(time.time() + shift))
-            with contextlib.suppress(OSError):
-                self.sock.sendto(reply, addr)
+            sends = self.mangle(reply, data) if self.mangle else [(reply, False)]
+            for datagram, spoofed in sends:
+                with contextlib.suppress(OSError):
+                    (self.other if spoofed else self.sock).sendto(datagram, addr)
 
     def start(self) -> Responder:
         self._thread.start()
@@ -82,6 +89,7 @@ class Responder:
         self._stop.set()
         self._thread.join(2)
         self.sock.close()
+        self.other.close()
 
 
 @contextlib.contextmanager

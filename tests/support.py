@@ -60,15 +60,35 @@ class Chronyd:
     proc: subprocess.Popen
     port: int
     workdir: Path
+    nts_port: int = 0  # NTS-KE port (0: NTS off)
+    cert: Path | None = None  # the self-signed certificate clients must trust
 
     @property
     def server(self) -> str:
         return f"127.0.0.1:{self.port}"
 
 
+def free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_cert(workdir: Path, name: str = "server", cn: str = "localhost",
+              san: str = "DNS:localhost,IP:127.0.0.1") -> tuple[Path, Path]:
+    """A self-signed EC P-256 certificate and key made with openssl: (cert, key)."""
+    cert, key = workdir / f"{name}.crt", workdir / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "2", "-subj", f"/CN={cn}", "-addext",
+                    f"subjectAltName={san}"], check=True, capture_output=True)
+    return cert, key
+
+
 @contextlib.contextmanager
-def chronyd_server(port: int | None = None) -> Iterator[Chronyd]:
-    """A real chronyd serving NTP on 127.0.0.1 (``-x``: it never adjusts the clock)."""
+def chronyd_server(port: int | None = None, nts: bool = False) -> Iterator[Chronyd]:
+    """A real chronyd serving NTP on 127.0.0.1 (``-x``: it never adjusts the clock); with
+    ``nts`` also NTS-KE on a free TCP port with a self-signed certificate made here."""
     if CHRONYD is None:
         raise RuntimeError("chronyd not installed (apt-get install chrony)")
     if os.geteuid() != 0:
@@ -82,30 +102,54 @@ def chronyd_server(port: int | None = None) -> Iterator[Chronyd]:
         f"cmdport 0\nbindcmdaddress {work}/chronyd.sock\npidfile {work}/chronyd.pid\n"
         f"driftfile {work}/drift\n"
     )
+    nts_port, cert = 0, None
+    if nts:
+        nts_port = free_tcp_port()
+        cert, key = make_cert(work)
+        with conf.open("a") as f:
+            f.write(f"bindaddress ::1\nntsport {nts_port}\nntsserverkey {key}\n"
+                    f"ntsservercert {cert}\nntsdumpdir {work}\n")
     proc = subprocess.Popen([CHRONYD, "-x", "-d", "-f", str(conf), "-u", "root"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_ntp(port, proc)
-        yield Chronyd(proc, port, work)
+        if nts:
+            _wait_tcp(nts_port, proc)
+        yield Chronyd(proc, port, work, nts_port, cert)
     finally:
         kill_pid(proc)
         shutil.rmtree(work, ignore_errors=True)
 
 
 def _wait_ntp(port: int, proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    import ntplib
+    from chronotickd.sources import ntp_packet as pkt
 
     deadline = time.monotonic() + timeout
-    client = ntplib.NTPClient()
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"chronyd exited with {proc.returncode}")
-        try:
-            client.request("127.0.0.1", port=port, timeout=0.2)
-            return
-        except Exception:
-            time.sleep(0.1)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.2)
+            try:
+                s.connect(("127.0.0.1", port))
+                s.send(pkt.client_request(pkt.random_timestamp()))
+                if len(s.recv(512)) >= 48:
+                    return
+            except OSError:
+                time.sleep(0.1)
     raise RuntimeError("chronyd did not answer NTP in time")
+
+
+def _wait_tcp(port: int, proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"chronyd exited with {proc.returncode}")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError("chronyd did not listen for NTS-KE in time")
 
 
 @dataclass
@@ -125,7 +169,8 @@ def write_config(workdir: Path, **overrides: object) -> Path:
         "socket": str(workdir / "ct.sock"),
         "state_dir": str(workdir / "state"),
         "log_level": "info",
-        "ntp": {"servers": [], "warmup_s": 30, "warmup_interval_s": 0.5, "interval_s": 2,
+        # loopback test servers may be polled fast (public names never are)
+        "ntp": {"servers": [], "minpoll_s": 0.5, "maxpoll_s": 2, "burst_interval_s": 0.5,
                 "timeout_s": 0.5},
     }
     for key, value in overrides.items():

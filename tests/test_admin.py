@@ -150,8 +150,8 @@ def test_reload_restarts_ptp_and_model_and_sighup_reloads(workdir: Path) -> None
 
 def test_poll_now_and_reset(workdir: Path, chronyd) -> None:  # type: ignore[no-untyped-def]
     """Long poll interval: only poll_now brings samples; reset forgets them and the file."""
-    with daemon_process(workdir, ntp__servers=[chronyd.server], ntp__warmup_s=0,
-                        ntp__interval_s=600) as d, Client(d.socket) as c:
+    with daemon_process(workdir, ntp__servers=[chronyd.server], ntp__burst=1,
+                        ntp__minpoll_s=600, ntp__maxpoll_s=600) as d, Client(d.socket) as c:
         wait_until(lambda: c.status().get("measurements") == 1)
         for n in (2, 3):
             assert c.call("poll_now") == {"polled": ["ntp"]}
@@ -185,7 +185,7 @@ def test_reload_swaps_ntp_servers(workdir: Path) -> None:
     from ntp_responder import responder
 
     with responder(0.0) as a, responder(0.0) as b, \
-            daemon_process(workdir, ntp__servers=[a.server], ntp__warmup_interval_s=0.5) as d, \
+            daemon_process(workdir, ntp__servers=[a.server], ntp__minpoll_s=0.5) as d, \
             Client(d.socket) as c:
         wait_until(lambda: a.requests >= 2)
         cfg = yaml.safe_load(d.config.read_text())

@@ -12,8 +12,9 @@ import pytest
 import yaml
 from support import PYTHONPATH, REPO
 
-from chronotickd.config import SCHEMA, Config, ConfigError
+from chronotickd.config import SCHEMA, Config, ConfigError, _flatten
 from chronotickd.daemon import main
+from chronotickd.sources.ntp_pool import parse_entries
 
 EXAMPLE = REPO / "etc" / "chronotick.yaml"
 
@@ -37,9 +38,18 @@ def run_main(path: Path, *extra: str, capsys: pytest.CaptureFixture[str]) -> tup
     ("ntp:\n  timeout_s: 99\n", ["ntp.timeout_s: expected a number in [0.01, 30]"]),
     ("ntp:\n  timeout_s: true\n", ["ntp.timeout_s: expected a number"]),
     ("clock:\n  min_samples: 2.5\n", ["clock.min_samples: expected a whole number"]),
-    ("ntp:\n  servers: pool.ntp.org\n", ["ntp.servers: expected a list of strings"]),
-    ("ntp:\n  servers: ['h:0']\n", ["ntp.servers: 'h:0' is not 'host' or 'host:port'"]),
-    ("ntp:\n  servers: ['h:ntp']\n", ["ntp.servers: 'h:ntp'"]),
+    ("ntp:\n  servers: pool.ntp.org\n", ["ntp.servers: expected a list of 'host'"]),
+    ("ntp:\n  servers: ['h:0']\n", ["ntp.servers[0]: 'h:0': port must be in 1..65535"]),
+    ("ntp:\n  servers: ['h:ntp']\n", ["ntp.servers[0]: 'h:ntp'"]),
+    ("ntp:\n  servers: [a, {host: b, ntss: true}]\n",
+     ["ntp.servers[1].ntss: unknown key", "nts_port"]),
+    ("ntp:\n  servers: [{port: 5}]\n", ["ntp.servers[0].host: required"]),
+    ("ntp:\n  servers: [{host: b, nts: 1}]\n", ["ntp.servers[0].nts: expected true or false"]),
+    ("ntp:\n  servers: [{host: b, maxsources: 0}]\n", ["ntp.servers[0].maxsources"]),
+    ("ntp:\n  servers: [{host: time.example.org, minpoll_s: 8}]\n",
+     ["ntp.servers[0].minpoll_s: time.example.org is a public server", "64 s"]),
+    ("ntp:\n  servers: [{host: b, trusted_ca: /x.pem}]\n",
+     ["ntp.servers[0].trusted_ca: only meaningful with nts: true"]),
     ("socket_mode: '0999'\n", ["socket_mode: expected an octal mode"]),
     ("log_level: loud\n", ["log_level: expected one of debug, info, warning, error"]),
     ("socket: 5\n", ["socket: expected a string"]),
@@ -76,12 +86,12 @@ def test_real_process_exit_status(tmp_path: Path) -> None:
 
 def test_check_config_ok_prints_effective_settings(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write(tmp_path, "ntp:\n  servers: ['127.0.0.1:11123']\n  warmup_s: 5\n")
+    path = write(tmp_path, "ntp:\n  servers: ['127.0.0.1:11123']\n  minpoll_s: 5\n")
     rc = main(["--config", str(path), "--check-config"])
     out, err = capsys.readouterr()
     assert rc == 0 and "is valid" in err
     assert "ntp.servers: ['127.0.0.1:11123']" in out
-    assert "ntp.warmup_s: 5.0" in out
+    assert "ntp.minpoll_s: 5.0" in out
     assert "clock.min_samples: 3" in out  # defaults filled in
 
 
@@ -91,8 +101,8 @@ def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
 
 
 def test_command_line_overrides_are_validated_too() -> None:
-    cfg = Config({}).override(socket="/tmp/x.sock", state_dir=None, ntp__interval_s=5)
-    assert cfg["socket"] == "/tmp/x.sock" and cfg["ntp.interval_s"] == 5.0
+    cfg = Config({}).override(socket="/tmp/x.sock", state_dir=None, ntp__minpoll_s=5)
+    assert cfg["socket"] == "/tmp/x.sock" and cfg["ntp.minpoll_s"] == 5.0
     assert cfg["state_dir"] == SCHEMA["state_dir"].default
     with pytest.raises(ConfigError, match="log_level"):
         Config({}).override(log_level="loud")
@@ -138,3 +148,29 @@ def test_every_schema_key_is_in_the_example_with_a_comment() -> None:
     assert not uncommented, f"comment these keys in etc/chronotick.yaml: {uncommented}"
     # the example's values are the defaults, except where a comment says otherwise
     assert isinstance(yaml.safe_load(text), dict)
+
+
+def test_shipped_yaml_and_schema_defaults_agree() -> None:
+    """One source of defaults: every key of etc/chronotick.yaml holds the schema default and
+    every schema key is documented there."""
+    shipped = yaml.safe_load((REPO / "etc" / "chronotick.yaml").read_text())
+    flat = _flatten(shipped)
+    assert set(flat) == set(SCHEMA), set(flat) ^ set(SCHEMA)
+    cfg = Config(flat)
+    for name, key in SCHEMA.items():
+        assert cfg[name] == key.default, f"{name}: yaml {cfg[name]!r} != schema {key.default!r}"
+    servers = parse_entries(cfg["ntp.servers"])
+    assert servers and all(s.pool and s.public for s in servers)  # pool names, not addresses
+
+
+def test_server_entries_string_and_mapping() -> None:
+    cfg = Config({"ntp.servers": ["a.example", "127.0.0.1:11123", "[::1]:4123",
+                                  {"host": "127.0.0.1", "port": 5, "nts": True, "nts_port": 6,
+                                   "trusted_ca": "/c.pem", "minpoll_s": 0.5}]})
+    a, b, c, d = parse_entries(cfg["ntp.servers"])
+    assert (a.host, a.port, a.pool, a.public) == ("a.example", 123, False, True)
+    assert (b.host, b.port, b.public, b.spec) == ("127.0.0.1", 11123, False, "127.0.0.1:11123")
+    assert (c.host, c.port) == ("::1", 4123)
+    assert (d.nts, d.nts_port, d.trusted_ca, d.minpoll_s, d.spec) == (
+        True, 6, "/c.pem", 0.5, "127.0.0.1:5")
+    assert parse_entries(["0.pool.ntp.org"])[0].pool  # pool names are pools as strings too

@@ -344,7 +344,7 @@ def test_corrupt_state_file_is_ignored(tmp_path: Path) -> None:
 def test_no_ntp_reachable_still_serves_unsynchronized(tmp_path: Path) -> None:
     dead = f"127.0.0.1:{free_udp_port()}"
     with daemon_process(workdir=tmp_path, ntp__servers=[dead, "no-such-host.invalid"],
-                        ntp__timeout_s=0.2, ntp__warmup_interval_s=0.3) as d:
+                        ntp__timeout_s=0.2, ntp__minpoll_s=0.3, ntp__burst_interval_s=0.3) as d:
         time.sleep(1.5)  # several rounds
         r = cli_json(d.socket, "now")
         assert r["status"] == "unsynchronized" and r["source"] == "system"

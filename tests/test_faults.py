@@ -28,7 +28,7 @@ from support import PYTHONPATH, REPO, chronyd_server, daemon_process, kill_pid, 
 from chronotick_client import Client
 from chronotickd import statefile
 
-FAST = dict(ntp__warmup_s=60, ntp__warmup_interval_s=0.5, ntp__timeout_s=0.3,
+FAST = dict(ntp__minpoll_s=0.5, ntp__maxpoll_s=0.5, ntp__timeout_s=0.3,
             clock__stale_after_s=2)
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chronyd needs root here")
 
@@ -103,6 +103,37 @@ def test_bound_honest_with_three_servers(chronyd) -> None:  # type: ignore[no-un
             bad += abs(r["offset_ns"]) > r["bound_ns"]
             time.sleep(0.02)
         assert bad == 0, f"{bad} of {total} answers had the truth outside the bound ({d.socket})"
+
+
+def hostile_replies(reply: bytes, request: bytes) -> list[tuple[bytes, bool]]:
+    """Before each genuine reply: truncated, oversized, garbage, wrong origin, wrong mode,
+    and the genuine bytes from another port. Only the last datagram is usable."""
+    wrong_origin = reply[:24] + bytes(8) + reply[32:]
+    wrong_mode = bytes([reply[0] & ~7 | 5]) + reply[1:]
+    return [(reply[:40], False), (reply + b"\0" * 1600, False), (b"\xff" * 48, False),
+            (wrong_origin, False), (wrong_mode, False), (reply, True), (reply, False)]
+
+
+def test_hostile_server_replies_are_dropped_and_counted() -> None:
+    """A server (or someone on the path) sending malformed, truncated, oversized and spoofed
+    datagrams: the daemon synchronizes on the genuine replies and counts the rest."""
+    with responder(0.0) as ntp:
+        ntp.mangle = hostile_replies  # from the first request on
+        check_hostile(ntp)
+
+
+def check_hostile(ntp: Any) -> None:
+    with daemon_process(ntp__servers=[ntp.server], **FAST) as d, Client(d.socket) as c:
+        wait_for(lambda: c.now()["status"] == "synchronized", what="synchronized")
+        honest(c.now())
+        row = source(c, ntp.server)
+        assert row["state"] == "ok" and row["good"] >= 3
+        by = row["dropped_by"]
+        assert by["malformed packet"] >= 2 * row["good"]  # truncated and oversized
+        assert by["origin timestamp mismatch"] >= 2 * row["good"]  # garbage, wrong origin
+        assert by["not a server reply (mode/version)"] >= row["good"]
+        assert "wrong source address" not in by  # the connected socket never saw those
+        assert "Traceback" not in d.log()
 
 
 @pytest.mark.parametrize("code", ["RATE", "DENY"])

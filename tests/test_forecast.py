@@ -204,8 +204,8 @@ def test_daemon_with_models_on(chronyd) -> None:
 
     from chronotick_client.client import Client
 
-    with daemon_process(ntp={"servers": [chronyd.server], "warmup_s": 60,
-                             "warmup_interval_s": 0.3, "interval_s": 2, "timeout_s": 0.5},
+    with daemon_process(ntp={"servers": [chronyd.server], "minpoll_s": 0.3,
+                             "burst_interval_s": 0.3, "maxpoll_s": 2, "timeout_s": 0.5},
                         model={"enabled": True, "short": {"refresh_s": 0.5}}) as d:
         deadline = time.monotonic() + 45
         models: dict = {}
@@ -232,7 +232,7 @@ def test_daemon_model_source_missing_falls_back(chronyd, tmp_path) -> None:
     from chronotick_client.client import Client
 
     missing = str(tmp_path / "no-such-model")
-    with daemon_process(ntp={"servers": [chronyd.server], "warmup_interval_s": 0.3,
+    with daemon_process(ntp={"servers": [chronyd.server], "minpoll_s": 0.3,
                              "timeout_s": 0.5},
                         model={"enabled": True, "source": missing}) as d:
         deadline = time.monotonic() + 30

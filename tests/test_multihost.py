@@ -78,8 +78,8 @@ def test_three_namespaces_zero_false_before() -> None:
         for ns in clients:
             d = work / ns
             d.mkdir()
-            cfg = write_config(d, ntp__servers=[f"{net}.1:{NTP_PORT}"], ntp__warmup_s=60,
-                               ntp__warmup_interval_s=0.5, ntp__timeout_s=0.5)
+            cfg = write_config(d, ntp__servers=[f"{net}.1:{NTP_PORT}"], ntp__minpoll_s=0.5,
+                               ntp__burst_interval_s=0.5, ntp__timeout_s=0.5)
             log = open(d / "daemon.log", "w")  # noqa: SIM115 - closed with the process
             procs.append(subprocess.Popen(
                 [IP, "netns", "exec", ns, sys.executable, "-m", "chronotickd", "--config",

@@ -247,8 +247,8 @@ def test_notify_protocol_with_real_daemon(chronyd) -> None:
     """READY=1 while warm-up runs, STATUS= progress, WATCHDOG=1, STOPPING=1 on SIGTERM."""
     with workdir() as d:
         listener = NotifyListener(d / "notify")
-        conf = write_config(d, ntp__servers=[chronyd.server], ntp__warmup_s=60,
-                            ntp__warmup_interval_s=0.3)
+        conf = write_config(d, ntp__servers=[chronyd.server], ntp__minpoll_s=0.3,
+                            ntp__burst_interval_s=0.3)
         env = daemon_env(NOTIFY_SOCKET=listener.name, WATCHDOG_USEC="400000")
         t0 = time.monotonic()
         proc = spawn([*WITH_OWN_PID, *DAEMON, "--config", str(conf)], env, d / "log")

@@ -1,6 +1,6 @@
 """What a time source hands to the engine: one offset measurement with its own error bound.
 
-Sign convention everywhere: ``offset = reference − system`` (ntplib's sign), in seconds.
+Sign convention everywhere: ``offset = reference − system`` (NTP's sign), in seconds.
 Corrected time is therefore ``system_time + offset``.
 """
 

@@ -100,8 +100,10 @@ def render_sources(r: dict[str, Any]) -> str:
     lines = [head]
     for s in rows:
         mark = "*" if s.get("selected") else " "
+        # an NTS source reads `nts` once authenticated, `nts?` while it is not
+        kind = ("nts" if s.get("authenticated") else "nts?") if s.get("nts") else s.get("kind")
         lines.append(
-            f"{mark:2}{s.get('name', ''):<{w}} {s.get('kind', ''):<5} {s.get('state', '-'):<12} "
+            f"{mark:2}{s.get('name', ''):<{w}} {kind or '':<5} {s.get('state', '-'):<12} "
             f"{fmt_s(s.get('last_offset_ns')):>12} {fmt_s(s.get('last_delay_ns')):>12} "
             f"{fmt_s(s.get('age_ns')):>12} {fmt_s(s.get('bound_ns')):>12}  "
             f"{s.get('reason') or s.get('engine_state') or ''}")

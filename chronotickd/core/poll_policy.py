@@ -1,0 +1,79 @@
+"""When to poll one NTP server next: chrony-like iburst, then minpoll … maxpoll.
+
+Pure: time is passed in (monotonic seconds), nothing is read from a clock. One instance per
+server address. The interface is fixed (the adaptive policy will live behind it):
+``on_result`` records what the last poll gave and returns when to poll next.
+
+Behaviour now (chrony's, simplified):
+- the first ``burst`` polls go ``burst_interval_s`` apart (iburst), whatever their outcome;
+- then the interval starts at ``minpoll_s`` and doubles after every 4 consecutive accepted
+  samples, up to ``maxpoll_s``; an outlier keeps it;
+- no reply doubles the interval (RFC 4330 back-off), up to ``maxpoll_s``;
+- a Kiss-o'-Death RATE ends any burst and doubles the interval, at least to 2 × minpoll;
+- a suspected step asks for a short burst (``request_burst``) to confirm it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OUTCOMES = ("accepted", "outlier", "step", "no_reply", "kod_rate")
+RAISE_AFTER = 4  # consecutive accepted samples before the interval doubles
+KOD_RATE_CAP_S = 1024.0  # a RATE kiss may push the interval up to this even over maxpoll_s
+
+
+@dataclass(frozen=True, slots=True)
+class PollConfig:
+    minpoll_s: float = 64.0
+    maxpoll_s: float = 1024.0
+    burst: int = 4  # requests in the initial burst
+    burst_interval_s: float = 2.0
+
+
+class PollPolicy:
+    def __init__(self, cfg: PollConfig) -> None:
+        self.cfg = cfg
+        self._interval = cfg.minpoll_s
+        self._burst_left = max(0, cfg.burst - 1)  # the first poll happens at once
+        self._good_run = 0
+
+    def on_result(self, now: float, outcome: str, residual_s: float = 0.0,
+                  bound_s: float = 0.0) -> float:
+        """Record a poll's outcome ('accepted' | 'outlier' | 'step' | 'no_reply' | 'kod_rate')
+        at monotonic time ``now``; return the time of the next poll."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"unknown poll outcome {outcome!r}; one of {', '.join(OUTCOMES)}")
+        cfg = self.cfg
+        if outcome == "kod_rate":
+            self._burst_left = 0
+            self._good_run = 0
+            # honoured even past maxpoll_s: the server asked for less (up to 1024 s)
+            cap = max(cfg.maxpoll_s, KOD_RATE_CAP_S)
+            self._interval = min(cap, max(self._interval * 2, cfg.minpoll_s * 2))
+            return now + self._interval
+        if outcome == "step" and self._burst_left == 0:
+            return self.request_burst(now)
+        if self._burst_left > 0:
+            self._burst_left -= 1
+            return now + cfg.burst_interval_s
+        if outcome == "accepted":
+            self._good_run += 1
+            if self._good_run >= RAISE_AFTER:
+                self._good_run = 0
+                self._interval = min(cfg.maxpoll_s, self._interval * 2)
+        elif outcome == "no_reply":
+            self._good_run = 0
+            self._interval = min(cfg.maxpoll_s, self._interval * 2)
+        return now + self._interval
+
+    def request_burst(self, now: float, n: int = 4) -> float:
+        """Confirm a suspected step: ``n`` polls (at most the configured burst)
+        ``burst_interval_s`` apart, then back to the current interval."""
+        self._burst_left = max(0, min(n, max(self.cfg.burst, 1)) - 1)
+        self._good_run = 0
+        return now + self.cfg.burst_interval_s
+
+    @property
+    def interval_s(self) -> float:
+        """The current poll interval."""
+        return self.cfg.burst_interval_s if self._burst_left > 0 else self._interval
