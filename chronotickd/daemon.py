@@ -34,11 +34,8 @@ from chronotickd.handlers import Handlers
 from chronotickd.publish import Publisher
 from chronotickd.reload import Reloader
 from chronotickd.server import ServerLimits, SocketServer, bind_unix_socket
-<<<<<<< HEAD
 from chronotickd.service.userns import gid_mapped
-=======
 from chronotickd.sources import nts
->>>>>>> ntp
 from chronotickd.sources.ntp import NtpSettings, NtpSource
 from chronotickd.sources.ntp_pool import parse_entries
 from chronotickd.sources.ptp import PtpSettings, PtpSource
