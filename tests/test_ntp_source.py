@@ -13,6 +13,8 @@ import pytest
 from support import free_udp_port
 
 from chronotickd.core.measurement import Measurement
+from chronotickd.core.timebase import ClockReading
+from chronotickd.sources import clocks
 from chronotickd.sources.ntp import (
     NtpSettings,
     NtpSource,
@@ -105,12 +107,42 @@ class ScriptedClient:
         return answer
 
 
-def scripted_source(answers: dict[str, Any]) -> tuple[NtpSource, list[Measurement]]:
+EPOCH = 1_700_000_000.0
+
+
+def scripted_source(answers: dict[str, Any], readings: list[ClockReading] | None = None
+                    ) -> tuple[NtpSource, list[Measurement]]:
+    """A source whose clocks read raw 200 s with REALTIME = raw + EPOCH (δ = 0), or the
+    scripted ``readings`` (before, after, before, after, ...)."""
     got: list[Measurement] = []
+    script = iter(readings or [])
+
+    def read() -> ClockReading:
+        return next(script, ClockReading(200.0, EPOCH + 200.0, 0.0))
+
     src = NtpSource(NtpSettings(servers=list(answers), warmup_s=0, interval_s=10),
-                    got.append, monotonic=lambda: 1000.0)
+                    got.append, monotonic=lambda: 1000.0, epoch=EPOCH, read_clock=read)
     src._client = ScriptedClient(answers)  # type: ignore[assignment]
     return src, got
+
+
+def test_realtime_moving_during_the_exchange_is_converted_and_widens() -> None:
+    """θ = ntplib's offset + δ; a δ change of 2 ms during the exchange (someone stepped
+    REALTIME) makes the bound 1 ms wider."""
+    before = ClockReading(200.0, EPOCH + 200.0 + 0.010, 0.0)  # δ = +10 ms
+    after = ClockReading(200.001, EPOCH + 200.001 + 0.012, 0.0)  # δ = +12 ms
+    src, got = scripted_source({"a": FakeResponse(offset=-0.011)}, [before, after])
+    src.poll_round()
+    m = got[0]
+    assert m.t == pytest.approx(200.0005)
+    assert m.offset == pytest.approx(0.0, abs=1e-6)  # −11 ms + mean δ 11 ms
+    assert m.bound == pytest.approx(0.0004 / 2 + 0.001 / 2 + 0.0005 + 0.001, abs=1e-6)
+
+
+def test_leap_indicator_travels_in_the_measurement() -> None:
+    src, got = scripted_source({"a": FakeResponse(offset=0.001, leap=1)})
+    src.poll_round()
+    assert got[0].leap == 1
 
 
 def row(src: NtpSource, name: str) -> dict[str, Any]:
@@ -129,7 +161,8 @@ def test_round_outvotes_a_falseticker_and_keeps_bounds() -> None:
     m = got[0]
     # RFC 5905 bound: half the round trip + half the root delay + root dispersion
     assert m.bound == pytest.approx(0.0004 / 2 + 0.001 / 2 + 0.0005)
-    assert m.t == pytest.approx(1_700_000_000.0002)
+    assert m.t == 200.0  # raw: the midpoint of the clock reads around the exchange
+    assert m.offset == pytest.approx(0.0010)  # δ = 0: θ is ntplib's offset
     assert m.kind == "ntp" and m.stratum == 2
 
 
@@ -189,14 +222,17 @@ def test_warmup_then_operational_interval() -> None:
 def test_real_chronyd_round(chronyd: Any) -> None:
     dead = f"127.0.0.1:{free_udp_port()}"  # nothing listens there
     got: list[Measurement] = []
-    src = NtpSource(NtpSettings(servers=[chronyd.server, dead], timeout_s=0.3), got.append)
+    epoch = clocks.start_epoch()
+    src = NtpSource(NtpSettings(servers=[chronyd.server, dead], timeout_s=0.3), got.append,
+                    epoch=epoch)
     try:
         survivors = src.poll_round()
     finally:
         src.stop()
     assert [m.source for m in survivors] == [f"ntp:{chronyd.server}"]
     m = survivors[0]
-    assert abs(m.offset) < 0.001  # chronyd serves this very clock
+    # chronyd serves this very clock: θ = reference − (raw + epoch) is δ = REALTIME − RAW − epoch
+    assert abs(m.offset - clocks.read().delta(epoch)) < 0.001
     assert 0 <= m.delay < 0.005
     assert m.bound >= m.delay / 2
     assert row(src, dead)["state"] == "unreachable"
@@ -220,4 +256,5 @@ def test_real_chronyd_thread_delivers_without_blocking(chronyd: Any) -> None:
     finally:
         src.stop()
     assert src._thread is not None and not src._thread.is_alive()
-    assert all(abs(m.offset) < 0.001 for m in got)
+    delta = clocks.read().delta(src.epoch)  # θ is δ here (chronyd serves this clock)
+    assert all(abs(m.offset - delta) < 0.001 for m in got)

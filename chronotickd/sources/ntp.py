@@ -1,6 +1,12 @@
 """NTP source: polls several servers concurrently with ntplib, filters samples, rejects
 falsetickers per round, and hands survivors to the engine. Runs in its own thread; request
 serving never waits on it.
+
+Time base (chronotickd/core/timebase.py): ntplib timestamps the exchange with REALTIME, so the
+source reads both clocks just before and just after each request and converts ntplib's offset
+into θ = reference − (raw + epoch) = offset + δ, at ``t`` = the raw midpoint. If δ moved during
+the exchange (another daemon slewing or stepping REALTIME), the measurement's bound grows by
+half that change: the instant ntplib read REALTIME is not known better than that.
 """
 
 from __future__ import annotations
@@ -11,13 +17,15 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ntplib
 
 from chronotickd.core.measurement import Measurement
 from chronotickd.core.ntp_select import select_truechimers
+from chronotickd.core.timebase import ClockReading
+from chronotickd.sources import clocks
 
 log = logging.getLogger("chronotickd.ntp")
 
@@ -101,6 +109,19 @@ def check_response(resp: Any, settings: NtpSettings) -> str | None:
     return None
 
 
+def on_time_base(resp: Any, before: ClockReading, after: ClockReading, epoch: float,
+                 source: str) -> Measurement:
+    """ntplib's REALTIME-based reply as a measurement of θ against raw (module docstring)."""
+    d1, d4 = before.delta(epoch), after.delta(epoch)
+    m = Measurement.from_ntp(
+        (before.raw + after.raw) / 2.0, resp.offset + (d1 + d4) / 2.0, resp.delay,
+        resp.root_delay, resp.root_dispersion, source=source, stratum=resp.stratum,
+        leap=int(getattr(resp, "leap", 0) or 0),
+    )
+    widen = abs(d4 - d1) / 2.0 + max(before.width, after.width) / 2.0
+    return replace(m, bound=m.bound + widen) if widen else m
+
+
 class NtpSource:
     """Polls all servers each round; ``on_measurement`` receives the survivors."""
 
@@ -112,11 +133,16 @@ class NtpSource:
         on_measurement: Callable[[Measurement], None],
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        epoch: float | None = None,
+        read_clock: Callable[[], ClockReading] = clocks.read,
     ) -> None:
         self.settings = settings
         self.on_measurement = on_measurement
         self.clock = clock
         self.monotonic = monotonic
+        # the engine's (the daemon passes it; alone: this host's): θ = ref − (raw + epoch)
+        self.epoch = clocks.start_epoch() if epoch is None else epoch
+        self.read_clock = read_clock
         self.servers = [ServerState(s, *parse_server(s)) for s in settings.servers]
         self.started = monotonic()
         self.rounds = 0
@@ -170,8 +196,10 @@ class NtpSource:
     def _query(self, server: ServerState) -> Measurement | None:
         server.polls += 1
         try:
+            before = self.read_clock()
             resp = self._client.request(server.host, port=server.port, version=4,
                                         timeout=self.settings.timeout_s)
+            after = self.read_clock()
         except (ntplib.NTPException, OSError) as exc:
             server.state, server.reason = "unreachable", str(exc) or type(exc).__name__
             return None
@@ -190,13 +218,10 @@ class NtpSource:
         if problem:
             server.state, server.reason = "rejected", problem
             return None
-        t = (resp.orig_time + resp.dest_time) / 2.0
-        server.last_offset, server.last_delay, server.last_t = resp.offset, resp.delay, t
+        real_t = (resp.orig_time + resp.dest_time) / 2.0
+        server.last_offset, server.last_delay, server.last_t = resp.offset, resp.delay, real_t
         server.backoff = max(1.0, server.backoff / 2)
-        return Measurement.from_ntp(
-            t, resp.offset, resp.delay, resp.root_delay, resp.root_dispersion,
-            source=f"ntp:{server.spec}", stratum=resp.stratum,
-        )
+        return on_time_base(resp, before, after, self.epoch, f"ntp:{server.spec}")
 
     def poll_round(self) -> list[Measurement]:
         """Poll every due server concurrently; send survivors on. Returns the survivors."""
