@@ -35,7 +35,7 @@ from chronotickd.publish import Publisher
 from chronotickd.reload import Reloader
 from chronotickd.server import ServerLimits, SocketServer, bind_unix_socket
 from chronotickd.service.userns import gid_mapped
-from chronotickd.sources import nts
+from chronotickd.sources import clocks, nts
 from chronotickd.sources.ntp import NtpSettings, NtpSource
 from chronotickd.sources.ntp_pool import parse_entries
 from chronotickd.sources.ptp import PtpSettings, PtpSource
@@ -47,23 +47,6 @@ log = logging.getLogger("chronotickd")
 
 PUBLISH_INTERVAL_S = 1.0
 PERSIST_INTERVAL_S = 60.0
-STEP_DETECT_S = 0.001  # CLOCK_REALTIME − CLOCK_MONOTONIC moving more than this is a step
-
-
-def realtime_minus_monotonic() -> float:
-    """Both clocks are slewed alike, so their difference changes only when the system clock
-    is stepped. The smallest of three reads keeps a preemption between the calls out."""
-    best = None
-    for _ in range(3):
-        a = time.monotonic()
-        d = time.time() - a
-        width = time.monotonic() - a
-        if best is None or width < best[0]:
-            best = (width, d)
-    assert best is not None
-    return best[1]
-
-
 class Source(Protocol):
     """What the daemon needs from a time source (NTP, PTP, ...)."""
 
@@ -127,10 +110,12 @@ class Daemon:
     def __init__(self, cfg: Config, listen_sock: socket.socket | None = None) -> None:
         self.cfg = cfg
         self.started_monotonic = time.monotonic()
-        self.engine = Engine(engine_config(cfg))
+        # the time base's constant: θ = reference − (raw + epoch), see core/timebase.py
+        self.epoch = clocks.start_epoch()
+        self.engine = Engine(engine_config(cfg), epoch=self.epoch)
         self.measurements: queue.Queue[Measurement] = queue.Queue()
         self._restore()
-        self.publisher = Publisher(self.engine.snapshot(time.time(), kernel_maxerror()[0]))
+        self.publisher = Publisher(self.engine.snapshot(clocks.read(), kernel_maxerror()[0]))
         self.handlers = Handlers(self.publisher)
         self.server = SocketServer(self.handlers, server_limits(cfg))
         self.handlers.admin_gid = resolve_group(cfg["admin_group"])
@@ -156,17 +141,27 @@ class Daemon:
     # -- state --------------------------------------------------------------------------
     def _restore(self) -> None:
         saved = statefile.load(self.cfg["state_dir"])
-        if saved is not None:
-            self.engine.restore_state(saved)
-            log.info("restored drift estimate from %s (freq %.3f ppm); serving as freerunning "
-                     "until fresh samples confirm it", self.cfg["state_dir"], saved["freq"] * 1e6)
+        if saved is None:
+            return
+        now = clocks.read()
+        if statefile.same_boot(saved, now.raw):
+            self.engine.restore_state(saved, same_boot=True)
+            log.info("restored the estimate from %s (same boot, freq %.3f ppm); serving as "
+                     "freerunning, its bound growing since it was saved, until fresh samples "
+                     "confirm it", self.cfg["state_dir"], saved["freq"] * 1e6)
+        else:
+            self.engine.restore_state(saved, same_boot=False)
+            log.info("state in %s is from an earlier boot: restored the frequency (%.3f ppm) "
+                     "only; unsynchronized until the offset is measured again",
+                     self.cfg["state_dir"], saved["freq"] * 1e6)
 
     def persist(self) -> None:
-        data = self.engine.export_state(time.time())
+        now = clocks.read()
+        data = self.engine.export_state(now)
         if data is None:
             return
         try:
-            statefile.save(self.cfg["state_dir"], data)
+            statefile.save(self.cfg["state_dir"], statefile.record(data, now.raw, now.real))
         except OSError as exc:
             log.warning("cannot save state in %s (%s); check state_dir permissions",
                         self.cfg["state_dir"], exc.strerror)
@@ -196,7 +191,7 @@ class Daemon:
             # pmc's own reply socket; its default /var/run/pmc.PID is read-only under
             # the systemd sandbox, the socket's directory (RuntimeDirectory) is writable
             pmc_local=os.path.join(os.path.dirname(cfg["socket"]), f"pmc.{os.getpid()}"),
-        ), self.submit)
+        ), self.submit, epoch=self.epoch)
 
     def ntp_source(self, cfg: Config) -> NtpSource | None:
         specs = parse_entries(cfg["ntp.servers"])
@@ -265,7 +260,7 @@ class Daemon:
         return {"reset": "scheduled", "note": "status is unsynchronized until fresh samples"}
 
     def _reset_engine(self) -> None:
-        self.engine = Engine(engine_config(self.cfg))
+        self.engine = Engine(engine_config(self.cfg), epoch=self.epoch)
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(self.cfg["state_dir"], statefile.STATE_FILE))
         log.warning("state reset by an admin request: estimates and %s dropped",
@@ -284,6 +279,7 @@ class Daemon:
             "measurements": sum(len(t.history) for t in self.engine.tracks.values()),
             "steps": sum(t.steps for t in self.engine.tracks.values()),
             "outliers": sum(t.outliers for t in self.engine.tracks.values()),
+            **self.realtime_facts(),
             "connections": self.server.active,
             "requests": self.server.served,
             "limits": self.server.counters(),
@@ -291,8 +287,21 @@ class Daemon:
             "models": self.forecast.describe() if self.forecast is not None else {},
         }
 
+    def realtime_facts(self) -> dict[str, Any]:
+        """What ``status`` says about CLOCK_REALTIME as seen against MONOTONIC_RAW, and leaps."""
+        eng = self.engine
+        last = eng.last_step
+        return {
+            "epoch_s": int(eng.epoch),
+            "realtime_steps": eng.realtime_steps,
+            "realtime_last_step_ns": round(last[0] * 1e9) if last else None,
+            "realtime_last_step_at_ns": round(last[1] * 1e9) if last else None,
+            "realtime_rate_ppm": round(eng.realtime.rate() * 1e6, 3),
+            "leap": eng.leap_status(clocks.raw_now()),
+        }
+
     def publish_now(self) -> None:
-        now = time.time()
+        now = clocks.read()
         # sources with their own liveness signal (PTP: port state, Sync age) steer selection
         for source in self.sources:
             for name, reason in getattr(source, "health", dict)().items():
@@ -321,16 +330,17 @@ class Daemon:
             hook({**facts, "status": str(ans.status), "source": ans.source,
                   "bound_s": ans.bound})
 
-    def _check_clock_step(self) -> bool:
-        """Re-express the estimates when the system clock was stepped (engine thread)."""
-        d = realtime_minus_monotonic()
-        prev, self._rt_minus_mono = getattr(self, "_rt_minus_mono", d), d
-        if abs(d - prev) <= STEP_DETECT_S:
-            return False
-        self.engine.clock_stepped(d - prev)
-        log.warning("system clock stepped by %+.6f s (realtime vs monotonic); estimates moved "
-                    "onto the new time scale", d - prev)
-        return True
+    def _observe_clock(self) -> bool:
+        """Sample δ = REALTIME − RAW − epoch (engine thread: every tick and measurement);
+        a change the recent rate does not explain is logged once per step or slew."""
+        reading = clocks.read()
+        step = self.engine.observe_clock(reading)
+        if step is not None:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(reading.real))
+            log.warning("CLOCK_REALTIME stepped or slewed by %+.6f s at %s UTC (seen against "
+                        "CLOCK_MONOTONIC_RAW; the estimate is unaffected, answers follow the new "
+                        "system time)", step, when)
+        return step is not None
 
     def _engine_loop(self) -> None:
         next_publish = 0.0
@@ -339,11 +349,12 @@ class Daemon:
                 m = self.measurements.get(timeout=PUBLISH_INTERVAL_S)
             except queue.Empty:
                 m = None
-            changed = self._check_clock_step()
+            changed = self._observe_clock()  # publish the map with the step at once
             while not self._engine_calls.empty():
                 self._engine_calls.get_nowait()()
                 changed = True
             while m is not None:
+                self._observe_clock()
                 verdict = self.engine.add(m)
                 if verdict == "step":
                     log.warning("clock step detected on %s: offset now %.6f s; fit restarted",

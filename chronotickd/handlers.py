@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,9 @@ from chronotick_client.protocol import (
     PROTOCOL_VERSION,
     error_reply,
 )
+from chronotickd.core.timebase import ClockReading
 from chronotickd.publish import Publisher
+from chronotickd.sources.clocks import read_ns as read_clocks_ns
 from chronotickd.tracking import tracking_result
 from chronotickd.wire import answer_to_wire, now_reply_frame, values_to_wire
 
@@ -73,9 +74,12 @@ def _number(req: dict[str, Any], name: str) -> float:
 class Handlers:
     """Maps a decoded request to a reply map. Never raises for client mistakes."""
 
-    def __init__(self, publisher: Publisher, clock_ns: Callable[[], int] = time.time_ns) -> None:
+    def __init__(self, publisher: Publisher,
+                 read_ns: Callable[[], tuple[int, int, int]] = read_clocks_ns) -> None:
         self.publisher = publisher
-        self.clock_ns = clock_ns
+        # (raw_ns, real_ns, width_ns): CLOCK_MONOTONIC_RAW and CLOCK_REALTIME read back to back
+        # (chronotickd/sources/clocks.py); injectable for tests
+        self.read_ns = read_ns
         self._packer = msgpack.Packer(use_bin_type=True)  # used from the event loop only
         self.ops: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "now": self.now,
@@ -108,8 +112,9 @@ class Handlers:
         if req.get("op") == "now" and req.get("v") == PROTOCOL_VERSION and \
                 type(req_id) is int and -(2**63) <= req_id < 2**64:
             self.op_counts["now"] += 1
-            ns = self.clock_ns()
-            return now_reply_frame(req["id"], ns, *self.publisher.current.clock.answer(ns / 1e9))
+            raw, real, width = self.read_ns()
+            return now_reply_frame(req_id, real,
+                                   *self.publisher.current.clock.answer_ns(raw, real, width))
         body = self._packer.pack(self.handle(req, peer))
         return HEADER.pack(len(body)) + body
 
@@ -177,37 +182,43 @@ class Handlers:
                 return error_reply(req_id, E_INTERNAL, f"{op} failed: {type(exc).__name__}")
             raise
 
+    def reading(self) -> tuple[int, ClockReading]:
+        """(REALTIME ns, the reading) for one request."""
+        raw, real, width = self.read_ns()
+        return real, ClockReading(raw * 1e-9, real * 1e-9, abs(width) * 1e-9)
+
     # -- ops -----------------------------------------------------------------------------
     def now(self, req: dict[str, Any]) -> dict[str, Any]:
-        ns = self.clock_ns()
-        return values_to_wire(ns, *self.publisher.current.clock.answer(ns / 1e9))
+        raw, real, width = self.read_ns()
+        return values_to_wire(real, *self.publisher.current.clock.answer_ns(raw, real, width))
 
     def future(self, req: dict[str, Any]) -> dict[str, Any]:
         seconds = _number(req, "seconds")
         if not 0 <= seconds <= MAX_FUTURE_S:
             raise BadRequest(f"'seconds' must be in [0, {MAX_FUTURE_S:g}], got {seconds}")
-        ns = self.clock_ns()
+        ns, reading = self.reading()
         target = ns + round(seconds * 1e9)
-        ans = self.publisher.current.clock.future(ns / 1e9, seconds)
+        ans = self.publisher.current.clock.future(reading, seconds)
         return {**answer_to_wire(ans, target), "seconds_ahead": seconds}
 
     def at(self, req: dict[str, Any]) -> dict[str, Any]:
         value = req.get("system_time_ns")
         if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
             raise BadRequest(f"'system_time_ns' must be a positive integer, got {short(value)}")
-        ans = self.publisher.current.clock.at(value / 1e9)
+        _ns, reading = self.reading()
+        ans = self.publisher.current.clock.at(value / 1e9, reading)
         return answer_to_wire(ans, value)
 
     def status(self, req: dict[str, Any]) -> dict[str, Any]:
         pub = self.publisher.current
-        ns = self.clock_ns()
-        ans = pub.clock.query(ns / 1e9)
+        ns, reading = self.reading()
+        ans = pub.clock.query(reading)
         return {
             **pub.status,
             "status": str(ans.status),
             "source": ans.source,
             "bound_ns": answer_to_wire(ans, ns)["bound_ns"],
-            "last_sync_ns": round(pub.clock.fit.t_last * 1e9) if pub.clock.fit else None,
+            "last_sync_ns": round(ans.as_of * 1e9) if ans.as_of else None,
             "sources_disagree": pub.clock.disagreement or None,
             "protocol_version": PROTOCOL_VERSION,
         }
@@ -215,13 +226,13 @@ class Handlers:
     def tracking(self, req: dict[str, Any]) -> dict[str, Any]:
         """``chronyc tracking`` for ChronoTick (docs/protocol.md): the estimate behind ``now``."""
         pub = self.publisher.current
-        ns = self.clock_ns()
-        return tracking_result(pub, ns, pub.clock.query(ns / 1e9))
+        ns, reading = self.reading()
+        return tracking_result(pub, ns, pub.clock.query(reading))
 
     def sources(self, req: dict[str, Any]) -> dict[str, Any]:
         pub = self.publisher.current
         tracks = {t.name: t for t in pub.clock.tracks}
-        now_ns = self.clock_ns()
+        now_ns, _reading = self.reading()
         rows = []
         for row in pub.sources:
             track = tracks.pop(row.get("name", ""), None)

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from chronotickd.core.measurement import Status
+from chronotickd.core.timebase import ClockReading
+from chronotickd.sources import clocks
 from chronotickd.tracking import LEAP_STATES, selected_row, tracking_result
 
 log = logging.getLogger("chronotickd.metrics")
@@ -71,17 +72,19 @@ def _ns(value: Any) -> float:
 class ChronoTickCollector:
     """Builds every ``chronotick_`` family from one published snapshot per scrape."""
 
-    def __init__(self, daemon: _DaemonView, clock_ns: Callable[[], int] = time.time_ns) -> None:
+    def __init__(self, daemon: _DaemonView,
+                 read_clocks: Callable[[], ClockReading] = clocks.read) -> None:
         self.daemon = daemon
-        self.clock_ns = clock_ns
+        self.read_clocks = read_clocks  # both clocks, as a query reads them (time base)
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         d = self.daemon
         pub = d.publisher.current  # one atomic read; everything below is arithmetic on it
-        ns = self.clock_ns()
-        ans = pub.clock.query(ns / 1e9)
+        reading = self.read_clocks()
+        ns = round(reading.real * 1e9)
+        ans = pub.clock.query(reading)
         tr = tracking_result(pub, ns, ans)
 
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

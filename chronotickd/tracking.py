@@ -62,7 +62,7 @@ def tracking_result(pub: Published, now_ns: int, ans: TimeAnswer) -> dict[str, A
     clock = pub.clock
     fit = clock.fit
     row = selected_row(pub)
-    last_ns = _ns(fit.t_last) if fit is not None and fit.t_last else None
+    last_ns = _ns(ans.as_of) if fit is not None and ans.as_of else None  # as REALTIME
     return {
         "status": str(ans.status),
         "source": ans.source,

@@ -308,15 +308,26 @@ def test_sigint_also_shuts_down_cleanly(tmp_path: Path) -> None:
         assert not os.path.exists(d.socket)
 
 
+def boot_env(tmp_path: Path, boot: str) -> dict[str, str]:
+    """Point the daemon's boot_id at a file of ours (what the clock rig does for reboots)."""
+    path = tmp_path / "boot_id"
+    path.write_text(boot + "\n")
+    return {"CHRONOTICK_BOOT_ID_FILE": str(path)}
+
+
 def test_state_written_and_restored(tmp_path: Path, chronyd: Chronyd) -> None:
-    with daemon_process(workdir=tmp_path, ntp__servers=[chronyd.server]) as d:
+    env = boot_env(tmp_path, "boot-one")
+    with daemon_process(workdir=tmp_path, env=env, ntp__servers=[chronyd.server]) as d:
         assert wait_status(d.socket, "synchronized")["status"] == "synchronized"
         d.proc.send_signal(signal.SIGTERM)
         assert d.proc.wait(10) == 0
     state = json.loads((tmp_path / "state" / "drift.json").read_text())
-    assert state["format"] == 1 and abs(state["offset"]) < 0.001
-    # restart without NTP: the saved estimate is served, freerunning, with a growing bound
-    with daemon_process(workdir=tmp_path, ntp__servers=[]) as d:
+    # θ = reference − (raw + epoch) with epoch = round(REALTIME − RAW): within half a second
+    assert state["format"] == 2 and abs(state["offset"]) < 0.6
+    assert state["boot_id"] == "boot-one" and state["saved_raw"] >= state["raw"]
+    # restart without NTP, same boot: the saved estimate is served, freerunning, with a bound
+    # that grows from the saved raw time
+    with daemon_process(workdir=tmp_path, env=env, ntp__servers=[]) as d:
         a = cli_json(d.socket, "now")
         time.sleep(1.0)
         b = cli_json(d.socket, "now")
@@ -324,13 +335,40 @@ def test_state_written_and_restored(tmp_path: Path, chronyd: Chronyd) -> None:
         assert a["source"] == "restored"
         assert b["bound_ns"] > a["bound_ns"]
         assert b["earliest_ns"] <= b["system_time_ns"] <= b["latest_ns"]
-        assert "restored drift estimate" in d.log()
+        assert "restored the estimate" in d.log() and "same boot" in d.log()
     # restart with NTP: freerunning until fresh samples confirm it, then synchronized
-    with daemon_process(workdir=tmp_path, ntp__servers=[chronyd.server]) as d:
+    with daemon_process(workdir=tmp_path, env=env, ntp__servers=[chronyd.server]) as d:
         first = cli_json(d.socket, "now")
         assert first["status"] in ("freerunning", "synchronized")
         assert first["status"] != "unsynchronized"
         assert wait_status(d.socket, "synchronized")["source"] == "ntp"
+
+
+def test_state_from_another_boot_restores_the_frequency_only(tmp_path: Path,
+                                                             chronyd: Chronyd) -> None:
+    """After a reboot the saved offset means nothing (raw restarted, the clock moved while
+    down): unsynchronized with the kernel's bound until measured, never the old offset."""
+    with daemon_process(workdir=tmp_path, env=boot_env(tmp_path, "boot-one"),
+                        ntp__servers=[chronyd.server]) as d:
+        assert wait_status(d.socket, "synchronized")["status"] == "synchronized"
+    assert json.loads((tmp_path / "state" / "drift.json").read_text())["boot_id"] == "boot-one"
+    with daemon_process(workdir=tmp_path, env=boot_env(tmp_path, "boot-two"),
+                        ntp__servers=[]) as d:
+        r = cli_json(d.socket, "now")
+        assert r["status"] == "unsynchronized" and r["source"] == "system"
+        assert r["offset_ns"] == 0 and r["bound_ns"] >= 1_000
+        assert "earlier boot" in d.log() and "frequency" in d.log()
+
+
+def test_old_format_state_file_is_ignored(tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "drift.json").write_text(json.dumps(
+        {"format": 1, "t": time.time() - 10, "offset": 0.5, "freq": 1e-6,
+         "offset_stddev": 1e-6, "freq_stddev": 1e-9, "systematic": 1e-5}))
+    with daemon_process(workdir=tmp_path, ntp__servers=[]) as d:
+        r = cli_json(d.socket, "now")
+        assert r["status"] == "unsynchronized" and r["offset_ns"] == 0
+        assert d.log().count("ignoring state file") == 1
 
 
 def test_corrupt_state_file_is_ignored(tmp_path: Path) -> None:

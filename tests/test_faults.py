@@ -27,6 +27,7 @@ from support import PYTHONPATH, REPO, chronyd_server, daemon_process, kill_pid, 
 
 from chronotick_client import Client
 from chronotickd import statefile
+from chronotickd.sources import clocks
 
 FAST = dict(ntp__minpoll_s=0.5, ntp__maxpoll_s=0.5, ntp__timeout_s=0.3,
             clock__stale_after_s=2)
@@ -198,8 +199,9 @@ def test_large_spikes_are_outliers() -> None:
         assert "clock step detected" not in d.log()
 
 
-GOOD_STATE = {"format": 1, "t": 0.0, "offset": 1e-4, "freq": 2e-6, "offset_stddev": 1e-5,
-              "freq_stddev": 1e-8, "systematic": 1e-4}
+GOOD_STATE = {"format": 2, "writer": "chronotickd", "raw": 0.0, "epoch": 0.0, "offset": 1e-4,
+              "freq": 2e-6, "offset_stddev": 1e-5, "freq_stddev": 1e-8, "systematic": 1e-4,
+              "saved_raw": 0.0, "saved_real": 0.0, "boot_id": "b"}
 DAMAGED = {
     "truncated": json.dumps(GOOD_STATE)[:30],
     "garbage": "\x00\xff\x13 not json at all",
@@ -207,7 +209,9 @@ DAMAGED = {
     "list": "[1, 2, 3]",
     "nan": json.dumps({**GOOD_STATE, "freq": float("nan")}),
     "wrong_type": json.dumps({**GOOD_STATE, "offset": "soon"}),
-    "old_format": json.dumps({**GOOD_STATE, "format": 0}),
+    "old_format": json.dumps({**GOOD_STATE, "format": 1}),
+    "foreign": json.dumps({**GOOD_STATE, "writer": "ntpd"}),
+    "no_boot_id": json.dumps({k: v for k, v in GOOD_STATE.items() if k != "boot_id"}),
 }
 
 
@@ -233,7 +237,10 @@ def test_good_state_file_is_restored_freerunning() -> None:
     work = Path(tempfile.mkdtemp(prefix="ct-faults-"))
     try:
         (work / "state").mkdir()
-        (work / "state" / "drift.json").write_text(json.dumps({**GOOD_STATE, "t": time.time()}))
+        now = clocks.read()  # same boot, saved just now
+        (work / "state" / "drift.json").write_text(json.dumps(
+            {**GOOD_STATE, "raw": now.raw, "saved_raw": now.raw, "saved_real": now.real,
+             "epoch": clocks.start_epoch(), "boot_id": statefile.boot_id()}))
         with daemon_process(work) as d, Client(d.socket) as c:
             r1 = c.now()
             time.sleep(0.3)
@@ -251,9 +258,11 @@ from chronotickd import statefile
 i = 0
 while True:
     i += 1
-    statefile.save(sys.argv[1], {"t": float(i), "offset": i * 1e-6, "freq": 1e-6,
-                                 "offset_stddev": 1e-5, "freq_stddev": 1e-8,
-                                 "systematic": 1e-4, "pad": "x" * (i % 5000)})
+    statefile.save(sys.argv[1], {"raw": float(i), "epoch": 0.0, "offset": i * 1e-6,
+                                 "freq": 1e-6, "offset_stddev": 1e-5, "freq_stddev": 1e-8,
+                                 "systematic": 1e-4, "saved_raw": float(i),
+                                 "saved_real": float(i), "boot_id": "b",
+                                 "pad": "x" * (i % 5000)})
 """
 
 
@@ -273,10 +282,11 @@ def test_sigkill_during_state_write_never_tears() -> None:
             if not path.exists():
                 continue
             raw = json.loads(path.read_text())  # must parse: never torn
-            assert raw["format"] == 1 and raw["pad"] == "x" * (int(raw["t"]) % 5000)
+            assert raw["format"] == 2 and raw["pad"] == "x" * (int(raw["raw"]) % 5000)
             data = statefile.load(work)
-            assert data is not None and all(math.isfinite(v) for v in data.values())
-            seen.add(data["t"])
+            assert data is not None and all(math.isfinite(v) for k, v in data.items()
+                                            if k != "boot_id")
+            seen.add(data["raw"])
             assert not list(work.glob(".drift-*"))  # load cleared leftovers
         assert len(seen) >= 5  # the kills really landed at different points
     finally:

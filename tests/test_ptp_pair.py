@@ -9,6 +9,7 @@ import pytest
 from ptp_support import PtpPair, ptp_pair, ptp_skip_reason
 
 from chronotickd.core.measurement import Measurement
+from chronotickd.sources import clocks
 from chronotickd.sources.ptp import PtpSettings, PtpSource
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -42,7 +43,7 @@ def test_source_reads_the_pair_then_detects_the_dead_master(pair: PtpPair) -> No
     m = got[-1]
     assert m.kind == "ptp" and m.source == f"ptp:{pair.uds_client}"
     # both ends timestamp with the same system clock: the true offset is ~0
-    assert abs(m.offset) < 100e-6
+    assert abs(m.offset - clocks.read().delta(src.epoch)) < 100e-6  # θ = δ + −master_offset
     assert 0 < m.delay < 1e-3
     assert m.bound < 1e-3
     row = src.describe()[0]
@@ -62,7 +63,7 @@ def test_source_reads_the_pair_then_detects_the_dead_master(pair: PtpPair) -> No
 
     pair.start_master()
     assert poll_until(src, lambda: src.state == "ok", 40), src.reason
-    assert abs(got[-1].offset) < 100e-6
+    assert abs(got[-1].offset - clocks.read().delta(src.epoch)) < 100e-6
 
 
 def test_master_port_and_missing_ptp4l_are_unusable(pair: PtpPair) -> None:
@@ -81,7 +82,7 @@ def test_phc_path_with_clock_realtime(pair: PtpPair) -> None:
     src = PtpSource(PtpSettings(uds=pair.uds_client, phc_device="CLOCK_REALTIME",
                                 poll_interval_s=0.5), got.append)
     assert poll_until(src, lambda: len(got) >= 3, 30), src.reason
-    assert all(abs(m.offset) < 200e-6 for m in got)
+    assert all(abs(m.offset - clocks.read().delta(src.epoch)) < 200e-6 for m in got)
     assert all(m.bound < 1e-3 for m in got)
 
 

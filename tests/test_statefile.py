@@ -9,8 +9,11 @@ import pytest
 
 from chronotickd import statefile
 
-DATA = {"t": 1.7e9, "offset": 1e-4, "freq": 2e-6, "offset_stddev": 1e-5, "freq_stddev": 1e-8,
-        "systematic": 2e-4}
+DATA = {"raw": 5000.0, "epoch": 1.7e9, "offset": 1e-4, "freq": 2e-6, "offset_stddev": 1e-5,
+        "freq_stddev": 1e-8, "systematic": 2e-4, "saved_raw": 5060.0, "saved_real": 1.7e9 + 5060,
+        "boot_id": "0b5e7a1c-0000-4000-8000-000000000001"}
+OLD_FORMAT_1 = {"t": 1.7e9, "offset": 1e-4, "freq": 2e-6, "offset_stddev": 1e-5,
+                "freq_stddev": 1e-8, "systematic": 2e-4, "format": 1}
 
 
 def test_round_trip_and_no_temp_files_left(tmp_path: Path) -> None:
@@ -31,9 +34,13 @@ def test_missing_is_none_silently(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     "{not json",
     "[]",
     json.dumps({**DATA, "format": 99}),
-    json.dumps({k: v for k, v in DATA.items() if k != "freq"} | {"format": 1}),
-    json.dumps({**DATA, "freq": "fast", "format": 1}),
-    json.dumps({**DATA, "format": 1}).replace("2e-06", "NaN"),
+    json.dumps(OLD_FORMAT_1),  # written by an older chronotickd (REALTIME time base)
+    json.dumps({**DATA, "format": 2, "writer": "someone-else"}),  # foreign
+    json.dumps({"raw": 1.0}),  # foreign: no format, no writer
+    json.dumps({k: v for k, v in DATA.items() if k != "freq"} | {"format": 2}),
+    json.dumps({k: v for k, v in DATA.items() if k != "boot_id"} | {"format": 2}),
+    json.dumps({**DATA, "freq": "fast", "format": 2}),
+    json.dumps({**DATA, "format": 2}).replace("2e-06", "NaN"),
 ])
 def test_bad_file_is_ignored_with_one_warning(tmp_path: Path, content: str,
                                               caplog: pytest.LogCaptureFixture) -> None:
@@ -54,3 +61,19 @@ def test_failed_save_leaves_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.undo()
     assert statefile.load(tmp_path) == DATA
     assert [p.name for p in tmp_path.iterdir()] == [statefile.STATE_FILE]
+
+
+def test_boot_id_and_same_boot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    boot = tmp_path / "boot_id"
+    boot.write_text(DATA["boot_id"] + "\n")
+    monkeypatch.setenv(statefile.BOOT_ID_ENV, str(boot))
+    assert statefile.boot_id() == DATA["boot_id"]
+    rec = statefile.record({"freq": 1e-6}, 10.0, 1.7e9)
+    assert rec == {"freq": 1e-6, "saved_raw": 10.0, "saved_real": 1.7e9,
+                   "boot_id": DATA["boot_id"]}
+    assert statefile.same_boot(DATA, raw_now=6000.0)
+    assert not statefile.same_boot(DATA, raw_now=100.0)  # raw went back: it rebooted
+    boot.write_text("another-boot\n")
+    assert not statefile.same_boot(DATA, raw_now=6000.0)
+    boot.unlink()  # unreadable: never assume the same boot
+    assert statefile.boot_id() == "" and not statefile.same_boot(DATA, raw_now=6000.0)

@@ -12,6 +12,7 @@ import pytest
 from chronotickd.core.engine import Engine
 from chronotickd.core.measurement import Measurement, Status
 from chronotickd.core.state import TimeAnswer
+from chronotickd.core.timebase import ClockReading
 from chronotickd.handlers import Handlers
 from chronotickd.publish import Publisher
 from chronotickd.wire import answer_to_wire, now_reply_frame, ns_up, values_to_wire
@@ -63,12 +64,18 @@ def test_hand_packed_now_matches_generic(args: tuple[Any, ...]) -> None:
     assert list(got) == list(want) and list(got["result"]) == list(want["result"])
 
 
-def _handlers() -> Handlers:
-    e = Engine()
-    t0 = NS / 1e9 - 100
+EPOCH = 1_795_530_000  # whole seconds: REALTIME − RAW when the "daemon" started
+RAW_NS = NS - EPOCH * 10**9  # raw now (δ = 0)
+
+
+def _handlers(delta_ns: int = 0) -> Handlers:
+    """Engine on raw time; the injected clocks read (RAW_NS, NS + delta_ns)."""
+    e = Engine(epoch=EPOCH)
+    t0 = RAW_NS / 1e9 - 100
     for i in range(20):
         e.add(Measurement(t0 + 5 * i, 1e-4 + 2e-6 * i, 4e-4, 2e-4))
-    return Handlers(Publisher(e.snapshot(NS / 1e9)), clock_ns=lambda: NS)
+    return Handlers(Publisher(e.snapshot(RAW_NS / 1e9)),
+                    read_ns=lambda: (RAW_NS, NS + delta_ns, 0))
 
 
 @pytest.mark.parametrize("req", [
@@ -92,8 +99,9 @@ def test_reply_frame_is_handle_encoded(req: dict[str, Any]) -> None:
 def test_now_handler_is_the_published_state_at_clock_time() -> None:
     h = _handlers()
     r = h.handle({"v": 1, "id": 1, "op": "now"})["result"]
-    ans = h.publisher.current.clock.query(NS / 1e9)
-    assert r == answer_to_wire(ans, NS)
+    assert r == values_to_wire(NS, *h.publisher.current.clock.answer_ns(RAW_NS, NS, 0))
+    ans = h.publisher.current.clock.query(ClockReading(RAW_NS / 1e9, NS / 1e9))
+    assert abs(answer_to_wire(ans, NS)["offset_ns"] - r["offset_ns"]) <= 250  # float real
     assert r["status"] == "synchronized" and r["age_ns"] == pytest.approx(5e9, abs=1e3)
 
 
@@ -115,3 +123,17 @@ def test_interval_rounds_outward(offset: float, bound: float) -> None:
     got = msgpack.unpackb(now_reply_frame(3, NS, offset, bound, Status.SYNCHRONIZED, "ntp",
                                           1.0, 2.0)[4:])
     assert got["result"] == w
+
+
+def test_now_reads_both_clocks_and_answers_against_realtime() -> None:
+    """REALTIME 20 ms ahead of where raw + epoch puts it (someone stepped it): same true
+    time, so the served offset is 20 ms less and the corrected time unchanged."""
+    plain = _handlers().handle({"v": 1, "id": 1, "op": "now"})["result"]
+    stepped = _handlers(20_000_000).handle({"v": 1, "id": 1, "op": "now"})["result"]
+    assert stepped["system_time_ns"] == NS + 20_000_000
+    assert abs(stepped["offset_ns"] - (plain["offset_ns"] - 20_000_000)) <= 1_000
+    assert abs(stepped["corrected_time_ns"] - plain["corrected_time_ns"]) <= 1_000
+    assert stepped["bound_ns"] == plain["bound_ns"]
+    # the hand-packed frame gives the same
+    frame = _handlers(20_000_000).reply_frame({"v": 1, "id": 1, "op": "now"})
+    assert msgpack.unpackb(frame[4:])["result"] == stepped

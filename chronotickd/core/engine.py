@@ -6,6 +6,11 @@ steps (several consecutive measurements that agree with each other but not with 
 refits. ``Engine.snapshot(now)`` picks the best usable track (smallest bound now, with
 hysteresis so it does not flap) and freezes everything a query needs.
 
+Time base: every ``t`` here is CLOCK_MONOTONIC_RAW (raw) seconds and every offset θ =
+reference − (raw + epoch), leap-free (chronotickd/core/timebase.py, core/leap.py). Steps and
+slews of CLOCK_REALTIME never reach the fit: ``observe_clock`` records δ = REALTIME − RAW −
+epoch in a ``RealtimeMap`` (for answers and ``at``) and counts its unexplained changes.
+
 The daemon and the replay bench drive this same class; nothing here reads a clock.
 """
 
@@ -21,8 +26,13 @@ import numpy as np
 
 from chronotickd.core.crosscheck import Disagreement, Estimate, cross_check
 from chronotickd.core.estimator import FitConfig, LineFit, fast_median, fit_arrays, fit_line
+from chronotickd.core.leap import Leap, leap_seconds, next_midnight
 from chronotickd.core.measurement import Measurement
 from chronotickd.core.state import KERNEL_UNSYNC_MAXERROR_S, ClockState, TrackSummary
+from chronotickd.core.timebase import ClockReading, RealtimeMap, as_reading
+
+LEAP_GUARD_S = 2.0  # measurements this close to a leap instant are not fitted (which side?)
+LEAP_CONFIRM = 3  # measurements after a leap that show it was not applied → it was not
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +59,6 @@ class EngineConfig:
     step_false_rate: float = 1e-4  # tolerated chance that a run of outliers is not a step
     step_confirm_max: int = 8  # never wait for more agreeing outliers than this
     failover_floor_s: float = 10.0  # silence (s) before selection moves on, at least
-
-
-def _shift_fit(f: LineFit, delta: float) -> LineFit:
-    """The same line on a system clock that jumped by ``delta`` seconds."""
-    return replace(f, t_ref=f.t_ref + delta, offset_ref=f.offset_ref - delta,
-                   t_first=f.t_first + delta, t_last=f.t_last + delta)
 
 
 class Track:
@@ -156,23 +160,6 @@ class Track:
         self._refit()
         return "accepted"
 
-    def shift_time(self, delta: float) -> None:
-        """Re-express everything on a system clock that jumped by ``delta`` (see
-        ``Engine.clock_stepped``): same instants, new readings, offsets ``delta`` less."""
-
-        def move(m: Measurement) -> Measurement:
-            return replace(m, t=m.t + delta, offset=m.offset - delta)
-
-        self.samples = deque(map(move, self.samples), maxlen=self.samples.maxlen)
-        self.history = deque(map(move, self.history), maxlen=self.history.maxlen)
-        self.pending = [move(m) for m in self.pending]
-        self.last = move(self.last) if self.last else None
-        self.fit = _shift_fit(self.fit, delta) if self.fit else None
-        self.base_fit = _shift_fit(self.base_fit, delta) if self.base_fit else None
-        self.cand_fits = {w: _shift_fit(f, delta) if f else None
-                          for w, f in self.cand_fits.items()}
-        self.step_times = [t + delta for t in self.step_times]
-
     def _score(self, m: Measurement) -> None:
         """Update each candidate's prediction score with a measurement it has not seen."""
         a = self.cfg.window_score_alpha
@@ -264,13 +251,105 @@ class Track:
 class Engine:
     """Owns the tracks, the selection and the restored estimate; publishes ``ClockState``."""
 
-    def __init__(self, cfg: EngineConfig | None = None) -> None:
+    def __init__(self, cfg: EngineConfig | None = None, epoch: float = 0.0) -> None:
         self.cfg = cfg or EngineConfig()
+        self.epoch = float(epoch)
         self.tracks: dict[str, Track] = {}
         self.selected: str | None = None
         self.restored: LineFit | None = None
         self.last_verdict: str = ""
         self.unusable: dict[str, str] = {}  # source name -> reason its source gave
+        self.realtime = RealtimeMap(self.epoch)
+        self.realtime_steps = 0  # unexplained changes of δ (steps, slew starts and ends)
+        self.last_step: tuple[float, float] | None = None  # (size s, REALTIME when)
+        self._in_step = False
+        self.leaps: list[Leap] = []
+        self.leap_votes: dict[str, int] = {}  # source -> its latest leap indicator
+        self._leap_denials = 0
+        self.prior_freq: float | None = None  # restored after a reboot: the frequency only
+
+    # -- the system clock (δ = REALTIME − RAW − epoch) ------------------------------------
+    def observe_clock(self, reading: ClockReading) -> float | None:
+        """Record δ at ``reading``; returns the size (s) of a *new* step or slew of REALTIME
+        that the recent δ rate does not explain, None otherwise (continuing or nothing).
+
+        A run of consecutive unexplained samples is one event (a slew shows as its start);
+        its size accumulates into ``last_step``. The fit is never touched.
+        """
+        d = reading.delta(self.epoch)
+        jump = self.realtime.surprise(reading.raw, d, reading.width)
+        oldest = min((t.history[0].t for t in self.tracks.values() if t.history),
+                     default=reading.raw)
+        self.realtime = self.realtime.add(reading.raw, d, reading.width, keep_after=oldest)
+        if not jump:
+            self._in_step = False
+            return None
+        if self._in_step and self.last_step is not None:
+            self.last_step = (self.last_step[0] + jump, self.last_step[1])
+            return None
+        self._in_step = True
+        self.realtime_steps += 1
+        self.last_step = (jump, reading.real)
+        return jump
+
+    # -- leap seconds ------------------------------------------------------------------
+    def leap_status(self, now: float) -> str:
+        """``none``, ``insert pending`` or ``delete pending`` at raw time ``now``."""
+        for lp in self.leaps:
+            if lp.raw + LEAP_GUARD_S >= now:
+                return "insert pending" if lp.seconds > 0 else "delete pending"
+        return "none"
+
+    def _announce(self, m: Measurement, track: Track) -> None:
+        """A reference announces a leap for the end of its current UTC day: place it on the raw
+        axis (refined by each announcement, using the fitted rate of raw against UTC)."""
+        seconds = leap_seconds(m.leap)
+        if not seconds:
+            return
+        utc_now = m.t + self.epoch + m.offset
+        at = next_midnight(utc_now)
+        freq = track.base_fit.freq if track.base_fit is not None else 0.0
+        raw = m.t + (at - utc_now) / (1.0 + freq)
+        for i, lp in enumerate(self.leaps):
+            if lp.utc == at:
+                if m.t < lp.raw - LEAP_GUARD_S:  # before it: refine its place
+                    self.leaps[i] = replace(lp, raw=raw)
+                return
+        self.leaps.append(Leap(raw=raw, utc=at, seconds=seconds))
+        self.leaps.sort(key=lambda lp: lp.raw)
+
+    def _leap_free(self, m: Measurement, track: Track) -> Measurement | None:
+        """``m`` on the continuous scale (None: too close to a leap to say which side)."""
+        shift = 0.0
+        for i, lp in enumerate(self.leaps):
+            if abs(m.t - lp.raw) < LEAP_GUARD_S:
+                return None
+            if m.t < lp.raw:
+                continue
+            if not lp.confirmed:
+                fit = track.base_fit
+                applied = True
+                if fit is not None:
+                    pred = fit.predict(m.t)
+                    applied = abs(m.offset + shift + lp.seconds - pred) <= abs(
+                        m.offset + shift - pred)
+                if applied:
+                    self.leaps[i] = lp = replace(lp, confirmed=True)
+                    self._leap_denials = 0
+                else:
+                    self._leap_denials += 1
+                    if self._leap_denials >= LEAP_CONFIRM:  # the reference did not apply it
+                        self.leaps.pop(i)
+                        self._leap_denials = 0
+                        return self._leap_free(m, track)
+                    continue
+            shift += lp.seconds
+        return replace(m, offset=m.offset + shift) if shift else m
+
+    def _leap_doubt(self) -> bool:
+        """Do the references disagree about a pending leap (e.g. one of them smears)?"""
+        fresh = {v != 0 for n, v in self.leap_votes.items() if n not in self.unusable}
+        return len(fresh) > 1
 
     # -- input -------------------------------------------------------------------------
     def add(self, m: Measurement) -> str:
@@ -279,6 +358,17 @@ class Engine:
             track = self.tracks[m.source] = Track(m.source, m.kind, self.cfg)
             if self.restored is not None:
                 track.prior_freq = self.restored.freq
+            elif self.prior_freq is not None:
+                track.prior_freq = self.prior_freq
+        self.leap_votes[m.source] = m.leap if leap_seconds(m.leap) else 0
+        if m.leap:
+            self._announce(m, track)
+        if self.leaps:
+            lf = self._leap_free(m, track)
+            if lf is None:
+                self.last_verdict = "leap"
+                return "leap"
+            m = lf
         self.last_verdict = track.add(m)
         return self.last_verdict
 
@@ -338,9 +428,16 @@ class Engine:
         self.selected = None
         return None
 
-    def snapshot(self, now: float, unsync_bound: float = KERNEL_UNSYNC_MAXERROR_S) -> ClockState:
-        """Freeze what queries need at ``now`` (selection included)."""
+    def snapshot(self, now: ClockReading | float,
+                 unsync_bound: float = KERNEL_UNSYNC_MAXERROR_S) -> ClockState:
+        """Freeze what queries need at ``now`` (a reading, or a raw time on a δ = 0 host;
+        selection included)."""
+        now = as_reading(now, self.epoch).raw
         chosen = self._select(now)
+        leaps = tuple(self.leaps)
+        if leaps and self._leap_doubt():
+            leaps = tuple(replace(lp, smear_doubt=True) if lp.raw + LEAP_GUARD_S >= now else lp
+                          for lp in leaps)
         summaries = tuple(self._summary(t, now, t is chosen) for t in self.tracks.values())
         common: dict[str, Any] = dict(
             created=now,
@@ -349,6 +446,9 @@ class Engine:
             unsync_bound=unsync_bound,
             tracks=summaries,
             fit_config=self.cfg.fit,
+            epoch=self.epoch,
+            realtime=self.realtime,
+            leaps=leaps,
         )
         if chosen is not None and chosen.fit is not None:
             fit = self._cover_pending(chosen)
@@ -436,22 +536,13 @@ class Engine:
             reason=reason,
         )
 
-    # -- system clock steps ---------------------------------------------------------------
-    def clock_stepped(self, delta: float) -> None:
-        """The system clock jumped by ``delta`` seconds (seen by the caller, e.g. as a change
-        of CLOCK_REALTIME − CLOCK_MONOTONIC). Re-express everything on the new time scale:
-        an instant that read ``t`` now reads ``t + delta`` and its offset is ``delta`` less,
-        so the fits stay valid and no "step" has to be re-learned from measurements.
-        """
-
-        for track in self.tracks.values():
-            track.shift_time(delta)
-        if self.restored is not None:
-            self.restored = _shift_fit(self.restored, delta)
-
     # -- persistence (the daemon writes/reads the file; this is just the data) ------------
-    def export_state(self, now: float) -> dict[str, float] | None:
-        """The estimate worth keeping across restarts (like chrony's driftfile), or None."""
+    def export_state(self, now: ClockReading | float) -> dict[str, float] | None:
+        """The estimate worth keeping across restarts (like chrony's driftfile), or None.
+
+        ``raw`` is the raw time it is anchored at and ``offset`` θ there (against this
+        engine's ``epoch``, saved too); the daemon adds boot_id and REALTIME.
+        """
         state = self.snapshot(now)
         fit = state.fit
         if fit is None or state.restored:
@@ -460,7 +551,8 @@ class Engine:
         # not come back with its age (and the bound grown with it) forgotten
         t = fit.t_last
         return {
-            "t": t,
+            "raw": t,
+            "epoch": self.epoch,
             "offset": fit.predict(t),
             "freq": fit.freq,
             "offset_stddev": fit.bound_stddev(t),
@@ -469,13 +561,27 @@ class Engine:
             "systematic": fit.systematic,
         }
 
-    def restore_state(self, saved: dict[str, float]) -> None:
-        """Seed a freerunning estimate (and the frequency prior) from ``export_state`` data."""
-        t = float(saved["t"])
+    def restore_state(self, saved: dict[str, float], same_boot: bool = True) -> None:
+        """Seed from ``export_state`` data.
+
+        Same boot (raw continued to count): a freerunning estimate whose bound grows at
+        ``restore_drift_ppm`` from the saved raw time, θ moved onto this engine's epoch. New
+        boot (raw restarted; nothing is known about the offset): the frequency alone, as the
+        prior of new fits (what chrony's driftfile keeps). Status stays unsynchronized.
+        """
+        freq = float(saved["freq"])
+        if not same_boot:
+            self.prior_freq = freq
+            self.restored = None
+            for track in self.tracks.values():
+                track.prior_freq = freq
+            return
+        t = float(saved["raw"])
+        offset = float(saved["offset"]) + float(saved.get("epoch", self.epoch)) - self.epoch
         self.restored = LineFit(
             t_ref=t,
-            offset_ref=float(saved["offset"]),
-            freq=float(saved["freq"]),
+            offset_ref=offset,
+            freq=freq,
             var_offset=float(saved["offset_stddev"]) ** 2,
             var_freq=float(saved["freq_stddev"]) ** 2,
             sigma=float(saved["offset_stddev"]),

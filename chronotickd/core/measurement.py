@@ -1,7 +1,9 @@
 """What a time source hands to the engine: one offset measurement with its own error bound.
 
-Sign convention everywhere: ``offset = reference − system`` (NTP's sign), in seconds.
-Corrected time is therefore ``system_time + offset``.
+Sign convention everywhere: ``offset = reference − system``, in seconds. On the engine's time
+base (chronotickd/core/timebase.py) "system" is ``raw + epoch``: ``t`` is CLOCK_MONOTONIC_RAW
+and ``offset`` is θ = reference − (t + epoch). Replay and simulation use epoch 0 and their
+trace's time axis.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ class Status(StrEnum):
 class Measurement:
     """One offset measurement of the system clock against a reference.
 
-    ``t`` is the system-clock time (seconds) the offset refers to, e.g. the midpoint of an NTP
-    exchange. ``bound`` is the half-width of the interval that must contain the true offset at
-    ``t`` given only this measurement: for NTP ``delay/2 + root_delay/2 + root_dispersion``
+    ``t`` is the raw time (seconds) the offset refers to, e.g. the midpoint of an NTP
+    exchange. ``leap`` is the reference's leap announcement (NTP's leap indicator: 0 none,
+    1 insert, 2 delete at the end of the current UTC day; PTP's leap61/leap59 mapped alike).
+    ``bound`` is the half-width of the interval that must contain the true offset at ``t``
+    given only this measurement: for NTP ``delay/2 + root_delay/2 + root_dispersion``
     (the path asymmetry cannot be observed, so half the round trip is the honest limit).
     """
 
@@ -35,6 +39,7 @@ class Measurement:
     source: str = "ntp"
     kind: str = "ntp"
     stratum: int = 0
+    leap: int = 0
 
     @staticmethod
     def from_ntp(
@@ -45,8 +50,10 @@ class Measurement:
         root_dispersion: float = 0.0,
         source: str = "ntp",
         stratum: int = 0,
+        leap: int = 0,
     ) -> Measurement:
         """An NTP measurement with RFC 5905's bound: ``delay/2 + root_delay/2 + root_disp``."""
         delay = max(delay, 0.0)
         bound = delay / 2.0 + max(root_delay, 0.0) / 2.0 + max(root_dispersion, 0.0)
-        return Measurement(t, offset, delay, bound, source=source, kind="ntp", stratum=stratum)
+        return Measurement(t, offset, delay, bound, source=source, kind="ntp", stratum=stratum,
+                           leap=leap)

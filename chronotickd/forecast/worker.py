@@ -10,7 +10,6 @@ arithmetic plus a weighted sum of a few numbers, never a wait for the model.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -20,6 +19,7 @@ from typing import Any
 
 from chronotickd.core.measurement import Status
 from chronotickd.core.state import ClockState, TimeAnswer
+from chronotickd.core.timebase import REAL_FLOAT_SLACK_S, ClockReading, as_reading
 from chronotickd.forecast.core import ForecastCore, ModelSpec
 from chronotickd.forecast.fusion import ENGINE, FusionState, fuse
 
@@ -27,7 +27,14 @@ log = logging.getLogger("chronotickd.forecast")
 
 
 class FusedClock:
-    """Drop-in for ``ClockState`` on the query path: the engine's answer, fused."""
+    """Drop-in for ``ClockState`` on the query path: the engine's answer, fused.
+
+    Every answering method of ``ClockState`` is implemented here (``answer``, ``answer_ns``,
+    ``answer_delta``, ``query``, ``future``, ``at``): the handlers call them on whatever is
+    published, so a missing one would silently serve the plain engine (issue 12 item 7).
+    Forecasts are of θ on the engine's raw axis; the fusion happens there and δ is applied
+    after, exactly as the engine's own answer does.
+    """
 
     __slots__ = ("active", "base", "fusion")
 
@@ -36,21 +43,42 @@ class FusedClock:
         self.fusion = fusion
         self.active = any(fusion.weights.get(n, 0.0) > 0.0 for n in fusion.forecasts)
 
-    def query(self, t: float) -> TimeAnswer:
-        a = self.base.query(t)
-        if not self.active or a.status != Status.SYNCHRONIZED:
+    def answer_delta(self, raw: float, delta: float, width: float = 0.0
+                     ) -> tuple[float, float, Status, str, float, float]:
+        a = self.base.answer_delta(raw, delta, width)
+        if not self.active or a[2] is not Status.SYNCHRONIZED:
             return a
-        offset, bound = fuse(self.fusion, a.offset, a.bound, t)
-        return dataclasses.replace(a, offset=offset, bound=bound)
+        theta, bound = fuse(self.fusion, a[0] + delta, a[1], raw)
+        return theta - delta, bound, a[2], a[3], a[4], a[5]
 
-    def future(self, now: float, seconds_ahead: float) -> TimeAnswer:
-        return self.query(now + max(0.0, seconds_ahead))
+    def answer_ns(self, raw_ns: int, real_ns: int, width_ns: int = 0
+                  ) -> tuple[float, float, Status, str, float, float]:
+        return self.answer_delta(raw_ns * 1e-9,
+                                 (real_ns - raw_ns - self.base.epoch_ns) * 1e-9, width_ns * 1e-9)
 
-    def at(self, t: float) -> TimeAnswer:
-        """Retrospective: the engine's two-sided fit (measurements after ``t`` included)."""
-        return self.base.at(t)
+    def answer(self, raw: float, real: float, width: float = 0.0
+               ) -> tuple[float, float, Status, str, float, float]:
+        off, bound, status, source, as_of, void = self.answer_delta(
+            raw, (real - self.base.epoch) - raw, width)
+        if status is not Status.UNSYNCHRONIZED:
+            bound += REAL_FLOAT_SLACK_S
+        return off, bound, status, source, as_of, void
 
-    def __getattr__(self, name: str) -> Any:  # fit, source, tracks, history, ...
+    def query(self, now: ClockReading | float) -> TimeAnswer:
+        r = as_reading(now, self.base.epoch)
+        return TimeAnswer(r.real, *self.answer(r.raw, r.real, r.width))
+
+    def future(self, now: ClockReading | float, seconds_ahead: float) -> TimeAnswer:
+        r = as_reading(now, self.base.epoch)
+        ahead = max(0.0, seconds_ahead)
+        return TimeAnswer(r.real + ahead, *self.answer(r.raw + ahead, r.real + ahead, r.width))
+
+    def at(self, system_time: float, now: ClockReading | float | None = None) -> TimeAnswer:
+        """Retrospective: the engine's two-sided fit (measurements after the instant
+        included) is better than any forecast of it, so ``at`` is the engine's."""
+        return self.base.at(system_time, now)
+
+    def __getattr__(self, name: str) -> Any:  # fit, source, tracks, history, epoch, ...
         return getattr(self.base, name)
 
 

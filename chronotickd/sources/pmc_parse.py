@@ -104,6 +104,13 @@ class PtpStatus:
     ptp_timescale: bool | None = None
     time_traceable: bool | None = None
     frequency_traceable: bool | None = None
+    leap61: bool | None = None  # the master announces an inserted second at the day's end
+    leap59: bool | None = None  # ... a deleted one
+
+    @property
+    def leap_indicator(self) -> int:
+        """As NTP's leap indicator: 1 insert, 2 delete, 0 none (or not shown)."""
+        return 1 if self.leap61 else 2 if self.leap59 else 0
     replies: int = 0
 
     @property
@@ -196,7 +203,8 @@ def summarize(replies: list[PmcReply]) -> PtpStatus:
             values.update(current_utc_offset_s=_int(r, "currentUtcOffset"),
                           ptp_timescale=_bool(r, "ptpTimescale"),
                           time_traceable=_bool(r, "timeTraceable"),
-                          frequency_traceable=_bool(r, "frequencyTraceable"))
+                          frequency_traceable=_bool(r, "frequencyTraceable"),
+                          leap61=_bool(r, "leap61"), leap59=_bool(r, "leap59"))
     mpd = values.get("mean_path_delay_ns")
     if isinstance(mpd, float) and mpd < 0:
         raise PmcParseError(f"CURRENT_DATA_SET.meanPathDelay: negative ({mpd})")

@@ -19,6 +19,12 @@ Offsets (our convention: ``offset = reference − system``; ptp4l's ``master_off
   master's ``currentUtcOffset`` when it runs the PTP (TAI) timescale; ``t`` is the system
   time of the ``phc_ctl`` reading.
 
+Time base (chronotickd/core/timebase.py): ptp4l's offsets are against REALTIME (at the Sync's
+ingress, or at the ``phc_ctl`` reading). They become θ = reference − (raw + epoch) by adding δ
+read by the source: the raw/real pair around the ``phc_ctl`` call, or for ingress the δ of this
+poll and the previous one (the ingress lies between them); a δ change between the two reads
+widens the bound by half of it. Leap announcements (leap61/leap59) travel in the measurement.
+
 Liveness comes from ptp4l itself, not from the offset (``TIME_STATUS_NP`` keeps showing the
 last offset after the master dies): the port must be SLAVE or UNCALIBRATED (``free_running
 1`` keeps it UNCALIBRATED while offsets stay valid), a grandmaster present, and the last Sync
@@ -44,6 +50,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chronotickd.core.measurement import Measurement
+from chronotickd.core.timebase import ClockReading
+from chronotickd.sources import clocks
 from chronotickd.sources.pmc_parse import (
     ACCURACY_UNKNOWN,
     MEASURING_STATES,
@@ -132,8 +140,18 @@ class PtpSource:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         exists: Callable[[str], bool] = os.path.exists,
+        epoch: float | None = None,
+        read_clock: Callable[[], ClockReading] | None = None,
     ) -> None:
         self.settings = settings
+        # the engine's (the daemon passes it; alone: this host's, or 0 for an injected
+        # clock): θ = reference − (raw + epoch)
+        self.epoch = epoch if epoch is not None else (
+            clocks.start_epoch() if clock is time.time and read_clock is None else 0.0)
+        # both clocks; a test's injected ``clock`` alone means a host with δ = 0
+        self.read_clock = read_clock or (clocks.read if clock is time.time else
+                                         lambda: ClockReading.trace(self.clock(), self.epoch))
+        self._prev_reading: ClockReading | None = None
         self.on_measurement = on_measurement
         self.runner = runner
         self.clock = clock
@@ -243,10 +261,11 @@ class PtpSource:
             return None
         return status
 
-    def _phc_minus_sys(self) -> tuple[float, float] | None:
-        """(PHC − system in s, system time of the reading) or None after marking unusable."""
+    def _phc_minus_sys(self) -> tuple[float, ClockReading, ClockReading] | None:
+        """(PHC − system in s, clocks before and after the reading) or None after marking
+        unusable."""
         s = self.settings
-        before = self.clock()
+        before = self.read_clock()
         try:
             _rc, out = self.runner([s.phc_ctl_path, "-q", s.phc_device, "cmp"], s.timeout_s)
         except FileNotFoundError:
@@ -259,13 +278,13 @@ class PtpSource:
         except OSError as exc:
             self._fail("phc-exec", f"cannot run {s.phc_ctl_path}: {exc.strerror or exc}")
             return None
-        after = self.clock()
+        after = self.read_clock()
         try:
             ns = parse_phc_cmp(out, s.phc_device)
         except PhcError as exc:
             self._fail("phc-" + str(exc).split(":")[0], str(exc))
             return None
-        return ns * 1e-9, (before + after) / 2.0
+        return ns * 1e-9, before, after
 
     def poll_once(self) -> Measurement | None:
         """One pmc (+ phc_ctl) round; feeds and returns a measurement when a new Sync came."""
@@ -300,9 +319,13 @@ class PtpSource:
             phc = self._phc_minus_sys()
             if phc is None:
                 return None
-            now_domain = (phc[1] + phc[0]) * 1e9  # PHC time now (ns)
+            mid_real = (phc[1].real + phc[2].real) / 2.0
+            now_domain = (mid_real + phc[0]) * 1e9  # PHC time now (ns)
+            reading = phc[2]
         else:
-            now_domain = self.clock() * 1e9  # ptp4l's clock is the system clock
+            reading = self.read_clock()
+            now_domain = reading.real * 1e9  # ptp4l's clock is the system clock
+        prev, self._prev_reading = self._prev_reading, reading
         age = (now_domain - ingress) * 1e-9
         sync_s = status.sync_interval_s or 1.0
         limit = max(STALE_SYNCS * sync_s, STALE_FLOOR_S)
@@ -313,7 +336,7 @@ class PtpSource:
         if ingress == self._last_ingress:
             return None  # polled faster than Syncs arrive: nothing new
         self._last_ingress = ingress
-        m = self._measurement(status, phc, max(age, 0.0))
+        m = self._measurement(status, phc, max(age, 0.0), prev or reading, reading)
         self._fresh += 1
         if self.state != "ok":
             if self._fresh >= RECOVER_SYNCS:
@@ -353,23 +376,31 @@ class PtpSource:
                 b += abs(status.master_offset_ns or 0) * 1e-9
         return b
 
-    def _measurement(self, status: PtpStatus, phc: tuple[float, float] | None,
-                     ingress_age: float) -> Measurement:
+    def _measurement(self, status: PtpStatus, phc: tuple[float, ClockReading, ClockReading]
+                     | None, ingress_age: float, prev: ClockReading,
+                     now: ClockReading) -> Measurement:
         mo = float(status.master_offset_ns or 0)
         self._offsets.append(mo)
         if phc is None:
-            offset = -mo * 1e-9
-            t = (status.ingress_time_ns or 0) * 1e-9
+            # the ingress lies between the previous poll and this one: δ then was between
+            d0, d1 = prev.delta(self.epoch), now.delta(self.epoch)
+            delta = (d0 + d1) / 2.0
+            widen = abs(d1 - d0) / 2.0 + max(prev.width, now.width) / 2.0
+            offset = -mo * 1e-9 + delta
+            t = (status.ingress_time_ns or 0) * 1e-9 - self.epoch - delta
         else:
-            phc_minus_sys, t = phc
+            phc_minus_sys, before, after = phc
+            d0, d1 = before.delta(self.epoch), after.delta(self.epoch)
+            widen = abs(d1 - d0) / 2.0 + max(before.width, after.width) / 2.0
+            t = (before.raw + after.raw) / 2.0
             shift = 0.0
             if status.ptp_timescale and self.settings.phc_device != "CLOCK_REALTIME":
                 shift = float(status.current_utc_offset_s or 0)  # PHC runs TAI, we serve UTC
-            offset = phc_minus_sys - mo * 1e-9 - shift
+            offset = phc_minus_sys - mo * 1e-9 - shift + (d0 + d1) / 2.0
         delay = max(status.mean_path_delay_ns or 0.0, 0.0) * 1e-9
         return Measurement(t=t, offset=offset, delay=delay,
-                           bound=self.bound(status, phc is not None, ingress_age),
-                           source=self.name, kind="ptp")
+                           bound=self.bound(status, phc is not None, ingress_age) + widen,
+                           source=self.name, kind="ptp", leap=status.leap_indicator)
 
     # -- reporting -------------------------------------------------------------------------
     def describe(self) -> list[dict[str, Any]]:

@@ -1,0 +1,233 @@
+"""The time base: the reference is modelled against CLOCK_MONOTONIC_RAW; REALTIME only at edges.
+
+CLOCK_MONOTONIC_RAW ("raw") counts the oscillator: nobody slews or steps it. The engine fits
+θ(raw) = reference − (raw + epoch) in continuous, leap-free seconds, where ``epoch`` is a
+whole number of seconds fixed when the daemon starts (round(REALTIME − RAW) then). The system
+clock, CLOCK_REALTIME ("real"), enters only where a measurement is taken or an answer given,
+through
+
+    δ = real − raw − epoch
+
+read back to back (real, raw, real: the spread of the two real reads is the read's ``width``).
+An answer for a query made at (raw, real) is ``offset_vs_system = θ(raw) − δ``: whatever
+chronyd, timesyncd or an operator does to REALTIME changes δ and nothing else.
+
+``RealtimeMap`` keeps the recent history of δ against raw, compressed to a piecewise-linear
+curve, so that a *past* system time (``at``) can be mapped back to the raw instant it was
+read at. Where REALTIME jumped between two samples the map cannot know when: such a segment is
+marked as a jump and a system time inside it maps to every raw instant it may have meant
+(both sides of a backward step). Pure: time is passed in.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+from dataclasses import dataclass
+
+# A float ``real`` near 1.8e9 s is exact to half an ulp (1.2e-7 s); answers add this so that the
+# float arithmetic never narrows the promise (the daemon's integer reads are exact).
+REAL_FLOAT_SLACK_S = 2.5e-7
+# δ samples that a straight line explains within this (+ their read widths) are merged
+MAP_TOLERANCE_S = 1e-6
+MIN_SPACING_S = 0.1  # unsurprising samples closer than this to the last vertex add nothing
+
+
+@dataclass(frozen=True, slots=True)
+class ClockReading:
+    """Both clocks read back to back: ``raw`` (MONOTONIC_RAW, s), ``real`` (REALTIME, s, the
+    midpoint of two reads around ``raw``) and ``width`` (their spread, s)."""
+
+    raw: float
+    real: float
+    width: float = 0.0
+
+    @staticmethod
+    def trace(t: float, epoch: float = 0.0) -> ClockReading:
+        """A reading on a host whose REALTIME never moved against raw (δ = 0): replay and
+        simulation, where ``t`` is the trace's time axis and the epoch 0."""
+        return ClockReading(t, t + epoch, 0.0)
+
+    def delta(self, epoch: float) -> float:
+        """δ = REALTIME − RAW − epoch at this reading (seconds)."""
+        return (self.real - epoch) - self.raw
+
+
+def delta_ns(raw_ns: int, real_ns: int, epoch_ns: int) -> float:
+    """δ in seconds from integer nanosecond reads: exact, no float cancellation."""
+    return (real_ns - raw_ns - epoch_ns) * 1e-9
+
+
+def as_reading(x: ClockReading | float, epoch: float = 0.0) -> ClockReading:
+    """``x`` itself, or for a plain float the δ = 0 reading ``ClockReading.trace(x, epoch)``."""
+    return x if isinstance(x, ClockReading) else ClockReading(x, x + epoch, 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class MapPoint:
+    """One vertex of the δ(raw) curve. ``jump``: REALTIME stepped (or changed its rate beyond
+    what the previous samples explain) somewhere between the previous vertex and this one."""
+
+    raw: float
+    delta: float
+    width: float = 0.0
+    jump: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RealtimeMap:
+    """Immutable piecewise-linear history of δ against raw (see the module docstring).
+
+    ``points`` are sorted by raw. Between two vertices δ is linear unless the later one is a
+    ``jump``. Before the first vertex δ is taken as constant (nothing is known about earlier
+    steps: the daemon was not watching); after the last one, too, unless the caller supplies a
+    newer reading (``to_raw(..., now=reading)``).
+    """
+
+    epoch: float = 0.0
+    points: tuple[MapPoint, ...] = ()
+    tolerance: float = MAP_TOLERANCE_S
+
+    # -- building ---------------------------------------------------------------------
+    @staticmethod
+    def _slope(a: MapPoint, b: MapPoint) -> float:
+        dt = b.raw - a.raw
+        return (b.delta - a.delta) / dt if dt > 0 else 0.0
+
+    def rate(self) -> float:
+        """The current rate of δ (s/s) from the newest non-jump segment, 0 if none."""
+        p = self.points
+        if len(p) < 2 or p[-1].jump:
+            return 0.0
+        return self._slope(p[-2], p[-1])
+
+    def surprise(self, raw: float, delta: float, width: float = 0.0) -> float:
+        """How far ``delta`` at ``raw`` is from what the recent rate predicts (0: explained).
+
+        After a jump segment two continuations are plausible: the change is over (a step:
+        back to the rate before it, or 0) or it goes on (a slew: the jump segment's rate).
+        Either one explains the sample.
+        """
+        p = self.points
+        if not p:
+            return 0.0
+        last = p[-1]
+        ahead = raw - last.raw
+        # (rate, its uncertainty from the read widths over the segment it comes from)
+        cands = [(0.0, 0.0)] if len(p) < 2 or last.jump else [self._rated(p[-2], last)]
+        if len(p) >= 2 and last.jump:
+            cands.append(self._rated(p[-2], last))
+            if len(p) >= 3 and not p[-2].jump:
+                cands.append(self._rated(p[-3], p[-2]))
+        slack = self.tolerance + (width + last.width) / 2
+        best = math.inf
+        for rate, sigma in cands:
+            err = delta - (last.delta + rate * ahead)
+            if abs(err) <= slack + sigma * ahead:
+                return 0.0
+            best = err if abs(err) < abs(best) else best
+        return best
+
+    def _rated(self, a: MapPoint, b: MapPoint) -> tuple[float, float]:
+        dt = b.raw - a.raw
+        if dt <= 0:
+            return 0.0, math.inf
+        return (b.delta - a.delta) / dt, (2 * self.tolerance + a.width + b.width) / dt
+
+    def add(self, raw: float, delta: float, width: float = 0.0,
+            keep_after: float | None = None, max_points: int = 4096) -> RealtimeMap:
+        """The map with one more sample; vertices older than ``keep_after`` (raw) dropped
+        (one is kept before it so the window's start stays covered)."""
+        pts = list(self.points)
+        if pts and raw <= pts[-1].raw:
+            return self  # out of order: the map only moves forward
+        jump = bool(pts) and self.surprise(raw, delta, width) != 0.0
+        if pts and not jump and raw - pts[-1].raw < MIN_SPACING_S:
+            return self  # nothing new, and a vertex this close would make a noisy rate
+        if (not jump and len(pts) >= 2 and not pts[-1].jump
+                and self._on_line(pts[-2], raw, delta, width, pts[-1])):
+            pts[-1] = MapPoint(raw, delta, max(width, pts[-1].width))  # extend the segment
+        else:
+            pts.append(MapPoint(raw, delta, width, jump))
+        if keep_after is not None:
+            k = bisect.bisect_left([p.raw for p in pts], keep_after)
+            pts = pts[max(0, k - 1):]
+        if len(pts) > max_points:
+            pts = pts[-max_points:]
+        return RealtimeMap(self.epoch, tuple(pts), self.tolerance)
+
+    def _on_line(self, a: MapPoint, raw: float, delta: float, width: float,
+                 mid: MapPoint) -> bool:
+        """Would dropping ``mid`` keep it within tolerance of the line a → (raw, delta)?"""
+        if raw <= a.raw:
+            return False
+        predicted = a.delta + (delta - a.delta) * (mid.raw - a.raw) / (raw - a.raw)
+        return abs(mid.delta - predicted) <= self.tolerance + max(width, mid.width) / 2
+
+    # -- reading ------------------------------------------------------------------------
+    def delta_at(self, raw: float) -> float:
+        """δ at a raw instant (linear between vertices; a jump segment counts as before the
+        jump until its end: the step's time is unknown)."""
+        p = self.points
+        if not p:
+            return 0.0
+        i = bisect.bisect_right([q.raw for q in p], raw)
+        if i == 0:
+            return p[0].delta
+        if i == len(p):
+            return p[-1].delta
+        a, b = p[i - 1], p[i]
+        if b.jump:
+            return a.delta
+        return a.delta + (b.delta - a.delta) * (raw - a.raw) / (b.raw - a.raw)
+
+    def to_raw(self, real: float, now: ClockReading | None = None) -> tuple[float, float, float]:
+        """(lowest, highest raw instant a system time ``real`` may have been read at, slack).
+
+        Usually lowest == highest. Across a jump segment it is the span of every reading
+        consistent with the map: after a backward step a system time was shown twice, before
+        and after, and both are covered. ``slack`` is the map's own uncertainty in raw
+        seconds (tolerance + read widths), for the caller to add to its bound.
+        """
+        pts = list(self.points)
+        if now is not None:
+            d = now.delta(self.epoch)
+            if not pts or now.raw > pts[-1].raw:
+                tmp = self.add(now.raw, d, now.width) if pts else RealtimeMap(
+                    self.epoch, (MapPoint(now.raw, d, now.width),), self.tolerance)
+                pts = list(tmp.points)
+        if not pts:
+            return real - self.epoch, real - self.epoch, 0.0
+        base = real - self.epoch
+        cands: list[float] = []
+        widths = [pts[0].width]
+        if base - pts[0].delta <= pts[0].raw:
+            cands.append(base - pts[0].delta)
+        for a, b in itertools.pairwise(pts):
+            if b.jump:
+                # δ went from a.delta to b.delta at unknown instants of the segment (a step,
+                # or a slew's start): every raw with base − raw between the two is possible,
+                # including, for a forward step, times the clock skipped (never shown)
+                lo = max(a.raw, base - max(a.delta, b.delta))
+                hi = min(b.raw, base - min(a.delta, b.delta))
+                if lo <= hi:
+                    cands.extend((lo, hi))
+                    widths.append(max(a.width, b.width))
+            else:
+                slope = (b.delta - a.delta) / (b.raw - a.raw)
+                r = a.raw + (base - a.raw - a.delta) / (1.0 + slope)
+                if a.raw <= r <= b.raw:
+                    cands.append(r)
+                    widths.append(max(a.width, b.width))
+        last = pts[-1]
+        if base - last.delta >= last.raw:
+            cands.append(base - last.delta)
+            widths.append(last.width)
+        if not cands:  # cannot happen for a consistent map; stay honest anyway
+            cands = [base - p.delta for p in pts]
+        return min(cands), max(cands), self.tolerance + max(widths) / 2
+
+    def to_real(self, raw: float) -> float:
+        """The system time REALTIME showed at a raw instant (per the map)."""
+        return raw + self.epoch + self.delta_at(raw)
