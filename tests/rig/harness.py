@@ -462,10 +462,10 @@ class Rig:
                boot_id: str | None = None, env: dict[str, str] | None = None,
                **config: object) -> RigDaemon:
         """A shimmed chronotickd named ``name`` (config overrides as in support.write_config:
-        ``ntp__interval_s=1``). ``boot_id`` writes a file named by CHRONOTICK_BOOT_ID_FILE."""
+        ``ntp__minpoll_s=1``). ``boot_id`` writes a file named by CHRONOTICK_BOOT_ID_FILE."""
         work = self.workdir / name
         work.mkdir(parents=True, exist_ok=True)
-        cfg = {"ntp__warmup_s": 20, "ntp__warmup_interval_s": 0.5, "ntp__interval_s": 1,
+        cfg = {"ntp__burst_interval_s": 0.5, "ntp__minpoll_s": 1, "ntp__maxpoll_s": 1,
                "ntp__timeout_s": 0.5, **config}
         conf = write_config(work, ntp__servers=list(servers), **cfg)
         clock = ClockControl(work / "clock.ctl")
