@@ -35,7 +35,7 @@ system-deps:
 	  for c in chronyd:chrony ptp4l:linuxptp ip:iproute2 pkg-config:pkg-config openssl:openssl; do \
 	    command -v $${c%%:*} >/dev/null || missing="$$missing $${c#*:}"; done; \
 	  dpkg -s libsystemd-dev >/dev/null 2>&1 || missing="$$missing libsystemd-dev"; \
-	  for c in gcc:gcc systemd-analyze:systemd; do \
+	  for c in gcc:gcc strace:strace systemd-analyze:systemd; do \
 	    command -v $${c%%:*} >/dev/null || missing="$$missing $${c#*:}"; done; \
 	  dpkg -s python3-dev >/dev/null 2>&1 || missing="$$missing python3-dev"; \
 	  for c in systemd-nspawn:systemd-container mmdebstrap:mmdebstrap zstd:zstd \

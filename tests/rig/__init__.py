@@ -1,0 +1,1 @@
+"""The clock rig: a controllable clock under chronotickd, scored against truth (docs/rig.md)."""

@@ -1,0 +1,100 @@
+"""Scenarios of issue 12 run under the clock rig: each returns a ``Score`` against truth.
+
+Shared by tests/test_truth.py (short, asserted) and benchmarks/bench_truth.py (figures). A
+``scale`` stretches every duration: 1 for the suite, larger for ``--full``. The daemon's clock
+is the rig's (tests/rig/clockshim.c); the truth is the harness's own, unshimmed clock, which
+the loopback chronyd serves.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from rig.harness import Rig, Score
+
+
+@dataclass
+class Result:
+    scenario: str
+    score: Score
+    to_sync_s: float | None
+
+    def as_json(self) -> dict:
+        s = self.score
+        return {"scenario": self.scenario, "queries": s.queries, "coverage": s.coverage,
+                "mae_s": s.mae_s, "p99_s": s.p99_s, "half_width_s": s.half_width_s,
+                "window_s": s.window_s, "to_sync_s": self.to_sync_s}
+
+
+def offset_and_frequency(rig: Rig, server: str, scale: float = 1.0) -> Result:
+    """(a) the daemon's clock 50 ms and 20 ppm off; the oscillator runs 20 ppm fast too."""
+    d = rig.daemon("a", [server], start=False)
+    d.clock.set(offset_s=0.050, freq_ppm=20.0)
+    d.start()
+    t = d.wait_status()
+    d.sample_for(2.0)  # settle past the first fits
+    return Result("a-offset-frequency", d.sample_for(8.0 * scale), t)
+
+
+def slewed_by_another_daemon(rig: Rig, server: str, scale: float = 1.0) -> Result:
+    """(b) another daemon slews CLOCK_REALTIME at 500 ppm, then stops: RAW never moves."""
+    d = rig.daemon("b", [server], start=False)
+    d.clock.set(offset_s=0.010, freq_ppm=5.0)
+    d.start()
+    t = d.wait_status()
+    score = d.sample_for(2.0)
+    d.clock.slew(-500.0, 6.0 * scale)
+    d.sample_for(6.0 * scale + 1.0, score=score)
+    d.sample_for(2.0, score=score)
+    return Result("b-slew-500ppm", score, t)
+
+
+def realtime_steps(rig: Rig, server: str, scale: float = 1.0) -> Result:
+    """(c) CLOCK_REALTIME stepped by +0.5 ms, −0.5 ms, +2 s, −2 s between queries."""
+    d = rig.daemon("c", [server], start=False)
+    d.clock.set(offset_s=-0.020, freq_ppm=-10.0)
+    d.start()
+    t = d.wait_status()
+    score = d.sample_for(1.0)
+    for delta in (0.0005, -0.0005, 2.0, -2.0):
+        d.clock.step(delta)
+        d.sample_for(1.5 * scale, score=score)
+    return Result("c-steps", score, t)
+
+
+def unsynchronized_kernel_claims_zero(rig: Rig, server: str, scale: float = 1.0) -> Result:
+    """(g) no NTP reachable; the kernel says synchronized with maxerror 0 (timesyncd) while
+    the clock is 50 ms off: the honest answer is the 16 s unsynchronized bound."""
+    d = rig.daemon("g", ["127.0.0.1:9"], start=False)
+    d.clock.set(offset_s=0.050)
+    d.clock.kernel(0, status=0)
+    d.start()
+    d.wait_status("unsynchronized")
+    return Result("g-kernel-maxerror-0", d.sample_for(3.0 * scale), None)
+
+
+def frequency_wander(rig: Rig, server: str, scale: float = 1.0) -> Result:
+    """(i) the oscillator's frequency wanders as a 1 ppm sinusoid (period 60 s × scale)."""
+    d = rig.daemon("i", [server], start=False)
+    d.clock.set(offset_s=0.005, freq_ppm=3.0)
+    d.start()
+    t = d.wait_status()
+    period = 60.0 * scale
+    score = Score()
+    began = time.monotonic()
+    while (el := time.monotonic() - began) < period / 4 if scale <= 1 else period:
+        d.clock.set(freq_ppm=3.0 + math.sin(2 * math.pi * el / period))
+        d.sample_for(1.0, score=score)
+    return Result("i-frequency-wander", score, t)
+
+
+SCENARIOS: dict[str, Callable[[Rig, str, float], Result]] = {
+    "a": offset_and_frequency,
+    "b": slewed_by_another_daemon,
+    "c": realtime_steps,
+    "g": unsynchronized_kernel_claims_zero,
+    "i": frequency_wander,
+}

@@ -1,0 +1,32 @@
+"""The bound against known truth: chronotickd under the clock rig, scored per answer.
+
+Each scenario (tests/rig/scenarios.py) runs a shimmed daemon whose clock is wrong in a known
+way, against a real chronyd (-x) on loopback that serves the harness's true time; every `now`
+is checked for earliest ≤ truth ≤ latest (truth lying in the query's send/receive window).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from rig.harness import Rig
+from rig.scenarios import SCENARIOS
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+@pytest.mark.parametrize("key", sorted(SCENARIOS))
+def test_scenario_bound_holds_against_truth(chronyd, key: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the rig drops CAP_SYS_TIME with setpriv: needs root")
+    with Rig() as rig:
+        result = SCENARIOS[key](rig, chronyd.server, 1.0)
+    s = result.score
+    print(f"\n{result.scenario}: {s.summary()}")
+    assert s.queries >= 20
+    assert s.coverage >= 0.99, [m for m in s.misses[:5]]
+    if key == "a":
+        assert s.mae_s <= 100e-6
+    if key == "g":
+        assert s.half_width_s >= 15.0  # the documented 16 s, not the kernel's "0"
