@@ -172,7 +172,7 @@ def test_engine_thread_death_is_counted_and_restarted(tmp_path: Path) -> None:
                   "socket": str(tmp_path / "d.sock")})
     daemon = Daemon(cfg)
     boom = [True]
-    real = daemon._check_clock_step
+    real = daemon._observe_clock
 
     def step_check() -> bool:
         if boom:
@@ -180,7 +180,7 @@ def test_engine_thread_death_is_counted_and_restarted(tmp_path: Path) -> None:
             raise RuntimeError("injected engine fault")
         return real()
 
-    daemon._check_clock_step = step_check  # type: ignore[method-assign]
+    daemon._observe_clock = step_check  # type: ignore[method-assign]
     daemon.supervisor.spawn("engine", daemon._engine_loop)  # as Daemon._main does
     try:
         deadline = time.monotonic() + 10
