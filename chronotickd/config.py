@@ -91,6 +91,10 @@ SCHEMA: dict[str, Key] = {
                                   0.05, 3600),
     "server.write_timeout_s": Key("float", 5.0, "a client must take its reply this fast",
                                   0.05, 3600),
+    "shm.path": Key("str", "/run/chronotick/shm0", "ChronoTick's shared-memory segment "
+                    "(corrected time at clock-read cost); empty: off"),
+    "shm.clockbound_path": Key("str", "", "also write a ClockBound v2 segment here for "
+                               "ClockBound's clients, e.g. /var/run/clockbound/shm0; empty: off"),
     "model.enabled": Key("bool", MODEL_DEFAULT_ON, "fuse Chronos-Bolt forecasts with the engine"),
     "model.source": Key("str", "builtin", "'builtin' (shipped chronotick-bolt-mini), a local "
                         "Chronos-Bolt directory or a Hugging Face id"),

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from chronotick_client.protocol import PROTOCOL_VERSION
-from chronotickd import __version__, service, statefile
+from chronotickd import __version__, service, shm, statefile
 from chronotickd.config import DEFAULT_CONFIG_PATH, Config, ConfigError
 from chronotickd.core.engine import Engine, EngineConfig
 from chronotickd.core.estimator import FitConfig
@@ -44,7 +44,7 @@ PERSIST_INTERVAL_S = 60.0
 E_CONFIG = "config_error"  # admin `reload` found the config file invalid; nothing was changed
 # keys `reload` cannot apply to a running daemon (the old value stays in force)
 RESTART_KEYS = ("socket", "socket_mode", "state_dir")
-RESTART_PREFIXES = ("clock.",)
+RESTART_PREFIXES = ("clock.", "shm.")
 STEP_DETECT_S = 0.001  # CLOCK_REALTIME − CLOCK_MONOTONIC moving more than this is a step
 
 
@@ -139,6 +139,10 @@ class Daemon:
         self._last_status_line = ""
         # optional Chronos-Bolt forecaster (model.*): its own thread, never on the query path
         self.forecast = forecast_worker.from_config(cfg, lambda: self.publisher.current.clock)
+        # shared-memory segments (shm.*): rewritten on every publish, readers never ask us
+        self.shm = shm.from_config(cfg)
+        if self.shm is not None:
+            self.publisher.hooks.append(self.shm.publish)
 
     # -- state --------------------------------------------------------------------------
     def _restore(self) -> None:
@@ -379,6 +383,8 @@ class Daemon:
         if self.forecast is not None:
             self.forecast.stop()
         self.persist()
+        if self.shm is not None:
+            self.shm.close()
         if self.listen_sock is None:
             with contextlib.suppress(OSError):
                 os.unlink(self.cfg["socket"])

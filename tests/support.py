@@ -124,6 +124,7 @@ def write_config(workdir: Path, **overrides: object) -> Path:
     cfg: dict = {
         "socket": str(workdir / "ct.sock"),
         "state_dir": str(workdir / "state"),
+        "shm": {"path": str(workdir / "shm0")},  # never the system's /run/chronotick/shm0
         "log_level": "info",
         "ntp": {"servers": [], "warmup_s": 30, "warmup_interval_s": 0.5, "interval_s": 2,
                 "timeout_s": 0.5},
