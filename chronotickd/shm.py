@@ -47,6 +47,7 @@ CB_SIZE = 80
 CB_VERSION = 2
 CB_HEADER = struct.Struct("=IIIHH")
 CB_GEN_OFFSET = 14
+CB_GEN = struct.Struct("H")  # native: one 16-bit store (standard "=H" writes byte by byte)
 CB_BODY = struct.Struct("=qqqqqQIiB7x")  # as_of, void_after, bound, disruption, drift, ...
 CLOCK_MONOTONIC_COARSE = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)  # Linux's id; not in `time`
 CB_UNKNOWN, CB_SYNCHRONIZED, CB_FREERUNNING = 0, 1, 2
@@ -200,7 +201,7 @@ class ChronoTickSegment:
     def __init__(self, path: str, mode: int) -> None:
         self.file = SegmentFile(path, layout.SEGMENT_SIZE, mode, self._header_ok)
         mm = self.file.mm
-        gen = struct.unpack_from("=Q", mm, layout.GEN_OFFSET)[0]
+        gen = layout.GEN.unpack_from(mm, layout.GEN_OFFSET)[0]
         self.gen = gen + (gen & 1)  # continue where a previous daemon stopped
         layout.HEADER.pack_into(mm, 0, layout.MAGIC, layout.LAYOUT_VERSION, 0,
                                 layout.SEGMENT_SIZE, 0, self.gen)
@@ -212,12 +213,15 @@ class ChronoTickSegment:
                                           layout.SEGMENT_SIZE)
 
     def write(self, p: Params) -> None:
+        self.write_payload(layout.pack_payload(p))
+
+    def write_payload(self, payload: bytes) -> None:
+        """The seqlock write of a packed payload (``layout.pack_payload``)."""
         mm = self.file.mm
-        payload = layout.pack_payload(p)
         gen = self.gen
-        struct.pack_into("=Q", mm, layout.GEN_OFFSET, gen + 1)
+        layout.GEN.pack_into(mm, layout.GEN_OFFSET, gen + 1)
         mm[layout.PAYLOAD_OFFSET:layout.SEGMENT_SIZE] = payload
-        struct.pack_into("=Q", mm, layout.GEN_OFFSET, gen + 2)
+        layout.GEN.pack_into(mm, layout.GEN_OFFSET, gen + 2)
         self.gen = gen + 2
 
     def close(self, last: Params | None) -> None:
@@ -232,7 +236,7 @@ class ClockBoundSegment:
     def __init__(self, path: str, mode: int) -> None:
         self.file = SegmentFile(path, CB_SIZE, mode, self._header_ok)
         mm = self.file.mm
-        gen = struct.unpack_from("=H", mm, CB_GEN_OFFSET)[0]
+        gen = CB_GEN.unpack_from(mm, CB_GEN_OFFSET)[0]
         self.gen = gen + (gen & 1) if gen < 0xFFFE else 0
         CB_HEADER.pack_into(mm, 0, *CB_MAGIC, CB_SIZE, CB_VERSION, self.gen)
 
@@ -246,11 +250,11 @@ class ClockBoundSegment:
         mm = self.file.mm
         gen = self.gen
         nxt = gen + 2 if gen + 2 <= 0xFFFE else 2  # 0 means "never written"
-        struct.pack_into("=H", mm, CB_GEN_OFFSET, gen + 1)
+        CB_GEN.pack_into(mm, CB_GEN_OFFSET, gen + 1)
         CB_BODY.pack_into(mm, 16, *divmod(as_of_ns, 1_000_000_000),
                           *divmod(void_after_ns, 1_000_000_000), bound_ns, 0, drift_ppb,
                           status, 0)
-        struct.pack_into("=H", mm, CB_GEN_OFFSET, nxt)
+        CB_GEN.pack_into(mm, CB_GEN_OFFSET, nxt)
         self.gen = nxt
 
     def close(self) -> None:

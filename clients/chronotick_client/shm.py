@@ -44,7 +44,9 @@ BOOT_ID_ENV = "CHRONOTICK_BOOT_ID_FILE"
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 
 HEADER = struct.Struct("=IHHIIQ")  # magic, version, reserved, size, reserved, generation
-GEN = struct.Struct("=Q")
+# native "Q" (not "=Q"): CPython packs standard sizes byte by byte, native ones with one
+# aligned 8-byte load/store, which is what a seqlock's generation needs
+GEN = struct.Struct("Q")
 GEN_OFFSET = 16
 PAYLOAD_OFFSET = 24
 CHECKSUM_OFFSET = 240
@@ -129,21 +131,21 @@ def pack_payload(p: Params) -> bytes:
     return body[: CHECKSUM_OFFSET - PAYLOAD_OFFSET] + struct.pack("=I", crc) + body[-12:]
 
 
-def parse(seg: bytes) -> tuple[int, Params]:
-    """Validate a copy of the whole segment; returns (generation, params) or raises ValueError."""
-    magic, version, _, size, _, gen = HEADER.unpack_from(seg, 0)
+def parse(seg: bytes) -> Params:
+    """Validate a copy of the whole segment taken between two equal, even generation reads.
+
+    The copy's own generation field is not trusted (a bulk copy need not read it atomically);
+    the CRC catches what the seqlock alone cannot on weakly ordered CPUs.
+    """
+    magic, version, _, size, _, _ = HEADER.unpack_from(seg, 0)
     if magic != MAGIC or version != LAYOUT_VERSION or size != SEGMENT_SIZE:
         raise ValueError(f"not a ChronoTick v{LAYOUT_VERSION} segment (magic {magic:#x}, "
                          f"version {version}, size {size})")
-    if gen == 0:
-        raise _Torn("segment never written")
-    if gen & 1:
-        raise _Torn("segment being written")
     f = PAYLOAD.unpack_from(seg, PAYLOAD_OFFSET)
     if zlib.crc32(seg[PAYLOAD_OFFSET:CHECKSUM_OFFSET]) != f[22]:
         raise _Torn("checksum mismatch (torn read)")
     source = f[21].rstrip(b"\0").decode(errors="replace")
-    return gen, Params(*f[:19], f[20], source)
+    return Params(*f[:19], f[20], source)
 
 
 def compute(p: Params, real_ns: int, raw_ns: int, width_ns: int, own_boot: bytes | None = None
@@ -204,7 +206,7 @@ def to_wire(system_time_ns: int, offset: float, bound: float, status: str, sourc
 class ShmReader:
     """One mapping of the segment. Not thread-safe (keeps the last snapshot); one per thread."""
 
-    RETRIES = 1000
+    RETRIES = 100_000  # a daemon writes once a second; only a stress test comes near this
 
     def __init__(self, path: str | None = None) -> None:
         self.path = path or default_shm_path()
@@ -242,19 +244,28 @@ class ShmReader:
         if snap is not None and snap[0] == gen:
             return snap[1]
         problem = "segment never written"
+        read_gen = GEN.unpack_from
         for _ in range(self.RETRIES):
-            seg = mm[:SEGMENT_SIZE]
-            try:
-                got, params = parse(seg)
-            except _Torn as exc:
-                problem = str(exc)
-                continue
-            except ValueError as exc:  # wrong magic/version/size: retrying will not help
-                problem = str(exc)
+            if gen == 0:
                 break
-            if GEN.unpack_from(mm, GEN_OFFSET)[0] == got:
-                self._snap = (got, params)
-                return params
+            if not gen & 1:
+                seg = mm[:SEGMENT_SIZE]
+                after = read_gen(mm, GEN_OFFSET)[0]
+                if after == gen:
+                    try:
+                        params = parse(seg)
+                    except _Torn as exc:
+                        problem = str(exc)
+                    except ValueError as exc:  # wrong magic/version/size: retrying won't help
+                        problem = str(exc)
+                        break
+                    else:
+                        self._snap = (gen, params)
+                        return params
+                gen = after
+            else:
+                problem = "segment being written"
+                gen = read_gen(mm, GEN_OFFSET)[0]
         if snap is not None:  # a writer mid-update: the last snapshot is still a promise
             return snap[1]
         raise ShmUnavailable(f"{self.path}: {problem}")
