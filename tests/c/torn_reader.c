@@ -1,14 +1,17 @@
-/* Torn-read checker for tests/test_shm.py: N snapshots through chronotick_shm.h while a
- * writer rewrites the segment with payloads whose fields all derive from one counter i. */
+/* Torn-read checker for tests/test_shm.py: at least N snapshots (and at least SECONDS of them)
+ * through chronotick_shm.h while a writer rewrites the segment with payloads whose fields all
+ * derive from one counter i. Usage: torn_reader SEGMENT N [SECONDS] */
 #include "../../clients/c/chronotick_shm.h"
 
 int main(int argc, char **argv) {
     ct_shm_reader r;
-    long n = argc > 2 ? atol(argv[2]) : 1000000, torn = 0, changes = 0;
+    long n = argc > 2 ? atol(argv[2]) : 1000000, torn = 0, changes = 0, k;
+    double min_s = argc > 3 ? atof(argv[3]) : 0.0;
+    int64_t start = ct__clock(CLOCK_MONOTONIC);
     if (argc < 2 || ct_shm_open(&r, argv[1]) < 0) { fprintf(stderr, "open: %s\n", r.why); return 2; }
     uint64_t last = 0;
     char want[64];
-    for (long k = 0; k < n; k++) {
+    for (k = 0; k < n || (k % 65536 != 0 || ct__clock(CLOCK_MONOTONIC) - start < min_s * 1e9); k++) {
         if (ct_shm_snapshot(&r) < 0) { fprintf(stderr, "snapshot: %s\n", r.why); return 2; }
         if (r.gen == last) continue;
         last = r.gen;
@@ -21,6 +24,7 @@ int main(int argc, char **argv) {
             p->freq != -(double)i || strcmp(r.source, want) != 0)
             torn++;
     }
-    printf("{\"reads\": %ld, \"torn\": %ld, \"snapshots\": %ld}\n", n, torn, changes);
+    printf("{\"reads\": %ld, \"torn\": %ld, \"snapshots\": %ld, \"seconds\": %.3f}\n", k, torn,
+           changes, (ct__clock(CLOCK_MONOTONIC) - start) * 1e-9);
     return 0;
 }
