@@ -34,6 +34,7 @@ from typing import Any
 from chronotick_client import shm as layout
 from chronotick_client.shm import Params, boot_id, compute
 from chronotickd.sources.system_clock import kernel_rate
+from chronotickd.wire import ns_up
 
 log = logging.getLogger("chronotickd.shm")
 
@@ -143,18 +144,14 @@ def clockbound_fields(p: Params, reading: ClockReading, rate: float, slewing: bo
                                               reading.width_ns)
     as_of = reading.coarse_ns
     if status == layout.UNSYNCHRONIZED:
-        return as_of, as_of, layout_ns_up(bound), round(KERNEL_SLEW_RATE * 1e9), CB_UNKNOWN
+        return as_of, as_of, ns_up(bound), round(KERNEL_SLEW_RATE * 1e9), CB_UNKNOWN
     drift = (abs(p.freq - rate) + p.confidence_k * math.sqrt(p.var_freq) + p.max_drift
              + DRIFT_MARGIN + (KERNEL_SLEW_RATE if slewing else 0.0))
     drift_ppb = min(math.ceil(drift * 1e9), 999_999_999)
     res = time.clock_getres(CLOCK_MONOTONIC_COARSE)
-    bound_ns = layout_ns_up(abs(offset) + bound + drift * res)
+    bound_ns = ns_up(abs(offset) + bound + drift * res)
     void_after = as_of + max(0, p.void_after_ns - reading.raw_ns)
     return as_of, void_after, bound_ns, drift_ppb, CB_STATUS[status]
-
-
-def layout_ns_up(seconds: float) -> int:
-    return math.ceil(seconds * 1e9) if seconds < 2**62 / 1e9 else 2**62
 
 
 class SegmentFile:

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgpack
 
+from chronotick_client.protocol import now_result
 from chronotickd.core.measurement import Status
 from chronotickd.core.state import TimeAnswer
 
@@ -31,23 +32,7 @@ def answer_to_wire(ans: TimeAnswer, system_time_ns: int) -> dict[str, Any]:
 def values_to_wire(system_time_ns: int, offset: float, bound: float, status: Status,
                    source: str, as_of: float, void_after: float) -> dict[str, Any]:
     """The wire result of a time answer; arguments as ``ClockState.answer`` returns them."""
-    offset_ns = round(offset * 1e9)
-    bound_ns = ceil(bound * 1e9) if bound < _FINITE_LIMIT else 2**62
-    corrected = system_time_ns + offset_ns
-    as_of_ns = round(as_of * 1e9) if as_of else 0
-    return {
-        "corrected_time_ns": corrected,
-        "system_time_ns": system_time_ns,
-        "offset_ns": offset_ns,
-        "bound_ns": bound_ns,
-        "earliest_ns": corrected - bound_ns,
-        "latest_ns": corrected + bound_ns,
-        "status": str(status),
-        "source": source,
-        "as_of_ns": as_of_ns,
-        "age_ns": max(0, system_time_ns - as_of_ns) if as_of_ns else None,
-        "void_after_ns": round(void_after * 1e9) if void_after else 0,
-    }
+    return now_result(system_time_ns, offset, bound, str(status), source, as_of, void_after)
 
 
 # -- the `now` reply, packed by hand -------------------------------------------------------------

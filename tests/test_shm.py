@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support import PYTHONPATH, REPO, cli, daemon_process, kill_pid, wait_for
 
 from chronotick_client import Client
 from chronotick_client import shm as layout
@@ -20,7 +21,6 @@ from chronotick_client.shm import ShmReader, ShmUnavailable, compute
 from chronotickd import shm
 from chronotickd.core.engine import Engine, EngineConfig
 from chronotickd.core.measurement import Measurement
-from support import PYTHONPATH, REPO, cli, daemon_process, kill_pid, wait_for
 
 GCC = shutil.which("gcc")
 EPOCH = 1_700_000_000 * 10**9
@@ -188,7 +188,7 @@ def clockbound_read(path: str) -> dict:
         for _ in range(1000):
             data = f.read(80)
             f.seek(0)
-            (m0, m1, size, version, gen, as_s, as_ns, va_s, va_ns, bound, marker, drift,
+            (m0, m1, size, version, gen, as_s, as_ns, va_s, va_ns, bound, _marker, drift,
              status, disruption) = struct.unpack(CB_FORMAT, data)
             data2 = f.read(80)
             f.seek(0)
@@ -234,7 +234,7 @@ def synced(chronyd, tmp_path: Path):
 
 
 def test_clockbound_client_view_contains_the_daemons_interval(synced) -> None:
-    d, c, cb = synced
+    _d, c, cb = synced
     seg = clockbound_read(str(cb))
     assert seg["magic"] == (0x414D5A4E, 0x43420200)
     assert seg["raw"][:8] == bytes.fromhex("4e5a4d4100024243") or sys.byteorder == "big"
@@ -320,7 +320,8 @@ def test_no_torn_reads_under_a_100khz_writer(tmp_path: Path) -> None:
     try:
         assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
         readers = [
-            subprocess.Popen([str(torn_c), seg, "20000000", "3"], stdout=subprocess.PIPE, text=True),
+            subprocess.Popen([str(torn_c), seg, "20000000", "3"], stdout=subprocess.PIPE,
+                             text=True),
             subprocess.Popen([sys.executable, str(REPO / "tests/shm_torn_reader.py"), seg,
                               "1000000"], stdout=subprocess.PIPE, text=True, env=env),
         ]

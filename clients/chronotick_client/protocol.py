@@ -7,6 +7,7 @@ incompatible change.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from typing import Any
@@ -79,3 +80,30 @@ def ok_reply(req_id: Any, result: dict[str, Any]) -> dict[str, Any]:
 def error_reply(req_id: Any, code: str, message: str) -> dict[str, Any]:
     return {"v": PROTOCOL_VERSION, "id": req_id, "ok": False,
             "error": {"code": code, "message": message}}
+
+
+_FINITE_LIMIT = 2**62 / 1e9  # a bound this wide (or NaN/inf) is sent as 2**62 ns
+
+
+def now_result(system_time_ns: int, offset: float, bound: float, status: str, source: str,
+               as_of: float, void_after: float) -> dict[str, Any]:
+    """The ``now`` result for a time answer (seconds, as ``ClockState.answer`` returns them):
+    integer ns, the offset rounded to the nearest ns, the bound rounded *up*. The daemon's
+    socket and the shared-memory reader both build it here."""
+    offset_ns = round(offset * 1e9)
+    bound_ns = math.ceil(bound * 1e9) if bound < _FINITE_LIMIT else 2**62
+    corrected = system_time_ns + offset_ns
+    as_of_ns = round(as_of * 1e9) if as_of else 0
+    return {
+        "corrected_time_ns": corrected,
+        "system_time_ns": system_time_ns,
+        "offset_ns": offset_ns,
+        "bound_ns": bound_ns,
+        "earliest_ns": corrected - bound_ns,
+        "latest_ns": corrected + bound_ns,
+        "status": str(status),
+        "source": source,
+        "as_of_ns": as_of_ns,
+        "age_ns": max(0, system_time_ns - as_of_ns) if as_of_ns else None,
+        "void_after_ns": round(void_after * 1e9) if void_after else 0,
+    }

@@ -33,7 +33,7 @@ import uuid
 import zlib
 from typing import Any, NamedTuple
 
-from chronotick_client.protocol import default_socket_path
+from chronotick_client.protocol import default_socket_path, now_result
 
 MAGIC = 0x4B544843  # bytes "CHTK" in little-endian order
 LAYOUT_VERSION = 1
@@ -68,7 +68,6 @@ STEP_TOLERANCE_NS = 1_000_000
 STALE_WRITES = 5  # write intervals without a rewrite: the daemon is not watching any more
 
 SYNCHRONIZED, FREERUNNING, UNSYNCHRONIZED = "synchronized", "freerunning", "unsynchronized"
-_FINITE_LIMIT = 2**62 / 1e9
 
 
 class ShmUnavailable(RuntimeError):
@@ -181,28 +180,6 @@ def compute(p: Params, real_ns: int, raw_ns: int, width_ns: int, own_boot: bytes
             (p.void_after_ns + shift) * 1e-9)
 
 
-def to_wire(system_time_ns: int, offset: float, bound: float, status: str, source: str,
-            as_of: float, void_after: float) -> dict[str, Any]:
-    """The socket's ``now`` result for these values (offset rounded, bound rounded up)."""
-    offset_ns = round(offset * 1e9)
-    bound_ns = math.ceil(bound * 1e9) if bound < _FINITE_LIMIT else 2**62
-    corrected = system_time_ns + offset_ns
-    as_of_ns = round(as_of * 1e9) if as_of else 0
-    return {
-        "corrected_time_ns": corrected,
-        "system_time_ns": system_time_ns,
-        "offset_ns": offset_ns,
-        "bound_ns": bound_ns,
-        "earliest_ns": corrected - bound_ns,
-        "latest_ns": corrected + bound_ns,
-        "status": str(status),
-        "source": source,
-        "as_of_ns": as_of_ns,
-        "age_ns": max(0, system_time_ns - as_of_ns) if as_of_ns else None,
-        "void_after_ns": round(void_after * 1e9) if void_after else 0,
-    }
-
-
 class ShmReader:
     """One mapping of the segment. Not thread-safe (keeps the last snapshot); one per thread."""
 
@@ -284,7 +261,7 @@ class ShmReader:
     def now(self) -> dict[str, Any]:
         """The socket's ``now`` result, from the segment alone."""
         real, ans = self.answer()
-        return to_wire(real, *ans)
+        return now_result(real, *ans)
 
 
 def open_reader(path: str | None = None, socket_path: str | None = None) -> ShmReader | None:
