@@ -51,6 +51,7 @@
 #define CT_MAX_SLEW_RATE 1e-3
 #define CT_STEP_TOLERANCE_NS 1000000LL
 #define CT_STALE_WRITES 5
+#define CT_WIDE_READ_NS 50000
 
 enum ct_status { CT_UNSYNCHRONIZED = 0, CT_SYNCHRONIZED = 1, CT_FREERUNNING = 2 };
 
@@ -210,13 +211,19 @@ static inline int ct_shm_now(ct_shm_reader *r, ct_time *out) {
     int64_t real1 = ct__clock(CLOCK_REALTIME);
     int64_t raw = ct__clock(CLOCK_MONOTONIC_RAW);
     int64_t real2 = ct__clock(CLOCK_REALTIME);
+    if (real2 - real1 > CT_WIDE_READ_NS) { /* preempted between the reads: once more */
+        int64_t r1 = ct__clock(CLOCK_REALTIME), rw = ct__clock(CLOCK_MONOTONIC_RAW);
+        int64_t r2 = ct__clock(CLOCK_REALTIME);
+        if (r2 - r1 < real2 - real1) { real1 = r1; raw = rw; real2 = r2; }
+    }
     int64_t width = real2 - real1, real = real1 + width / 2;
     if (p->flags & CT_FLAG_CLOSED) { r->why = "the daemon stopped writing the segment"; return -1; }
     if (memcmp(p->boot_id, r->boot_id, 16) != 0) { r->why = "segment from another boot"; return -1; }
     int64_t delta = real - raw - p->epoch_ns, since = raw - p->write_raw_ns;
     if (since < -1000000000LL) { r->why = "segment written in the future"; return -1; }
+    /* δ is known to ±width/2: a preemption between the reads widens it, never hides a step */
     if ((double)llabs(delta - p->write_delta_ns) >
-        CT_STEP_TOLERANCE_NS + CT_MAX_SLEW_RATE * (double)llabs(since)) {
+        CT_STEP_TOLERANCE_NS + width / 2 + CT_MAX_SLEW_RATE * (double)llabs(since)) {
         r->why = "CLOCK_REALTIME stepped or the system slept since the last write";
         return -1;
     }
