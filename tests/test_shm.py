@@ -70,6 +70,31 @@ def test_kernel_rate_is_folded_into_the_raw_axis() -> None:
         assert got[0] == pytest.approx(st.answer(real / 1e9)[0], abs=5e-9)
 
 
+def test_time_base_state_is_copied_onto_the_raw_axis() -> None:
+    """A ClockState of the TIME BASE engine (``epoch``, fit against MONOTONIC_RAW) is written
+    as is; the reader answers θ(raw) − δ, whatever REALTIME did."""
+    from types import SimpleNamespace
+
+    from chronotickd.core.estimator import LineFit
+
+    raw_w = 7_000 * 10**9
+    fit = LineFit(t_ref=6_990.0, offset_ref=0.002, freq=1e-6, var_offset=1e-12, var_freq=1e-16,
+                  sigma=1e-6, systematic=4e-5, n=16, t_first=6_900.0, t_last=6_999.5)
+    state = SimpleNamespace(fit=fit, epoch=EPOCH // 10**9, confidence_k=3.0, max_drift=1e-6,
+                            unsync_bound=16.0, stale_after=64.0, void_after_s=3600.0,
+                            restored=False, source="srv")
+    real_w = EPOCH + raw_w + 40_000_000  # δ = 40 ms at the write
+    p = shm.segment_params(state, reading(real_w, raw_w), 0, 0.0, 0, BOOT)
+    assert (p.epoch_ns, p.t_ref_ns, p.t_last_ns) == (EPOCH, 6_990 * 10**9, 6_999_500_000_000)
+    raw = raw_w + 10**9
+    real = EPOCH + raw + 40_000_100  # REALTIME slewed by 100 ns since
+    off, bound, status, source, as_of, _ = compute(p, real, raw, 0, BOOT)
+    assert off == pytest.approx(0.002 + 1e-6 * 11.0 - 0.0400001, abs=1e-12)
+    assert status == "synchronized" and source == "srv"
+    assert bound == pytest.approx(4e-5 + 3.0 * (1e-12 + 1e-16 * 121.0) ** 0.5 + 1e-6 * 1.5)
+    assert as_of == pytest.approx((EPOCH + 6_999_500_000_000 + 40_000_100) / 1e9)
+
+
 def test_unsynchronized_and_void_states() -> None:
     raw_w = 10**12
     real_w = EPOCH + raw_w
