@@ -23,7 +23,9 @@
 #ifndef CHRONOTICK_SHM_H
 #define CHRONOTICK_SHM_H
 
-#define _GNU_SOURCE 1
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1 /* CLOCK_MONOTONIC_RAW, O_CLOEXEC under -std=c11 */
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>

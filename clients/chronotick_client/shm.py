@@ -233,7 +233,11 @@ class ShmReader:
         self._boot = boot_id()
         # (generation, params, prepared): one attribute, so threads never see a mix
         self._snap: tuple[int, Params, Prepared] | None = None
-        self.snapshot()
+        try:
+            self.snapshot()
+        except ShmUnavailable:
+            self._mm.close()
+            raise
 
     def close(self) -> None:
         self._mm.close()
