@@ -21,6 +21,7 @@ and is dropped: the socket keeps serving.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import math
@@ -299,14 +300,17 @@ class ShmPublisher:
         except Exception:
             log.exception("writing the shared-memory segments failed; they are no longer "
                           "updated (readers fall back to the socket)")
-            self.close()
+            with contextlib.suppress(Exception):
+                self.close()
 
     def close(self) -> None:
         own, cb, self.own, self.cb = self.own, self.cb, None, None
-        if own is not None:
-            own.close(self.last)
-        if cb is not None:
-            cb.close()
+        try:
+            if own is not None:
+                own.close(self.last)
+        finally:
+            if cb is not None:
+                cb.close()
 
 
 def segment_mode(socket_mode: str) -> int:
