@@ -7,18 +7,27 @@ import json
 import sys
 import time
 
-from chronotick_client.shm import ShmReader
+from chronotick_client.shm import ShmReader, ShmUnavailable
 
 
 def main() -> None:
-    reader = ShmReader(sys.argv[1])
+    while True:  # a writer much faster than a Python copy may starve the first snapshot
+        try:
+            reader = ShmReader(sys.argv[1])
+            break
+        except ShmUnavailable:
+            time.sleep(0.001)
     n = int(sys.argv[2])
-    torn = changes = 0
+    torn = changes = busy = 0
     last = None
     snapshot = reader.snapshot
     start = time.monotonic()
     for _ in range(n):
-        p = snapshot()
+        try:
+            p = snapshot()
+        except ShmUnavailable:  # no answer is not a torn answer
+            busy += 1
+            continue
         if p is last:
             continue
         last = p
@@ -28,7 +37,7 @@ def main() -> None:
                 or p.write_raw_ns != 5 * i or p.offset_ref != i * 1e-9 or p.freq != -float(i)
                 or p.source != f"s{i}"):
             torn += 1
-    print(json.dumps({"reads": n, "torn": torn, "snapshots": changes,
+    print(json.dumps({"reads": n, "torn": torn, "snapshots": changes, "busy": busy,
                       "seconds": round(time.monotonic() - start, 3)}))
 
 

@@ -353,7 +353,7 @@ def test_no_torn_reads_under_a_100khz_writer(tmp_path: Path) -> None:
         results = []
         for r in readers:
             out, _ = r.communicate(timeout=120)
-            assert r.returncode == 0
+            assert r.returncode == 0, out
             results.append(json.loads(out))
     finally:
         kill_pid(writer)
