@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from chronotickd.core.estimator import FitConfig, LineFit, fast_median, fit_arrays, fit_line
+from chronotickd.core.experts import Aggregator, ExpertConfig, widen
 from chronotickd.core.measurement import Measurement
 from chronotickd.core.state import KERNEL_UNSYNC_MAXERROR_S, ClockState, TrackSummary
 
@@ -48,6 +49,8 @@ class EngineConfig:
     step_false_rate: float = 1e-4  # tolerated chance that a run of outliers is not a step
     step_confirm_max: int = 8  # never wait for more agreeing outliers than this
     failover_floor_s: float = 10.0  # silence (s) before selection moves on, at least
+    # online aggregation of experts (core/experts.py); None serves the best candidate alone
+    experts: ExpertConfig | None = field(default_factory=ExpertConfig)
 
 
 def _shift_fit(f: LineFit, delta: float) -> LineFit:
@@ -80,7 +83,8 @@ class Track:
         self.samples: deque[Measurement] = deque(maxlen=cfg.max_samples)
         self.history: deque[Measurement] = deque(maxlen=cfg.history_samples)
         self.pending: list[Measurement] = []
-        self.fit: LineFit | None = None  # what is served (``base_fit``, widened while in doubt)
+        self.fit: LineFit | None = None  # what is served (``served``, widened while in doubt)
+        self.served: LineFit | None = None  # the experts' combination (or ``base_fit``)
         self.base_fit: LineFit | None = None  # the fit itself
         self.prior_freq: float | None = None
         self.last: Measurement | None = None
@@ -95,6 +99,11 @@ class Track:
         self.cand_score: dict[int, float] = {}
         self.window = self.windows[-1]
         self._gap = 0.0
+        self.agg: Aggregator | None = (
+            Aggregator(cfg.experts, tuple(f"line-{w}" for w in self.windows))
+            if cfg.experts is not None else None)
+        self.last_residual = 0.0  # last measurement − served prediction (for the poll policy)
+        self.last_scale = 0.0  # the noise scale that residual is judged against
 
     def _threshold(self, fit: LineFit, m: Measurement) -> float:
         spread = math.hypot(fit.stddev(m.t), fit.sigma)
@@ -119,6 +128,10 @@ class Track:
         """Take one measurement; returns ``accepted``, ``outlier`` or ``step``."""
         self.last = m
         fit = self.base_fit
+        served = self.fit
+        if served is not None:
+            self.last_residual = m.offset - served.predict(m.t)
+            self.last_scale = max(served.sigma, self.cfg.fit.noise_floor_s)
         if fit is not None and len(self.samples) >= self.cfg.min_samples:
             residual = m.offset - fit.predict(m.t)
             if abs(residual) > self._threshold(fit, m):
@@ -130,7 +143,7 @@ class Track:
                 if len(self.pending) < need or not self._pending_agree(fit, need):
                     self.pending = self.pending[-need:]
                     self.outliers += 1
-                    self.fit = self._in_doubt(fit)
+                    self.fit = self._in_doubt(self.served if self.served is not None else fit)
                     return "outlier"
                 self.prior_freq = fit.freq
                 confirmed = self.pending[-need:]  # not an older lone spike
@@ -142,6 +155,10 @@ class Track:
                 self.step_times.append(confirmed[0].t)
                 self.run = 0
                 self.cand_score.clear()
+                if self.cfg.experts is not None:
+                    self.agg = Aggregator(self.cfg.experts, self.agg.names[:len(self.windows)]
+                                          if self.agg else tuple(f"line-{w}"
+                                                                 for w in self.windows))
                 self._refit()
                 return "step"
         self.pending.clear()
@@ -150,6 +167,8 @@ class Track:
         self.run = 0
         self._note(False)
         self._score(m)
+        if self.agg is not None and fit is not None:
+            self._learn(m)
         self.samples.append(m)
         self.history.append(m)
         self._refit()
@@ -168,6 +187,7 @@ class Track:
         self.last = move(self.last) if self.last else None
         self.fit = _shift_fit(self.fit, delta) if self.fit else None
         self.base_fit = _shift_fit(self.base_fit, delta) if self.base_fit else None
+        self.served = _shift_fit(self.served, delta) if self.served else None
         self.cand_fits = {w: _shift_fit(f, delta) if f else None
                           for w, f in self.cand_fits.items()}
         self.step_times = [t + delta for t in self.step_times]
@@ -211,6 +231,28 @@ class Track:
         else:
             self.window = self.windows[-1]
         self.base_fit = self.fit = fits[self.window]
+        self.served = self.fit
+        if self.agg is not None and self.fit is not None:
+            long_fit = fits[self.windows[-1]]
+            line = self.agg.propose([fits[w] for w in self.windows], t, y,
+                                    long_fit.freq if long_fit is not None else 0.0)
+            if line is not None:
+                self.served = self.fit = widen(self.fit, line, self.cfg.confidence_k,
+                                               self.agg.calibration())
+
+    def _learn(self, m: Measurement) -> None:
+        """Score the experts on an accepted measurement they have not seen, and note whether
+        the served bound (before this measurement) certainly missed: its interval and the
+        measurement's own do not overlap."""
+        agg = self.agg
+        served = self.served
+        assert agg is not None and served is not None
+        scale = max(served.sigma, self.cfg.fit.noise_floor_s)
+        agg.score(m.t, m.offset, scale)
+        age = max(0.0, m.t - served.t_last)
+        bound = (served.systematic + self.cfg.confidence_k * served.bound_stddev(m.t)
+                 + self.cfg.max_drift_ppm * 1e-6 * age)
+        agg.note_miss(abs(m.offset - served.predict(m.t)) - m.bound - bound)
 
     def _in_doubt(self, fit: LineFit) -> LineFit:
         """The fit to serve while a run of outliers is unresolved.
