@@ -49,6 +49,9 @@ class EngineConfig:
     step_false_rate: float = 1e-4  # tolerated chance that a run of outliers is not a step
     step_confirm_max: int = 8  # never wait for more agreeing outliers than this
     failover_floor_s: float = 10.0  # silence (s) before selection moves on, at least
+    # at polls this far apart or more, two agreeing outliers confirm a step (see
+    # Track.step_confirm); None keeps ``step_confirm`` at every poll interval
+    step_long_gap_s: float | None = 256.0
     # online aggregation of experts (core/experts.py); None serves the best candidate alone
     experts: ExpertConfig | None = field(default_factory=ExpertConfig)
 
@@ -113,6 +116,11 @@ class Track:
     def step_confirm(self) -> int:
         """Agreeing consecutive outliers needed to call a step at the current outlier rate."""
         need = self.cfg.step_confirm
+        long_gap = self.cfg.step_long_gap_s
+        if long_gap is not None and self._gap >= long_gap:
+            # waiting costs (need − 1) polls of wrong answers, which at long polls is most of
+            # the error budget, while a false step needs two wrong offsets that agree
+            need = min(need, 2)
         r = self.outlier_rate
         if 0.0 < r < 1.0:
             need = max(need, math.ceil(math.log(self.cfg.step_false_rate) / math.log(r)))
@@ -295,7 +303,11 @@ class Track:
         return spread < 0.5 * min(abs(r) for r in res) + 2 * self.cfg.outlier_floor_s
 
     def usable(self) -> bool:
-        return self.fit is not None and len(self.samples) >= self.cfg.min_samples
+        """A fit on ``min_samples`` measurements, or on the agreeing run that confirmed a
+        step (the frequency is carried over from before it, so two samples place the line)."""
+        n = len(self.samples)
+        return self.fit is not None and (n >= self.cfg.min_samples
+                                         or (self.steps > 0 and n >= 2))
 
     def typical_gap(self) -> float:
         """Median spacing of the window's samples (cached at each refit)."""
@@ -410,6 +422,15 @@ class Engine:
                 restored=True,
                 **common,
             )
+        collecting = [t for t in self.tracks.values()
+                      if t.fit is not None and t.name not in self.unusable]
+        if collecting:
+            # fewer than min_samples: still the best estimate there is, with its own wide
+            # bound (a 1-2 sample fit knows no frequency: 100 ppm), status unsynchronized
+            track = min(collecting, key=lambda t: self._bound_now(t, now))
+            return ClockState(fit=self._cover_pending(track), source=track.kind,
+                              max_drift=self.cfg.max_drift_ppm * 1e-6, stale_after=0.0,
+                              collecting=True, **common)
         return ClockState(fit=None, source="system", max_drift=0.0, stale_after=0.0, **common)
 
     @staticmethod

@@ -61,14 +61,14 @@ class ExpertConfig:
     """Knobs of the aggregation (config section ``clock``: fixed, see docs/design.md)."""
 
     experts: tuple[tuple[str, int], ...] = DEFAULT_EXPERTS
-    eta: float = 0.5  # learning rate on losses in units of noise variance
-    discount: float = 1.0 / 24.0  # each poll, old losses fade by this share
+    eta: float = 1.0  # learning rate on losses in units of noise variance
+    discount: float = 1.0 / 48.0  # each poll, old losses fade by this share
     share: float = 0.02  # fixed share: mass spread evenly after each update
     clip_k: float = 6.0  # losses clipped at (clip_k · noise scale)²
     calib_window: int = 128  # realized misses remembered for the calibration term
     # experts below this share of the leader's weight are left out of the combination (the
     # fixed share keeps them learnable, but a bad expert's few percent must not bias it)
-    keep_ratio: float = 0.1
+    keep_ratio: float = 0.3
     prior_loss: float = 4.0  # head start of the robust lines (see Aggregator.__init__)
 
 

@@ -66,14 +66,17 @@ class PollPolicy:
         return self._burst_left > 0
 
     def request_burst(self, now: float, n: int = 4) -> float:
-        """Poll ``n`` more times ``burst_interval_s`` apart from ``now``; returns the next time."""
+        """Poll ``n`` more times ``burst_interval_s`` apart from ``now``; returns the next time
+        (the caller polls then and reports each result through ``on_result``)."""
         if n > 0:
             self._burst_left = max(self._burst_left, n)
             self.bursts += 1
         return self._next(now)
 
     def _next(self, now: float) -> float:
+        """Schedule the next poll (one of a burst's while any are left)."""
         if self._burst_left > 0:
+            self._burst_left -= 1
             return now + self.cfg.burst_interval_s
         return now + self._interval
 
@@ -85,8 +88,6 @@ class PollPolicy:
             raise ValueError(f"unknown poll outcome {outcome!r}; known: {', '.join(OUTCOMES)}")
         self.polls += 1
         cfg = self.cfg
-        if self._burst_left > 0:
-            self._burst_left -= 1
         if outcome == "kod_rate":
             self._floor = min(2.0 * self._floor, max(cfg.maxpoll_s, self._floor))
             self._interval = max(self._interval, self._floor)

@@ -89,6 +89,9 @@ class ClockState:
     history: tuple[Measurement, ...] = field(default=(), repr=False)
     steps: tuple[float, ...] = ()  # system times where the clock stepped (``at`` never fits across)
     fit_config: FitConfig = field(default_factory=FitConfig, repr=False)
+    # the fit is a collecting track's (fewer than min_samples): served with its own honest
+    # (wide) bound but status unsynchronized, where it is tighter than ``unsync_bound``
+    collecting: bool = False
 
     # -- queries -------------------------------------------------------------------------
     def _bound(self, fit: LineFit, t: float, last: float) -> float:
@@ -108,6 +111,12 @@ class ClockState:
         void_after = t_last + self.void_after_s
         if t > void_after:
             return 0.0, self.unsync_bound, Status.UNSYNCHRONIZED, "system", 0.0, 0.0
+        if self.collecting:
+            bound = self._bound(fit, t, t_last)
+            if bound >= self.unsync_bound:
+                return 0.0, self.unsync_bound, Status.UNSYNCHRONIZED, "system", 0.0, 0.0
+            return (fit.predict(t), bound, Status.UNSYNCHRONIZED, self.source, t_last,
+                    void_after)
         if self.restored or t - t_last > self.stale_after:
             status = Status.FREERUNNING
         else:
