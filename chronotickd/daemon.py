@@ -312,7 +312,8 @@ class Daemon:
         clock = self.engine.snapshot(now, kernel_maxerror()[0])
         if self.forecast is not None:
             clock = self.forecast.wrap(clock)  # latest forecasts; queries stay arithmetic
-        rows = tuple(row for s in self.sources for row in s.describe())
+        rows = clocks.rows_on_system_time(
+            tuple(row for s in self.sources for row in s.describe()), now, self.epoch)
         facts = self.status_facts()
         self.publisher.publish(clock=clock, status=facts, sources=rows)
         if clock.disagreement != self._last_disagreement:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from chronotickd.core.measurement import Status
-from chronotickd.core.timebase import ClockReading
+from chronotickd.core.state import TimeAnswer
 from chronotickd.sources import clocks
 from chronotickd.tracking import LEAP_STATES, selected_row, tracking_result
 
@@ -73,7 +73,7 @@ class ChronoTickCollector:
     """Builds every ``chronotick_`` family from one published snapshot per scrape."""
 
     def __init__(self, daemon: _DaemonView,
-                 read_clocks: Callable[[], ClockReading] = clocks.read) -> None:
+                 read_clocks: Callable[[], tuple[int, int, int]] = clocks.read_ns) -> None:
         self.daemon = daemon
         self.read_clocks = read_clocks  # both clocks, as a query reads them (time base)
 
@@ -82,9 +82,9 @@ class ChronoTickCollector:
 
         d = self.daemon
         pub = d.publisher.current  # one atomic read; everything below is arithmetic on it
-        reading = self.read_clocks()
-        ns = round(reading.real * 1e9)
-        ans = pub.clock.query(reading)
+        raw_ns, ns, width_ns = self.read_clocks()
+        # the same integer-nanosecond path as `now`, so a scrape and `now` agree exactly
+        ans = TimeAnswer(ns * 1e-9, *pub.clock.answer_ns(raw_ns, ns, width_ns))
         tr = tracking_result(pub, ns, ans)
 
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

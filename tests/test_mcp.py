@@ -103,8 +103,9 @@ def check_time_fields(r: dict[str, Any]) -> None:
     assert parse_iso_ns(r["earliest"]) == r["earliest_ns"], r
     assert parse_iso_ns(r["latest"]) == r["latest_ns"], r
     assert r["corrected_time_ns"] == r["system_time_ns"] + r["offset_ns"], r
-    assert r["earliest_ns"] == r["corrected_time_ns"] - r["bound_ns"], r
-    assert r["latest_ns"] == r["corrected_time_ns"] + r["bound_ns"], r
+    # the wire rounds the interval outward: within 1 ns of corrected ± bound, never outside it
+    assert 0 <= r["earliest_ns"] - (r["corrected_time_ns"] - r["bound_ns"]) <= 1, r
+    assert 0 <= (r["corrected_time_ns"] + r["bound_ns"]) - r["latest_ns"] <= 1, r
     assert r["bound_ns"] > 0, r
     assert r["summary"] and "\n" not in r["summary"], r
 
@@ -530,8 +531,9 @@ def test_zone_tools_over_mcp(daemon: DaemonProc) -> None:
         after = client.now()
         assert r["timezone"] == "Europe/Paris" and r["status"] == "synchronized"
         assert before["corrected_time_ns"] <= r["corrected_time_ns"] <= after["corrected_time_ns"]
-        assert r["earliest_ns"] == r["corrected_time_ns"] - r["bound_ns"] > 0
-        assert r["latest_ns"] == r["corrected_time_ns"] + r["bound_ns"]
+        assert 0 <= r["earliest_ns"] - (r["corrected_time_ns"] - r["bound_ns"]) <= 1
+        assert 0 <= (r["corrected_time_ns"] + r["bound_ns"]) - r["latest_ns"] <= 1
+        assert r["earliest_ns"] > 0
         offset = r["datetime"][19:]
         assert offset in ("+01:00", "+02:00") and r["earliest"].endswith(offset)
         assert r["earliest"] <= r["datetime_ns"] <= r["latest"]  # same offset: text order

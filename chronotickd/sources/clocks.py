@@ -43,3 +43,21 @@ def start_epoch() -> float:
     """round(REALTIME − RAW) now: the daemon's constant whole-second epoch."""
     raw, real, _w = read_ns()
     return float(round((real - raw) / 1e9))
+
+
+def rows_on_system_time(rows: tuple[dict, ...], now: ClockReading,
+                        epoch: float) -> tuple[dict, ...]:
+    """Source rows re-expressed for clients: sources report measurements on the time base
+    (``last_offset`` = θ against raw + epoch, ``last_t`` raw seconds); ``sources`` and
+    ``tracking`` promise offsets against the system clock and REALTIME times. Converted with
+    δ = REALTIME − RAW − epoch now (δ moves only when someone steps or slews REALTIME)."""
+    delta = now.real - now.raw - epoch
+    out = []
+    for row in rows:
+        row = dict(row)
+        if row.get("last_offset") is not None:
+            row["last_offset"] = row["last_offset"] - delta
+        if row.get("last_t") is not None:
+            row["last_t"] = row["last_t"] + epoch + delta
+        out.append(row)
+    return tuple(out)

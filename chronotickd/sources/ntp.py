@@ -173,7 +173,7 @@ class Track:
     reason: str = ""
     last_offset: float | None = None
     last_delay: float | None = None
-    last_t: float | None = None  # wall-clock seconds of the last accepted sample
+    last_t: float | None = None  # raw (time-base) seconds of the last accepted sample
     stratum: int | None = None
     leap: int | None = None  # the last reply's leap indicator (0 none, 1 +1 s, 2 −1 s, 3 alarm)
     root_delay: float | None = None  # of the last reply (tracking, metrics)
@@ -485,7 +485,7 @@ class NtpSource:
         if out.measurement is not None:
             m = out.measurement
             t.latest, t.latest_mono = m, now
-            t.last_offset, t.last_delay, t.last_t = m.offset, m.delay, self.wall()
+            t.last_offset, t.last_delay, t.last_t = m.offset, m.delay, m.t
             t.unreach_run = 0
             t.authenticated = t.spec.nts
         elif out.state == "unreachable":
