@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 from hostile import HostileNtp
 from ntp_responder import responder
 from support import daemon_process, wait_for
