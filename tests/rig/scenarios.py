@@ -91,10 +91,44 @@ def frequency_wander(rig: Rig, server: str, scale: float = 1.0) -> Result:
     return Result("i-frequency-wander", score, t)
 
 
+def restart_same_boot(rig: Rig, server: str, scale: float = 1.0) -> Result:
+    """(e) the daemon is stopped (state saved on SIGTERM) and started again in the same
+    boot: the restored offset and frequency are served with a bound grown from the saved
+    time until fresh samples confirm them."""
+    d = rig.daemon("e", [server], start=False)
+    d.clock.set(offset_s=0.030, freq_ppm=15.0)
+    d.start()
+    t = d.wait_status()
+    score = d.sample_for(3.0)
+    d.stop()
+    time.sleep(1.0)
+    d.start()
+    d.sample_for(4.0 * scale, score=score)
+    return Result("e-restart-same-boot", score, t)
+
+
+def reboot(rig: Rig, server: str, scale: float = 1.0) -> Result:
+    """(f) a reboot: new boot_id, the oscillator restarts near 0 and REALTIME moves 0.8 s
+    while the daemon is down (the RTC's error): the old offset must not be served."""
+    d = rig.daemon("f", [server], start=False)
+    d.clock.set(offset_s=0.030, freq_ppm=15.0)
+    d.start()
+    t = d.wait_status()
+    score = d.sample_for(3.0)
+    d.stop()
+    d.clock.reboot(raw_start_s=3.0, jump_s=0.8)
+    rig.set_boot_id(d, "00000000-0000-4000-8000-000000000002")
+    d.start()
+    d.sample_for(4.0 * scale, score=score)
+    return Result("f-reboot", score, t)
+
+
 SCENARIOS: dict[str, Callable[[Rig, str, float], Result]] = {
     "a": offset_and_frequency,
     "b": slewed_by_another_daemon,
     "c": realtime_steps,
+    "e": restart_same_boot,
+    "f": reboot,
     "g": unsynchronized_kernel_claims_zero,
     "i": frequency_wander,
 }
