@@ -229,6 +229,9 @@ def test_watchdog_restarts_a_hung_daemon(box: Container) -> None:
     before, pid = nrestarts(c), show(c, "MainPID")
     time.sleep(4.5)  # longer than WatchdogSec: the pings keep it alive
     assert nrestarts(c) == before and show(c, "MainPID") == pid
+    # MainPID 0 (not running) would make this `kill -STOP 0`: the caller's whole process
+    # group, which through nsenter includes pytest itself
+    assert pid.isdigit() and int(pid) > 1, f"no daemon to stop (MainPID {pid!r})"
     c.sh(f"kill -STOP {pid}")
     t = time.monotonic()
     wait(lambda: nrestarts(c) == before + 1 and show(c, "ActiveState") == "active"
