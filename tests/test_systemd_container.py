@@ -183,8 +183,8 @@ def test_apt_install_the_deb_offline(box: Container) -> None:
                                      ).stdout
     # the test's own settings: the loopback chronyd, fast warm-up; a short watchdog and
     # start timeout so that their checks take seconds (drop-in, as an admin would)
-    set_config(c, ntp={"servers": [f"127.0.0.1:{NTP_PORT}"], "warmup_s": 30,
-                       "warmup_interval_s": 0.5, "interval_s": 2, "timeout_s": 0.5})
+    set_config(c, ntp={"servers": [f"127.0.0.1:{NTP_PORT}"], "burst_interval_s": 0.5,
+                       "minpoll_s": 2, "maxpoll_s": 2, "timeout_s": 0.5})
     c.write(f"{DROPIN}/test.conf", "[Service]\nWatchdogSec=3s\nTimeoutStartSec=20s\n")
     c.sh("systemctl daemon-reload")
 
@@ -261,6 +261,7 @@ def test_systemctl_reload_applies_a_config_change(box: Container) -> None:
 def test_kill_9_is_restarted(box: Container) -> None:
     c = box
     before, pid = nrestarts(c), show(c, "MainPID")
+    assert pid.isdigit() and int(pid) > 1, f"no daemon to kill (MainPID {pid!r})"
     c.sh(f"kill -9 {pid}")
     wait(lambda: nrestarts(c) == before + 1 and show(c, "ActiveState") == "active"
          and show(c, "MainPID") not in ("0", pid), 20, "restart after SIGKILL")
