@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rig.harness import Rig, Score
+from rig.harness import Rig, RigDaemon, Score
 
 
 @dataclass
@@ -29,22 +29,26 @@ class Result:
                 "window_s": s.window_s, "to_sync_s": self.to_sync_s}
 
 
+def _synchronized(rig: Rig, name: str, server: str, offset_s: float,
+                  freq_ppm: float) -> tuple[RigDaemon, float]:
+    """A rig daemon whose clock is ``offset_s`` and ``freq_ppm`` off, started and waited for
+    until synchronized; returns it and the seconds that took."""
+    d = rig.daemon(name, [server], start=False)
+    d.clock.set(offset_s=offset_s, freq_ppm=freq_ppm)
+    d.start()
+    return d, d.wait_status()
+
+
 def offset_and_frequency(rig: Rig, server: str, scale: float = 1.0) -> Result:
     """(a) the daemon's clock 50 ms and 20 ppm off; the oscillator runs 20 ppm fast too."""
-    d = rig.daemon("a", [server], start=False)
-    d.clock.set(offset_s=0.050, freq_ppm=20.0)
-    d.start()
-    t = d.wait_status()
+    d, t = _synchronized(rig, "a", server, 0.050, 20.0)
     d.sample_for(2.0)  # settle past the first fits
     return Result("a-offset-frequency", d.sample_for(8.0 * scale), t)
 
 
 def slewed_by_another_daemon(rig: Rig, server: str, scale: float = 1.0) -> Result:
     """(b) another daemon slews CLOCK_REALTIME at 500 ppm, then stops: RAW never moves."""
-    d = rig.daemon("b", [server], start=False)
-    d.clock.set(offset_s=0.010, freq_ppm=5.0)
-    d.start()
-    t = d.wait_status()
+    d, t = _synchronized(rig, "b", server, 0.010, 5.0)
     score = d.sample_for(2.0)
     d.clock.slew(-500.0, 6.0 * scale)
     d.sample_for(6.0 * scale + 1.0, score=score)
@@ -54,10 +58,7 @@ def slewed_by_another_daemon(rig: Rig, server: str, scale: float = 1.0) -> Resul
 
 def realtime_steps(rig: Rig, server: str, scale: float = 1.0) -> Result:
     """(c) CLOCK_REALTIME stepped by +0.5 ms, −0.5 ms, +2 s, −2 s between queries."""
-    d = rig.daemon("c", [server], start=False)
-    d.clock.set(offset_s=-0.020, freq_ppm=-10.0)
-    d.start()
-    t = d.wait_status()
+    d, t = _synchronized(rig, "c", server, -0.020, -10.0)
     score = d.sample_for(1.0)
     for delta in (0.0005, -0.0005, 2.0, -2.0):
         d.clock.step(delta)
@@ -78,10 +79,7 @@ def unsynchronized_kernel_claims_zero(rig: Rig, server: str, scale: float = 1.0)
 
 def frequency_wander(rig: Rig, server: str, scale: float = 1.0) -> Result:
     """(i) the oscillator's frequency wanders as a 1 ppm sinusoid (period 60 s × scale)."""
-    d = rig.daemon("i", [server], start=False)
-    d.clock.set(offset_s=0.005, freq_ppm=3.0)
-    d.start()
-    t = d.wait_status()
+    d, t = _synchronized(rig, "i", server, 0.005, 3.0)
     period = 60.0 * scale
     score = Score()
     began = time.monotonic()
@@ -95,10 +93,7 @@ def restart_same_boot(rig: Rig, server: str, scale: float = 1.0) -> Result:
     """(e) the daemon is stopped (state saved on SIGTERM) and started again in the same
     boot: the restored offset and frequency are served with a bound grown from the saved
     time until fresh samples confirm them."""
-    d = rig.daemon("e", [server], start=False)
-    d.clock.set(offset_s=0.030, freq_ppm=15.0)
-    d.start()
-    t = d.wait_status()
+    d, t = _synchronized(rig, "e", server, 0.030, 15.0)
     score = d.sample_for(3.0)
     d.stop()
     time.sleep(1.0)
@@ -110,10 +105,7 @@ def restart_same_boot(rig: Rig, server: str, scale: float = 1.0) -> Result:
 def reboot(rig: Rig, server: str, scale: float = 1.0) -> Result:
     """(f) a reboot: new boot_id, the oscillator restarts near 0 and REALTIME moves 0.8 s
     while the daemon is down (the RTC's error): the old offset must not be served."""
-    d = rig.daemon("f", [server], start=False)
-    d.clock.set(offset_s=0.030, freq_ppm=15.0)
-    d.start()
-    t = d.wait_status()
+    d, t = _synchronized(rig, "f", server, 0.030, 15.0)
     score = d.sample_for(3.0)
     d.stop()
     d.clock.reboot(raw_start_s=3.0, jump_s=0.8)
