@@ -32,18 +32,33 @@ REQUIRED = ("raw", "epoch", "offset", "freq", "offset_stddev", "freq_stddev", "s
             "saved_raw", "saved_real")
 BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
 BOOT_ID_ENV = "CHRONOTICK_BOOT_ID_FILE"  # the clock rig simulates reboots with it
+# systemd's %b specifier: the unit sets CHRONOTICK_BOOT_ID=%b because its sandbox
+# (ProcSubset=pid) hides /proc/sys, where the kernel publishes boot_id.
+BOOT_ID_VALUE_ENV = "CHRONOTICK_BOOT_ID"
 STATE_DIR_MODE = 0o750  # created no wider than this (umask may narrow it); tmpfiles.d agrees
 MAX_STATE_BYTES = 65536  # the file is ~200 bytes; anything much larger is not ours
 
 
 def boot_id() -> str:
-    """This boot's id (the kernel's random boot_id; ``$CHRONOTICK_BOOT_ID_FILE`` overrides the
-    path), '' when unreadable."""
+    """This boot's id, normalized to 32 lower-case hex digits; '' when unknown.
+
+    Read from the kernel's ``/proc/sys/kernel/random/boot_id`` (``$CHRONOTICK_BOOT_ID_FILE``
+    overrides the path); when that is hidden, as under the shipped unit's ``ProcSubset=pid``,
+    from ``$CHRONOTICK_BOOT_ID``, which the unit fills with systemd's ``%b`` (the same id,
+    without dashes). Without either a restart is treated as a reboot: frequency only.
+    """
     path = os.environ.get(BOOT_ID_ENV) or BOOT_ID_FILE
     try:
-        return Path(path).read_text().strip()
+        return normalize_boot_id(Path(path).read_text())
     except OSError:
-        return ""
+        if os.environ.get(BOOT_ID_ENV):
+            return ""  # an explicit file that cannot be read is not replaced by a guess
+        return normalize_boot_id(os.environ.get(BOOT_ID_VALUE_ENV, ""))
+
+
+def normalize_boot_id(text: str) -> str:
+    """'0f1e-…' (the kernel's form) and '0f1e…' (systemd's %b) compare equal."""
+    return text.strip().replace("-", "").lower()
 
 
 def record(estimate: dict[str, float], raw: float, real: float) -> dict[str, Any]:
@@ -54,7 +69,7 @@ def record(estimate: dict[str, float], raw: float, real: float) -> dict[str, Any
 def same_boot(saved: dict[str, Any], raw_now: float) -> bool:
     """Was ``saved`` written in this boot? (same boot_id, and raw has not gone back)."""
     current = boot_id()
-    return bool(current) and saved.get("boot_id") == current and \
+    return bool(current) and normalize_boot_id(str(saved.get("boot_id", ""))) == current and \
         float(saved["saved_raw"]) <= raw_now
 
 

@@ -324,7 +324,7 @@ def test_state_written_and_restored(tmp_path: Path, chronyd: Chronyd) -> None:
     state = json.loads((tmp_path / "state" / "drift.json").read_text())
     # θ = reference − (raw + epoch) with epoch = round(REALTIME − RAW): within half a second
     assert state["format"] == 2 and abs(state["offset"]) < 0.6
-    assert state["boot_id"] == "boot-one" and state["saved_raw"] >= state["raw"]
+    assert state["boot_id"] == "bootone" and state["saved_raw"] >= state["raw"]
     # restart without NTP, same boot: the saved estimate is served, freerunning, with a bound
     # that grows from the saved raw time
     with daemon_process(workdir=tmp_path, env=env, ntp__servers=[]) as d:
@@ -351,7 +351,7 @@ def test_state_from_another_boot_restores_the_frequency_only(tmp_path: Path,
     with daemon_process(workdir=tmp_path, env=boot_env(tmp_path, "boot-one"),
                         ntp__servers=[chronyd.server]) as d:
         assert wait_status(d.socket, "synchronized")["status"] == "synchronized"
-    assert json.loads((tmp_path / "state" / "drift.json").read_text())["boot_id"] == "boot-one"
+    assert json.loads((tmp_path / "state" / "drift.json").read_text())["boot_id"] == "bootone"
     with daemon_process(workdir=tmp_path, env=boot_env(tmp_path, "boot-two"),
                         ntp__servers=[]) as d:
         r = cli_json(d.socket, "now")

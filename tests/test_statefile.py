@@ -67,13 +67,27 @@ def test_boot_id_and_same_boot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     boot = tmp_path / "boot_id"
     boot.write_text(DATA["boot_id"] + "\n")
     monkeypatch.setenv(statefile.BOOT_ID_ENV, str(boot))
-    assert statefile.boot_id() == DATA["boot_id"]
+    assert statefile.boot_id() == DATA["boot_id"].replace("-", "")
     rec = statefile.record({"freq": 1e-6}, 10.0, 1.7e9)
     assert rec == {"freq": 1e-6, "saved_raw": 10.0, "saved_real": 1.7e9,
-                   "boot_id": DATA["boot_id"]}
+                   "boot_id": DATA["boot_id"].replace("-", "")}
     assert statefile.same_boot(DATA, raw_now=6000.0)
     assert not statefile.same_boot(DATA, raw_now=100.0)  # raw went back: it rebooted
     boot.write_text("another-boot\n")
     assert not statefile.same_boot(DATA, raw_now=6000.0)
     boot.unlink()  # unreadable: never assume the same boot
     assert statefile.boot_id() == "" and not statefile.same_boot(DATA, raw_now=6000.0)
+
+
+def test_boot_id_from_systemd_when_proc_is_hidden(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The unit's ProcSubset=pid hides /proc/sys; it passes systemd's %b (no dashes) instead,
+    and a restart in the same boot must still be recognised as one."""
+    monkeypatch.setattr(statefile, "BOOT_ID_FILE", str(tmp_path / "hidden"))
+    monkeypatch.delenv(statefile.BOOT_ID_ENV, raising=False)
+    monkeypatch.delenv(statefile.BOOT_ID_VALUE_ENV, raising=False)
+    assert statefile.boot_id() == "" and not statefile.same_boot(DATA, raw_now=6000.0)
+    monkeypatch.setenv(statefile.BOOT_ID_VALUE_ENV, DATA["boot_id"].replace("-", "").upper())
+    assert statefile.same_boot(DATA, raw_now=6000.0)  # dashed file form == systemd's %b
+    monkeypatch.setenv(statefile.BOOT_ID_VALUE_ENV, "0" * 32)
+    assert not statefile.same_boot(DATA, raw_now=6000.0)
