@@ -1,0 +1,267 @@
+/* chronotick_shm.h: header-only reader of chronotickd's shared-memory segment (layout v1).
+ *
+ * Corrected time with an error bound at about the cost of reading the clock: the daemon
+ * publishes its fit of the reference against CLOCK_MONOTONIC_RAW (see docs/protocol.md,
+ * "Shared-memory segment"); each ct_shm_now() reads CLOCK_REALTIME, CLOCK_MONOTONIC_RAW,
+ * CLOCK_REALTIME (vDSO, no syscall) and does a few multiplications. No allocation, no lock.
+ *
+ *   ct_shm_reader r;
+ *   if (ct_shm_open(&r, NULL) == 0) {          // NULL: $CHRONOTICK_SHM or /run/chronotick/shm0
+ *       ct_time t;
+ *       if (ct_shm_now(&r, &t) == 0 && t.status != CT_UNSYNCHRONIZED)
+ *           use(t.earliest_ns, t.latest_ns);   // earliest <= true time <= latest
+ *       else
+ *           ask_the_socket(r.why);             // stepped clock, stopped daemon, other boot...
+ *       ct_shm_close(&r);
+ *   }
+ *
+ * A reader is not thread-safe (it caches the last snapshot): one per thread.
+ * Consistency: seqlock on a 64-bit generation (odd while the daemon writes) with acquire
+ * ordering, plus the payload's CRC-32, checked whenever the generation changes.
+ * Build: cc -O2 prog.c -lm. Linux only. Native byte order (as the daemon writes it).
+ */
+#ifndef CHRONOTICK_SHM_H
+#define CHRONOTICK_SHM_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1 /* CLOCK_MONOTONIC_RAW, O_CLOEXEC under -std=c11 */
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CT_SHM_MAGIC 0x4B544843u /* "CHTK" */
+#define CT_SHM_VERSION 1
+#define CT_SHM_SIZE 256
+#define CT_SHM_DEFAULT "/run/chronotick/shm0"
+#define CT_SHM_PAYLOAD 24
+#define CT_SHM_CHECKSUMMED 216 /* payload bytes covered by the CRC (offsets 24..239) */
+
+#define CT_STATE_NONE 0
+#define CT_STATE_TRACKING 1
+#define CT_STATE_RESTORED 2
+#define CT_FLAG_CLOSED 1
+
+#define CT_MAX_SLEW_RATE 1e-3
+#define CT_STEP_TOLERANCE_NS 1000000LL
+#define CT_STALE_WRITES 5
+#define CT_WIDE_READ_NS 50000
+
+enum ct_status { CT_UNSYNCHRONIZED = 0, CT_SYNCHRONIZED = 1, CT_FREERUNNING = 2 };
+
+/* The payload at offset 24, exactly as laid out in the segment. */
+struct ct_shm_params {
+    int64_t epoch_ns, write_raw_ns, write_delta_ns, write_interval_ns;
+    int64_t t_ref_ns, t_last_ns, stale_after_ns, void_after_ns; /* CLOCK_MONOTONIC_RAW */
+    double offset_ref, freq, var_offset, var_freq, systematic, confidence_k, max_drift;
+    double unsync_bound;
+    uint8_t state, leap;
+    uint16_t flags;
+    uint32_t reserved0;
+    uint8_t boot_id[16];
+    char source[64];
+    uint32_t checksum, reserved1;
+    int64_t reserved2;
+};
+_Static_assert(sizeof(struct ct_shm_params) == CT_SHM_SIZE - CT_SHM_PAYLOAD, "layout v1");
+
+typedef struct {
+    int64_t system_time_ns;    /* CLOCK_REALTIME the answer is for */
+    int64_t corrected_time_ns; /* system_time_ns + offset_ns */
+    int64_t offset_ns;         /* reference - system */
+    int64_t bound_ns;          /* half-width, rounded up */
+    int64_t earliest_ns, latest_ns;
+    int64_t as_of_ns;          /* newest measurement behind the answer (REALTIME; 0: none) */
+    int64_t void_after_ns;     /* past this the estimate is dropped (REALTIME; 0: none) */
+    int status;                /* enum ct_status */
+    int leap;                  /* 1: leap second inserted at the end of the UTC day, 2: deleted */
+    const char *source;
+} ct_time;
+
+typedef struct {
+    const uint8_t *seg;
+    uint64_t gen; /* generation of `p` (0: none yet) */
+    struct ct_shm_params p;
+    uint8_t boot_id[16];
+    char source[64];
+    const char *why; /* why the last call failed (static text) */
+} ct_shm_reader;
+
+static inline uint32_t ct__crc32(const uint8_t *buf, size_t n) {
+    static uint32_t table[256];
+    static int ready;
+    if (!ready) {
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t c = i;
+            for (int k = 0; k < 8; k++) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+            table[i] = c;
+        }
+        ready = 1;
+    }
+    uint32_t c = 0xFFFFFFFFu;
+    for (size_t i = 0; i < n; i++) c = table[(c ^ buf[i]) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+static inline int64_t ct__clock(clockid_t id) {
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static inline void ct__boot_id(uint8_t out[16]) {
+    const char *path = getenv("CHRONOTICK_BOOT_ID_FILE");
+    char text[64] = {0};
+    memset(out, 0, 16);
+    FILE *f = fopen(path && *path ? path : "/proc/sys/kernel/random/boot_id", "r");
+    if (!f) return;
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    int j = 0;
+    for (size_t i = 0; i < n && j < 32; i++) {
+        char ch = text[i];
+        int v = ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+              : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10 : -1;
+        if (v < 0) continue;
+        out[j / 2] = (uint8_t)(j % 2 ? out[j / 2] | v : v << 4);
+        j++;
+    }
+}
+
+/* Refresh r->p when the generation moved. 0: r->p is a consistent snapshot; -1: none. */
+static inline int ct_shm_snapshot(ct_shm_reader *r) {
+    const uint64_t *genp = (const uint64_t *)(r->seg + 16);
+    uint64_t g1 = __atomic_load_n(genp, __ATOMIC_ACQUIRE);
+    if (g1 == r->gen && g1) return 0;
+    for (long tries = 0; tries < 1000000; tries++) {
+        if (g1 == 0) { r->why = "segment never written"; break; }
+        if (!(g1 & 1)) {
+            struct ct_shm_params tmp;
+            memcpy(&tmp, r->seg + CT_SHM_PAYLOAD, sizeof tmp);
+            __atomic_thread_fence(__ATOMIC_ACQUIRE);
+            uint64_t g2 = __atomic_load_n(genp, __ATOMIC_RELAXED);
+            if (g1 == g2 && ct__crc32((const uint8_t *)&tmp, CT_SHM_CHECKSUMMED) == tmp.checksum) {
+                r->p = tmp;
+                r->gen = g1;
+                memcpy(r->source, tmp.source, sizeof r->source);
+                r->source[sizeof r->source - 1] = 0;
+                return 0;
+            }
+        }
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+        g1 = __atomic_load_n(genp, __ATOMIC_ACQUIRE);
+    }
+    if (r->gen) return 0; /* a writer mid-update: the last snapshot is still a promise */
+    if (g1) r->why = "no consistent snapshot (writer stuck mid-update)";
+    return -1;
+}
+
+/* 0 on success; -1 with errno set and r->why explaining. */
+static inline int ct_shm_open(ct_shm_reader *r, const char *path) {
+    memset(r, 0, sizeof *r);
+    if (!path || !*path) path = getenv("CHRONOTICK_SHM");
+    if (!path || !*path) path = CT_SHM_DEFAULT;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) { r->why = "cannot open the segment (is chronotickd running with shm.path?)"; return -1; }
+    struct stat st;
+    if (fstat(fd, &st) < 0 || st.st_size < CT_SHM_SIZE) {
+        close(fd);
+        r->why = "not a ChronoTick segment (too small)";
+        errno = EPROTO;
+        return -1;
+    }
+    void *m = mmap(NULL, CT_SHM_SIZE, PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED) { r->why = "mmap failed"; return -1; }
+    r->seg = (const uint8_t *)m;
+    uint32_t magic, size;
+    uint16_t version;
+    memcpy(&magic, r->seg, 4);
+    memcpy(&version, r->seg + 4, 2);
+    memcpy(&size, r->seg + 8, 4);
+    if (magic != CT_SHM_MAGIC || version != CT_SHM_VERSION || size != CT_SHM_SIZE) {
+        munmap(m, CT_SHM_SIZE);
+        r->seg = NULL;
+        r->why = "not a ChronoTick v1 segment (magic, version or size)";
+        errno = EPROTO;
+        return -1;
+    }
+    ct__boot_id(r->boot_id);
+    return 0;
+}
+
+static inline void ct_shm_close(ct_shm_reader *r) {
+    if (r->seg) munmap((void *)r->seg, CT_SHM_SIZE);
+    r->seg = NULL;
+}
+
+/* Corrected time now. 0: *out filled (check out->status); -1: the segment cannot answer
+ * honestly now (r->why says why): ask the daemon's socket instead. */
+static inline int ct_shm_now(ct_shm_reader *r, ct_time *out) {
+    if (ct_shm_snapshot(r) < 0) return -1;
+    const struct ct_shm_params *p = &r->p;
+    int64_t real1 = ct__clock(CLOCK_REALTIME);
+    int64_t raw = ct__clock(CLOCK_MONOTONIC_RAW);
+    int64_t real2 = ct__clock(CLOCK_REALTIME);
+    if (real2 - real1 > CT_WIDE_READ_NS) { /* preempted between the reads: once more */
+        int64_t r1 = ct__clock(CLOCK_REALTIME), rw = ct__clock(CLOCK_MONOTONIC_RAW);
+        int64_t r2 = ct__clock(CLOCK_REALTIME);
+        if (r2 - r1 < real2 - real1) { real1 = r1; raw = rw; real2 = r2; }
+    }
+    int64_t width = real2 - real1, real = real1 + width / 2;
+    if (p->flags & CT_FLAG_CLOSED) { r->why = "the daemon stopped writing the segment"; return -1; }
+    if (memcmp(p->boot_id, r->boot_id, 16) != 0) { r->why = "segment from another boot"; return -1; }
+    int64_t delta = real - raw - p->epoch_ns, since = raw - p->write_raw_ns;
+    if (since < -1000000000LL) { r->why = "segment written in the future"; return -1; }
+    /* δ is known to ±width/2: a preemption between the reads widens it, never hides a step */
+    if ((double)llabs(delta - p->write_delta_ns) >
+        CT_STEP_TOLERANCE_NS + width / 2 + CT_MAX_SLEW_RATE * (double)llabs(since)) {
+        r->why = "CLOCK_REALTIME stepped or the system slept since the last write";
+        return -1;
+    }
+    double half = (double)width * 0.5e-9, offset, bound;
+    out->system_time_ns = real;
+    out->leap = p->leap;
+    if (p->state == CT_STATE_NONE || raw > p->void_after_ns) {
+        offset = 0.0;
+        bound = p->unsync_bound + half;
+        out->status = CT_UNSYNCHRONIZED;
+        out->as_of_ns = out->void_after_ns = 0;
+        out->source = "system";
+    } else {
+        double dt = (double)(raw - p->t_ref_ns) * 1e-9;
+        int64_t age = raw - p->t_last_ns;
+        offset = p->offset_ref + p->freq * dt - (double)delta * 1e-9;
+        bound = p->systematic + p->confidence_k * sqrt(p->var_offset + p->var_freq * dt * dt)
+              + p->max_drift * (age > 0 ? (double)age * 1e-9 : 0.0) + half;
+        out->status = (p->state == CT_STATE_RESTORED || raw > p->stale_after_ns ||
+                       since > CT_STALE_WRITES * p->write_interval_ns)
+                          ? CT_FREERUNNING : CT_SYNCHRONIZED;
+        out->as_of_ns = p->t_last_ns + p->epoch_ns + delta;
+        out->void_after_ns = p->void_after_ns + p->epoch_ns + delta;
+        out->source = r->source;
+    }
+    out->offset_ns = llround(offset * 1e9);
+    out->bound_ns = bound < 4.6e9 ? (int64_t)ceil(bound * 1e9) : (1LL << 62);
+    out->corrected_time_ns = real + out->offset_ns;
+    out->earliest_ns = out->corrected_time_ns - out->bound_ns;
+    out->latest_ns = out->corrected_time_ns + out->bound_ns;
+    return 0;
+}
+
+static inline const char *ct_status_name(int status) {
+    return status == CT_SYNCHRONIZED ? "synchronized"
+         : status == CT_FREERUNNING ? "freerunning" : "unsynchronized";
+}
+
+#endif /* CHRONOTICK_SHM_H */
