@@ -1,11 +1,15 @@
 """Shared-memory publication of the clock state: ChronoTick's own segment and ClockBound's.
 
-Every published state is also written to
+The publish side of the shared-memory read path (the daemon only wires it to the
+``Publisher``). Every published state is also written to
 
-* ChronoTick's segment (``shm.path``, layout v1 in docs/protocol.md, read by
-  ``chronotick_client.shm`` and ``clients/c/chronotick_shm.h``): the fit on the
-  CLOCK_MONOTONIC_RAW axis with everything a reader needs to compute the corrected time and
-  its bound from its own clock reads (the same arithmetic as ``ClockState.answer``);
+* ChronoTick's segment (``shm.path``, layout v2 in docs/protocol.md, read by
+  ``chronotick_client.shm`` and ``clients/c/chronotick_shm.h``): the engine's fit on the
+  CLOCK_MONOTONIC_RAW axis (chronotickd/core/timebase.py) with everything a reader needs to
+  compute the corrected time and its bound from its own clock reads, the same arithmetic as
+  ``ClockState.answer_ns``: θ(raw) at as_of and its slope, their variances, the bound's
+  growth, status timing, the REALTIME↔RAW relation at the write (epoch and δ, so a reader can
+  tell a step or a suspend since), the pending leap second and the boot;
 * optionally a ClockBound v2 segment (``shm.clockbound_path``, e.g.
   ``/var/run/clockbound/shm0``) so ClockBound's unchanged clients (Rust, C, Go) read
   ``CLOCK_REALTIME ± bound``. Those apply no correction, so the bound written covers
@@ -33,9 +37,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from chronotick_client import shm as layout
-from chronotick_client.shm import Params, boot_id, compute
+from chronotick_client.shm import Params, compute
+from chronotickd import statefile
+from chronotickd.core.leap import SMEAR_S, correction
+from chronotickd.sources import clocks
 from chronotickd.sources.system_clock import kernel_rate
-from chronotickd.wire import ns_up
 
 log = logging.getLogger("chronotickd.shm")
 
@@ -57,100 +63,110 @@ CB_STATUS = {layout.SYNCHRONIZED: CB_SYNCHRONIZED, layout.FREERUNNING: CB_FREERU
 
 
 @dataclass(frozen=True, slots=True)
-class ClockReading:
-    """REALTIME and MONOTONIC_RAW read back to back (ns), plus MONOTONIC_COARSE."""
+class WriteReading:
+    """The clocks at a write (ns): REALTIME (midpoint of two reads around RAW), RAW, the
+    REALTIME spread, and MONOTONIC_COARSE (ClockBound's time axis)."""
 
-    real_ns: int  # midpoint of the two REALTIME reads around ``raw_ns``
+    real_ns: int
     raw_ns: int
-    width_ns: int  # spread of the two REALTIME reads
+    width_ns: int
     coarse_ns: int
 
 
-def read_clocks() -> ClockReading:
-    """The tightest of three (real, raw, real) triples: a preemption stays out of δ."""
-    cg = time.clock_gettime_ns
-    best: tuple[int, int, int] | None = None
-    for _ in range(3):
-        r1 = cg(time.CLOCK_REALTIME)
-        raw = cg(time.CLOCK_MONOTONIC_RAW)
-        r2 = cg(time.CLOCK_REALTIME)
-        if best is None or r2 - r1 < best[2]:
-            best = (r1 + (r2 - r1) // 2, raw, r2 - r1)
-    coarse = cg(CLOCK_MONOTONIC_COARSE)
-    return ClockReading(best[0], best[1], best[2], coarse)
+def read_clocks() -> WriteReading:
+    """The tightest of three (real, raw, real) reads: a preemption stays out of δ."""
+    raw, real, width = min((clocks.read_ns() for _ in range(3)), key=lambda r: r[2])
+    return WriteReading(real, raw, width, time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE))
 
 
-def segment_params(clock: Any, reading: ClockReading, epoch_ns: int, rate: float, leap: int,
-                   boot: bytes, interval_ns: int = WRITE_INTERVAL_NS) -> Params:
-    """The adapter: a published state + a clock reading → the segment's fields (RAW axis).
+def _leaps(leaps: tuple, raw_w: float) -> tuple[float, float, Any, bool]:
+    """Split the state's leaps at the write: those whose correction no longer changes for any
+    raw ≥ ``raw_w`` fold into constants (shift, extra bound); at most one other is carried in
+    the segment's leap slot. Returns (shift, extra, the pending leap or None, fits)."""
+    shift = extra = 0.0
+    pending = []
+    for lp in leaps:
+        settled = raw_w >= lp.raw and (not lp.smear_doubt or raw_w >= lp.raw + SMEAR_S / 2)
+        if settled:
+            s, e = correction((lp,), raw_w)
+            shift += s
+            extra += e
+        else:
+            pending.append(lp)
+    return shift, extra, (pending[0] if pending else None), len(pending) <= 1
 
-    On the TIME BASE engine (``ClockState.epoch`` present) the fit already lives on
-    CLOCK_MONOTONIC_RAW and is copied. An engine that still fits against CLOCK_REALTIME is
-    re-expressed at the write: with ``rate`` = d(REALTIME − RAW)/dRAW (the kernel's frequency
-    adjustment) the REALTIME instant ``t`` is RAW ``raw_w + (t − real_w)/(1 + rate)``, and
-    ``θ_raw = θ_system + δ``. ``epoch_ns`` is the writer's own whole-second epoch, used only
-    then. A ``FusedClock`` (forecaster on) is written as its engine state: the segment serves
-    the classical engine's answer, which carries its own honest bound.
+
+def segment_params(clock: Any, reading: WriteReading, boot: bytes,
+                   interval_ns: int = WRITE_INTERVAL_NS) -> Params:
+    """The adapter: a published state + the clocks at the write → the segment's fields.
+
+    The fit already lives on CLOCK_MONOTONIC_RAW (seconds; ``θ = reference − (raw + epoch)``)
+    and is copied to ns. A ``FusedClock`` (forecaster on) is written as its engine state: the
+    segment serves the classical engine's answer, which carries its own honest bound. Settled
+    leap seconds fold into ``offset_ref``/``systematic``; one pending leap goes in the leap
+    slot; a state with more than one pending leap sets FLAG_SOCKET (readers ask the socket).
     """
     base = getattr(clock, "base", clock)
     fit = base.fit
-    state_epoch = getattr(base, "epoch", None)
-    if state_epoch is not None:
-        epoch_ns = round(state_epoch * 1e9)
+    epoch_ns = int(base.epoch_ns)
     raw_w = reading.raw_ns
-    delta_w = reading.real_ns - raw_w - epoch_ns
-    common = dict(epoch_ns=epoch_ns, write_raw_ns=raw_w, write_delta_ns=delta_w,
+    common = dict(epoch_ns=epoch_ns, write_raw_ns=raw_w,
+                  write_delta_ns=reading.real_ns - raw_w - epoch_ns,
                   write_interval_ns=interval_ns, confidence_k=float(base.confidence_k),
                   max_drift=float(base.max_drift), unsync_bound=float(base.unsync_bound),
-                  leap=leap, flags=0, boot_id=boot)
+                  boot_id=boot)
     if fit is None:
         return Params(t_ref_ns=raw_w, t_last_ns=0, stale_after_ns=0, void_after_ns=0,
                       offset_ref=0.0, freq=0.0, var_offset=0.0, var_freq=0.0, systematic=0.0,
-                      state=layout.STATE_NONE, source="system", **common)
+                      leap_raw_ns=0, state=layout.STATE_NONE, leap=layout.LEAP_NONE,
+                      leap_flags=0, flags=0, source="system", **common)
     vo = fit.var_offset if fit.serve_var_offset is None else fit.serve_var_offset
     vf = fit.var_freq if fit.serve_var_freq is None else fit.serve_var_freq
-    if state_epoch is not None:
-        t_ref_ns, t_last_ns = round(fit.t_ref * 1e9), round(fit.t_last * 1e9)
-        offset_ref, freq = fit.offset_ref, fit.freq
-    else:
-        scale = 1.0 + rate
-        real_s = reading.real_ns / 1e9
-        t_ref_ns = raw_w + round((fit.t_ref - real_s) * 1e9 / scale)
-        t_last_ns = raw_w + round((fit.t_last - real_s) * 1e9 / scale)
-        offset_ref = fit.offset_ref + delta_w * 1e-9 + rate * (t_ref_ns - raw_w) * 1e-9
-        freq = fit.freq * scale + rate
-        vf *= scale * scale
+    shift, extra, pending, fits = _leaps(tuple(getattr(base, "leaps", ())), raw_w * 1e-9)
+    leap = leap_flags = leap_raw_ns = 0
+    if pending is not None:
+        leap = layout.LEAP_INSERT if pending.seconds > 0 else layout.LEAP_DELETE
+        leap_raw_ns = round(pending.raw * 1e9)
+        leap_flags = ((layout.LEAP_CONFIRMED if pending.confirmed else 0)
+                      | (layout.LEAP_SMEAR_DOUBT if pending.smear_doubt else 0))
+    t_last_ns = round(fit.t_last * 1e9)
     return Params(
-        t_ref_ns=t_ref_ns, t_last_ns=t_last_ns,
+        t_ref_ns=round(fit.t_ref * 1e9), t_last_ns=t_last_ns,
         stale_after_ns=t_last_ns + round(base.stale_after * 1e9),
         void_after_ns=t_last_ns + round(base.void_after_s * 1e9),
-        offset_ref=float(offset_ref), freq=float(freq), var_offset=float(vo),
-        var_freq=float(vf), systematic=float(fit.systematic),
+        offset_ref=float(fit.offset_ref + shift), freq=float(fit.freq), var_offset=float(vo),
+        var_freq=float(vf), systematic=float(fit.systematic + extra), leap_raw_ns=leap_raw_ns,
         state=layout.STATE_RESTORED if base.restored else layout.STATE_TRACKING,
+        leap=leap, leap_flags=leap_flags, flags=0 if fits else layout.FLAG_SOCKET,
         source=str(base.source), **common)
 
 
-def clockbound_fields(p: Params, reading: ClockReading, rate: float, slewing: bool
+def clockbound_fields(p: Params, reading: WriteReading, rate: float, slewing: bool
                       ) -> tuple[int, int, int, int, int]:
     """``(as_of_ns, void_after_ns, bound_ns, max_drift_ppb, status)`` of a ClockBound segment.
 
     ClockBound readers answer ``REALTIME ± (bound + max_drift · (now − as_of))`` with no
-    correction. So ``bound`` = |offset of REALTIME| + our half-width at the write, and
-    ``max_drift`` ≥ how fast both can grow: REALTIME's frequency error against the reference
-    (θ's slope minus REALTIME's rate against RAW, plus an offset slew the kernel may still be
-    applying), the fit's frequency uncertainty (k·σ_f bounds the slope of k·stddev(t)) and the
-    engine's ``max_drift``. Coarse-clock granularity is added to the bound once.
+    correction. So ``bound`` = the farther end of our interval from REALTIME at the write
+    (|offset| + half-width), and ``max_drift`` ≥ how fast that can grow: REALTIME's frequency
+    error against the reference (θ's slope minus REALTIME's rate against RAW, plus an offset
+    slew the kernel may still be applying), the fit's frequency uncertainty (k·σ_f bounds the
+    slope of k·stddev(t)) and the engine's ``max_drift``. Coarse-clock granularity is added
+    to the bound once.
     """
-    offset, bound, status, _, _, _ = compute(p, reading.real_ns, reading.raw_ns,
-                                              reading.width_ns)
+    real = reading.real_ns
     as_of = reading.coarse_ns
+    try:
+        _c, lo, hi, status, *_ = compute(p, real, reading.raw_ns, reading.width_ns)
+    except layout.ShmUnavailable:
+        status, lo, hi = layout.UNSYNCHRONIZED, real - 2**62, real + 2**62
     if status == layout.UNSYNCHRONIZED:
-        return as_of, as_of, ns_up(bound), round(KERNEL_SLEW_RATE * 1e9), CB_UNKNOWN
+        bound = max(real - lo, hi - real)
+        return as_of, as_of, min(bound, 2**62), round(KERNEL_SLEW_RATE * 1e9), CB_UNKNOWN
     drift = (abs(p.freq - rate) + p.confidence_k * math.sqrt(p.var_freq) + p.max_drift
              + DRIFT_MARGIN + (KERNEL_SLEW_RATE if slewing else 0.0))
     drift_ppb = min(math.ceil(drift * 1e9), 999_999_999)
-    res = time.clock_getres(CLOCK_MONOTONIC_COARSE)
-    bound_ns = ns_up(abs(offset) + bound + drift * res)
+    res_ns = time.clock_getres(CLOCK_MONOTONIC_COARSE) * 1e9
+    bound_ns = max(real - lo, hi - real) + math.ceil(drift * res_ns) + 1
     void_after = as_of + max(0, p.void_after_ns - reading.raw_ns)
     return as_of, void_after, bound_ns, drift_ppb, CB_STATUS[status]
 
@@ -263,9 +279,7 @@ class ShmPublisher:
     """The publish hook: writes each new state to the configured segments."""
 
     def __init__(self, path: str, clockbound_path: str, mode: int) -> None:
-        self.boot = boot_id()
-        r = read_clocks()
-        self.epoch_ns = round((r.real_ns - r.raw_ns) / 1e9) * 1_000_000_000
+        self.boot = boot_bytes()
         self.last: Params | None = None
         self.own: ChronoTickSegment | None = None
         self.cb: ClockBoundSegment | None = None
@@ -289,12 +303,12 @@ class ShmPublisher:
         if self.own is None and self.cb is None:
             return
         try:
-            rate, slewing, leap = kernel_rate()
             reading = read_clocks()
-            p = segment_params(published.clock, reading, self.epoch_ns, rate, leap, self.boot)
+            p = segment_params(published.clock, reading, self.boot)
             if self.own is not None:
                 self.own.write(p)
             if self.cb is not None:
+                rate, slewing, _leap = kernel_rate()
                 self.cb.write(*clockbound_fields(p, reading, rate, slewing))
             self.last = p
         except Exception:
@@ -311,6 +325,17 @@ class ShmPublisher:
         finally:
             if cb is not None:
                 cb.close()
+
+
+def boot_bytes() -> bytes:
+    """The daemon's boot id (statefile's rule: the kernel's file, else systemd's %b) as the
+    segment's 16 bytes; zeros when unknown (readers then skip the boot check)."""
+    text = statefile.boot_id()
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        return bytes(16)
+    return raw if len(raw) == 16 else bytes(16)
 
 
 def segment_mode(socket_mode: str) -> int:

@@ -2,7 +2,7 @@
 
 Every payload derives all its fields from one counter ``i`` (t_ref_ns = i, t_last_ns = 2i,
 stale_after_ns = 3i, void_after_ns = 4i, write_raw_ns = 5i, offset_ref = i·1e-9, freq = −i,
-source = "s<i>"), so a reader can tell a torn snapshot from a consistent one. Prints
+leap_raw_ns = 6i, source = "s<i>"), so a reader can tell a torn snapshot from a consistent one. Prints
 ``{"writes": N, "seconds": S}`` on exit. Used by tests/test_shm.py and benchmarks/bench_shm.py.
 """
 
@@ -22,7 +22,8 @@ def params(i: int) -> Params:
                   t_ref_ns=i, t_last_ns=2 * i, stale_after_ns=3 * i, void_after_ns=4 * i,
                   offset_ref=i * 1e-9, freq=-float(i), var_offset=0.0, var_freq=0.0,
                   systematic=0.0, confidence_k=3.0, max_drift=1e-6, unsync_bound=16.0,
-                  state=1, leap=0, flags=0, boot_id=bytes(16), source=f"s{i}")
+                  leap_raw_ns=6 * i, state=1, leap=0, leap_flags=0, flags=0,
+                  boot_id=bytes(16), source=f"s{i}")
 
 
 def main() -> None:

@@ -102,11 +102,11 @@ def test_reload_applies_live_keys_and_rejects_bad_config(workdir: Path) -> None:
         time.sleep(1.2)  # next publish
         assert c.status()["socket"] == d.socket  # still the one it listens on
         # the new connection cap is in force: 3 held, the 4th is busy
-        held = [Client(d.socket, use_shm=False) for _ in range(2)]  # socket connections
+        held = [Client(d.socket) for _ in range(2)]
         for h in held:
             h.now()
         with pytest.raises(RequestFailed, match="busy"):
-            Client(d.socket, use_shm=False).now()
+            Client(d.socket).now()
         for h in held:
             h.close()
         d.config.write_text("ntp: {servers: 5}\n")

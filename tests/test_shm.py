@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,100 +18,141 @@ from support import PYTHONPATH, REPO, cli, daemon_process, kill_pid, wait_for
 
 from chronotick_client import Client
 from chronotick_client import shm as layout
-from chronotick_client.shm import ShmReader, ShmUnavailable, compute
+from chronotick_client.shm import ShmReader, ShmUnavailable, as_now_result, compute
 from chronotickd import shm
 from chronotickd.core.engine import Engine, EngineConfig
+from chronotickd.core.estimator import LineFit
+from chronotickd.core.leap import Leap
 from chronotickd.core.measurement import Measurement
+from chronotickd.core.state import ClockState
+from chronotickd.core.timebase import ClockReading
+from chronotickd.wire import values_to_wire
 
 GCC = shutil.which("gcc")
-EPOCH = 1_700_000_000 * 10**9
+EPOCH_S = 1_700_000_000  # whole seconds: θ = reference − (raw + epoch)
+EPOCH = EPOCH_S * 10**9
 BOOT = b"b" * 16
 
 
-def engine_state(now: float, offset: float = 0.001, freq: float = 2e-6, n: int = 20):
-    """A synced engine state on the (pre-TIME-BASE) REALTIME axis."""
-    e = Engine(EngineConfig())
+def engine_state(raw_now: float, delta: float = 0.0, offset: float = 0.001, freq: float = 2e-6,
+                 n: int = 20, leaps: tuple[Leap, ...] = ()) -> ClockState:
+    """A synchronized engine state on the time base: θ(raw) = offset + freq·(raw − raw_now),
+    measured once a second up to ``raw_now``; REALTIME is δ = ``delta`` s off raw + epoch."""
+    e = Engine(EngineConfig(), epoch=float(EPOCH_S))
     for i in range(n):
-        t = now - n + i
-        e.add(Measurement(t, offset + freq * (t - now), 1e-4, 5e-5, "srv", "ntp"))
-    return e.snapshot(now)
+        t = raw_now - n + 1 + i
+        e.add(Measurement(t, offset + freq * (t - raw_now), 1e-4, 5e-5, "srv", "ntp"))
+    st = e.snapshot(ClockReading(raw_now, raw_now + EPOCH_S + delta, 0.0))
+    return replace(st, leaps=leaps) if leaps else st
 
 
-def reading(real_ns: int, raw_ns: int, width_ns: int = 0) -> shm.ClockReading:
-    return shm.ClockReading(real_ns, raw_ns, width_ns, raw_ns)
+def reading(real_ns: int, raw_ns: int, width_ns: int = 0) -> shm.WriteReading:
+    return shm.WriteReading(real_ns, raw_ns, width_ns, raw_ns)
+
+
+def socket_answer(st: ClockState, real: int, raw: int, width: int = 0) -> dict:
+    """What the daemon's socket serves for a query that read these clocks."""
+    return values_to_wire(real, *st.answer_ns(raw, real, width))
+
+
+def shm_answer(p: layout.Params, real: int, raw: int, width: int = 0,
+               boot: bytes = BOOT) -> dict:
+    return as_now_result(real, compute(p, real, raw, width, boot))
 
 
 # -- the adapter and the reader's arithmetic ------------------------------------------------
 def test_segment_reproduces_the_daemons_answer() -> None:
-    """Written at one reading and read back later, the segment gives ClockState.answer."""
+    """Written at one reading and read back later, with REALTIME slewed in between, the
+    segment gives what ClockState.answer_ns (the socket) gives, to the nanosecond."""
     raw_w = 5_000 * 10**9
-    real_w = EPOCH + raw_w + 123_456_789  # δ = 0.123 s
-    st = engine_state(real_w / 1e9)
-    p = shm.segment_params(st, reading(real_w, raw_w), EPOCH, 0.0, 0, BOOT)
-    for later in (0, 10**9, 4 * 10**9):  # within 5 write intervals (then: freerunning)
-        got = compute(p, real_w + later, raw_w + later, 0, BOOT)
-        want = st.answer((real_w + later) / 1e9)
-        assert got[0] == pytest.approx(want[0], abs=2e-9)
-        assert got[1] == pytest.approx(want[1], rel=1e-9)
-        assert (got[2], got[3]) == (str(want[2]), want[3])
-        assert got[4] == pytest.approx(want[4], abs=1e-6)
-
-
-def test_kernel_rate_is_folded_into_the_raw_axis() -> None:
-    """REALTIME running 50 ppm fast against RAW: the RAW-axis fit still predicts the same
-    offset vs REALTIME as the REALTIME-axis fit, at the write and 10 s later."""
-    rate = 50e-6
-    raw_w = 9_000 * 10**9
-    real_w = EPOCH + raw_w
-    st = engine_state(real_w / 1e9)
-    p = shm.segment_params(st, reading(real_w, raw_w), EPOCH, rate, 0, BOOT)
-    for later_raw in (0, 10 * 10**9):
-        real = real_w + round(later_raw * (1 + rate))
-        got = compute(p, real, raw_w + later_raw, 0, BOOT)
-        assert got[0] == pytest.approx(st.answer(real / 1e9)[0], abs=5e-9)
+    delta_w = 123_456_789  # δ = REALTIME − RAW − epoch = 0.123 s at the write
+    real_w = EPOCH + raw_w + delta_w
+    st = engine_state(raw_w / 1e9, delta_w / 1e9)
+    p = shm.segment_params(st, reading(real_w, raw_w), BOOT)
+    assert (p.epoch_ns, p.write_raw_ns, p.write_delta_ns) == (EPOCH, raw_w, delta_w)
+    for later, slew in ((0, 0), (10**9, 300), (4 * 10**9, -250_000), (3 * 10**9 + 7, 11)):
+        real, raw = real_w + later + slew, raw_w + later
+        got, want = shm_answer(p, real, raw, 40), socket_answer(st, real, raw, 40)
+        assert set(got) == set(want)
+        assert (got["status"], got["source"]) == (want["status"], want["source"])
+        assert got["status"] == "synchronized"
+        for key in ("corrected_time_ns", "offset_ns"):
+            assert abs(got[key] - want[key]) <= 2, (key, got, want)
+        for key in ("as_of_ns", "void_after_ns"):  # the socket's are float seconds (±240 ns)
+            assert abs(got[key] - want[key]) <= 1000, (key, got, want)
+        # the shm interval is never narrower than the socket's (float slack: ≤ 5 ns wider)
+        assert 0 <= want["earliest_ns"] - got["earliest_ns"] <= 5
+        assert 0 <= got["latest_ns"] - want["latest_ns"] <= 5
 
 
 def test_time_base_state_is_copied_onto_the_raw_axis() -> None:
-    """A ClockState of the TIME BASE engine (``epoch``, fit against MONOTONIC_RAW) is written
-    as is; the reader answers θ(raw) − δ, whatever REALTIME did."""
-    from types import SimpleNamespace
-
-    from chronotickd.core.estimator import LineFit
-
+    """The fit on MONOTONIC_RAW is written as is; the reader answers θ(raw) − δ with its own
+    δ, whatever REALTIME did since (here a 100 ns slew)."""
     raw_w = 7_000 * 10**9
     fit = LineFit(t_ref=6_990.0, offset_ref=0.002, freq=1e-6, var_offset=1e-12, var_freq=1e-16,
                   sigma=1e-6, systematic=4e-5, n=16, t_first=6_900.0, t_last=6_999.5)
-    state = SimpleNamespace(fit=fit, epoch=EPOCH // 10**9, confidence_k=3.0, max_drift=1e-6,
-                            unsync_bound=16.0, stale_after=64.0, void_after_s=3600.0,
-                            restored=False, source="srv")
+    state = ClockState(created=7_000.0, fit=fit, source="srv", confidence_k=3.0,
+                       max_drift=1e-6, stale_after=64.0, void_after_s=3600.0,
+                       unsync_bound=16.0, epoch=float(EPOCH_S))
     real_w = EPOCH + raw_w + 40_000_000  # δ = 40 ms at the write
-    p = shm.segment_params(state, reading(real_w, raw_w), 0, 0.0, 0, BOOT)
+    p = shm.segment_params(state, reading(real_w, raw_w), BOOT)
     assert (p.epoch_ns, p.t_ref_ns, p.t_last_ns) == (EPOCH, 6_990 * 10**9, 6_999_500_000_000)
     raw = raw_w + 10**9
-    real = EPOCH + raw + 40_000_100  # REALTIME slewed by 100 ns since
-    off, bound, status, source, as_of, _ = compute(p, real, raw, 0, BOOT)
-    assert off == pytest.approx(0.002 + 1e-6 * 11.0 - 0.0400001, abs=1e-12)
-    assert status == "synchronized" and source == "srv"
-    assert bound == pytest.approx(4e-5 + 3.0 * (1e-12 + 1e-16 * 121.0) ** 0.5 + 1e-6 * 1.5)
-    assert as_of == pytest.approx((EPOCH + 6_999_500_000_000 + 40_000_100) / 1e9)
+    real = EPOCH + raw + 40_000_100
+    got = shm_answer(p, real, raw)
+    assert got["offset_ns"] == round((0.002 + 1e-6 * 11.0 - 0.0400001) * 1e9)
+    assert got["status"] == "synchronized" and got["source"] == "srv"
+    bound = 4e-5 + 3.0 * (1e-12 + 1e-16 * 121.0) ** 0.5 + 1e-6 * 1.5
+    assert got["bound_ns"] == pytest.approx(bound * 1e9, abs=4)
+    assert got["as_of_ns"] == EPOCH + 6_999_500_000_000 + 40_000_100
+
+
+def test_pending_leap_second_is_applied_like_the_engine() -> None:
+    """An announced, unconfirmed inserted second 2 s after the write: before it the answers
+    agree with the socket; after it both cover UTC with and without the leap (±0.5 s)."""
+    raw_w = 8_000 * 10**9
+    real_w = EPOCH + raw_w
+    lp = Leap(raw=8_002.0, utc=1_700_008_002.0, seconds=1)
+    st = engine_state(raw_w / 1e9, leaps=(lp,))
+    p = shm.segment_params(st, reading(real_w, raw_w), BOOT)
+    assert (p.leap, p.leap_raw_ns, p.leap_flags) == (layout.LEAP_INSERT, 8_002 * 10**9, 0)
+    for later in (10**9, 3 * 10**9):
+        got = shm_answer(p, real_w + later, raw_w + later)
+        want = socket_answer(st, real_w + later, raw_w + later)
+        assert abs(got["offset_ns"] - want["offset_ns"]) <= 2
+        assert got["earliest_ns"] <= want["earliest_ns"] and got["latest_ns"] >= want["latest_ns"]
+    assert shm_answer(p, real_w + 3 * 10**9, raw_w + 3 * 10**9)["bound_ns"] > 5 * 10**8
+    # settled (confirmed, in the past): folded into the constants, no slot used
+    done = replace(lp, raw=7_990.0, confirmed=True)
+    st2 = engine_state(raw_w / 1e9, leaps=(done,))
+    p2 = shm.segment_params(st2, reading(real_w, raw_w), BOOT)
+    assert p2.leap == layout.LEAP_NONE
+    got, want = shm_answer(p2, real_w + 10**9, raw_w + 10**9), socket_answer(
+        st2, real_w + 10**9, raw_w + 10**9)
+    assert abs(got["offset_ns"] - want["offset_ns"]) <= 2
+    assert abs(got["offset_ns"] - shm_answer(p, real_w + 10**9, raw_w + 10**9)["offset_ns"]
+               + 10**9) <= 2
+    # two pending leaps do not fit the one slot: readers are sent to the socket
+    two = engine_state(raw_w / 1e9, leaps=(lp, replace(lp, raw=8_003.0, seconds=-1)))
+    p3 = shm.segment_params(two, reading(real_w, raw_w), BOOT)
+    with pytest.raises(ShmUnavailable, match="socket"):
+        compute(p3, real_w, raw_w, 0, BOOT)
 
 
 def test_unsynchronized_and_void_states() -> None:
     raw_w = 10**12
     real_w = EPOCH + raw_w
-    st = Engine(EngineConfig()).snapshot(real_w / 1e9, 16.0)
-    p = shm.segment_params(st, reading(real_w, raw_w), EPOCH, 0.0, 0, BOOT)
-    off, bound, status, source, as_of, _ = compute(p, real_w, raw_w, 0, BOOT)
-    assert (off, bound, status, source, as_of) == (0.0, 16.0, "unsynchronized", "system", 0.0)
-    synced = engine_state(real_w / 1e9)
-    p = shm.segment_params(synced, reading(real_w, raw_w), EPOCH, 0.0, 0, BOOT)
+    st = Engine(EngineConfig(), epoch=float(EPOCH_S)).snapshot(
+        ClockReading(raw_w / 1e9, real_w / 1e9), 16.0)
+    p = shm.segment_params(st, reading(real_w, raw_w), BOOT)
+    got = shm_answer(p, real_w, raw_w)
+    assert (got["offset_ns"], got["status"], got["source"], got["as_of_ns"]) == (
+        0, "unsynchronized", "system", 0)
+    assert 16 * 10**9 <= got["bound_ns"] <= 16 * 10**9 + 2
+    synced = engine_state(raw_w / 1e9)
+    p = shm.segment_params(synced, reading(real_w, raw_w), BOOT)
     late = 3601 * 10**9  # past void_after (3600 s after the last measurement)
-    assert compute(p, real_w + late, raw_w + late, 0, BOOT)[2] == "unsynchronized"
-
-
-def _truth_covered(p: layout.Params, truth_offset_at, real: int, raw: int) -> bool:
-    off, bound, *_ = compute(p, real, raw, 0, BOOT)
-    return abs(off - truth_offset_at(real)) <= bound
+    assert shm_answer(p, real_w + late, raw_w + late)["status"] == "unsynchronized"
 
 
 def test_realtime_step_between_updates_never_gives_a_wrong_narrow_bound() -> None:
@@ -118,19 +160,22 @@ def test_realtime_step_between_updates_never_gives_a_wrong_narrow_bound() -> Non
     daemon writes. Either the answer still covers the truth, or the reader refuses."""
     raw_w = 20_000 * 10**9
     real_w = EPOCH + raw_w
-    st = engine_state(real_w / 1e9, offset=0.001, freq=0.0)
-    p = shm.segment_params(st, reading(real_w, raw_w), EPOCH, 0.0, 0, BOOT)
+    st = engine_state(raw_w / 1e9, offset=0.001, freq=0.0)
+    p = shm.segment_params(st, reading(real_w, raw_w), BOOT)
     ref = lambda raw: EPOCH + raw + 1_000_000  # noqa: E731 - truth: reference = RAW + 1 ms
-    # no step: covered
-    assert _truth_covered(p, lambda real: (ref(raw_w + 10**8) - real) / 1e9,
-                          real_w + 10**8, raw_w + 10**8)
-    # REALTIME stepped +0.5 s (settimeofday) 0.2 s after the write: refused (could be a sleep)
+
+    def covered(real: int, raw: int) -> bool:
+        a = shm_answer(p, real, raw)
+        return a["earliest_ns"] <= ref(raw) <= a["latest_ns"]
+
+    assert covered(real_w + 10**8, raw_w + 10**8)
+    # REALTIME stepped +0.5 ms: still within what a slew explains, answered correctly
+    assert covered(real_w + 10**8 + 500_000, raw_w + 10**8)
+    # stepped ±0.5 s (settimeofday) 0.2 s after the write: refused (could be a sleep)
     raw = raw_w + 2 * 10**8
-    with pytest.raises(ShmUnavailable, match="stepped"):
-        compute(p, real_w + 2 * 10**8 + 5 * 10**8, raw, 0, BOOT)
-    # a step back: refused too
-    with pytest.raises(ShmUnavailable, match="stepped"):
-        compute(p, real_w + 2 * 10**8 - 5 * 10**8, raw, 0, BOOT)
+    for jump in (5 * 10**8, -5 * 10**8):
+        with pytest.raises(ShmUnavailable, match="stepped"):
+            compute(p, real_w + 2 * 10**8 + jump, raw, 0, BOOT)
     # suspend: RAW stood still for 30 s while real time (and REALTIME) went on
     with pytest.raises(ShmUnavailable):
         compute(p, real_w + 30 * 10**9, raw_w + 10**6, 0, BOOT)
@@ -138,22 +183,22 @@ def test_realtime_step_between_updates_never_gives_a_wrong_narrow_bound() -> Non
     # the offset follows REALTIME because the fit lives on RAW
     raw = raw_w + 5 * 10**8
     real = real_w + 5 * 10**8 + 250_000
-    off, bound, status, *_ = compute(p, real, raw, 0, BOOT)
-    assert status == "synchronized"
-    assert abs(off - (ref(raw) - real) / 1e9) <= bound
-    assert off == pytest.approx(0.001 - 250e-6, abs=1e-7)
+    a = shm_answer(p, real, raw)
+    assert a["status"] == "synchronized" and covered(real, raw)
+    assert abs(a["offset_ns"] - (1_000_000 - 250_000)) <= 100
 
 
 def test_stale_closed_and_foreign_segments() -> None:
     raw_w = 30_000 * 10**9
     real_w = EPOCH + raw_w
-    st = engine_state(real_w / 1e9)
-    p = shm.segment_params(st, reading(real_w, raw_w), EPOCH, 0.0, 0, BOOT)
+    st = engine_state(raw_w / 1e9)
+    p = shm.segment_params(st, reading(real_w, raw_w), BOOT)
     # the daemon stopped rewriting (killed): never synchronized past 5 write intervals
     later = 6 * 10**9
-    assert compute(p, real_w + later, raw_w + later, 0, BOOT)[2] == "freerunning"
+    assert shm_answer(p, real_w + later, raw_w + later)["status"] == "freerunning"
     with pytest.raises(ShmUnavailable, match="another boot"):
         compute(p, real_w, raw_w, 0, b"x" * 16)
+    assert compute(p, real_w, raw_w, 0, bytes(16))[3] == "synchronized"  # own boot unknown
     with pytest.raises(ShmUnavailable, match="closed"):
         compute(p._replace(flags=layout.FLAG_CLOSED), real_w, raw_w, 0, BOOT)
     with pytest.raises(ShmUnavailable, match="future"):
@@ -163,20 +208,19 @@ def test_stale_closed_and_foreign_segments() -> None:
 def test_writer_reader_round_trip_and_layout(tmp_path: Path) -> None:
     path = str(tmp_path / "shm0")
     seg = shm.ChronoTickSegment(path, 0o640)
-    st = engine_state(time.time())
     r = shm.read_clocks()
-    p = shm.segment_params(st, r, (r.real_ns - r.raw_ns) // 10**9 * 10**9, 0.0, 1,
-                           layout.boot_id())
+    st = engine_state(r.raw_ns / 1e9, (r.real_ns - r.raw_ns - EPOCH) / 1e9)
+    p = shm.segment_params(st, r, layout.boot_id())
     seg.write(p)
     assert os.stat(path).st_mode & 0o777 == 0o640
     raw = Path(path).read_bytes()
     assert len(raw) == 256
     magic, version, _, size, _, gen = struct.unpack_from("=IHHIIQ", raw)
-    assert (magic, version, size, gen) == (0x4B544843, 1, 256, 2) and raw[:4] == b"CHTK"
+    assert (magic, version, size, gen) == (0x4B544843, 2, 256, 2) and raw[:4] == b"CHTK"
     with ShmReader(path) as reader:
         assert reader.snapshot() == p
         ans = reader.now()
-        assert ans["status"] == "synchronized" and ans["source"] == "ntp"
+        assert ans["status"] == "synchronized" and ans["source"] == st.source
         assert set(ans) == _socket_fields()
         seg.close(p)  # the daemon stops: readers are sent to the socket
         with pytest.raises(ShmUnavailable, match="closed"):
@@ -185,6 +229,39 @@ def test_writer_reader_round_trip_and_layout(tmp_path: Path) -> None:
     again.write(p)
     assert struct.unpack_from("=Q", Path(path).read_bytes(), 16)[0] == 6
     again.close(None)
+
+
+def test_now_ns_is_now_without_the_dict(tmp_path: Path, monkeypatch) -> None:
+    """The inlined fast path ``now_ns`` gives exactly ``now()``'s interval and status for
+    the same clock reads: synchronized, freerunning, void, a pending leap (the general path)
+    and a step (both refuse)."""
+    path = str(tmp_path / "shm0")
+    seg = shm.ChronoTickSegment(path, 0o644)
+    raw_w = 9_000 * 10**9
+    real_w = EPOCH + raw_w + 5_000
+    reads: list[int] = []
+    monkeypatch.setattr(layout.time, "clock_gettime_ns", lambda _clock: reads.pop(0))
+    lp = Leap(raw=9_002.0, utc=1_700_009_002.0, seconds=1)
+    with ShmReader.__new__(ShmReader) as reader:
+        for leaps in ((), (lp,)):
+            p = shm.segment_params(engine_state(raw_w / 1e9, 5e-6, leaps=leaps),
+                                   reading(real_w, raw_w), layout.boot_id())
+            seg.write(p)
+            if not hasattr(reader, "_mm"):
+                reader.__init__(path)
+            for later, width in ((10**8, 30), (6 * 10**9, 0), (3601 * 10**9, 10), (10**9, 999)):
+                real, raw = real_w + later, raw_w + later
+                reads[:] = [real, raw, real + width] * 2
+                a = reader.now()
+                c, lo, hi, status = reader.now_ns()
+                assert (c, lo, hi, status) == (a["corrected_time_ns"], a["earliest_ns"],
+                                               a["latest_ns"], a["status"])
+            reads[:] = [real_w + 10**8 + 10**7, raw_w + 10**8, real_w + 10**8 + 10**7] * 2
+            with pytest.raises(ShmUnavailable, match="stepped"):
+                reader.now()
+            with pytest.raises(ShmUnavailable, match="stepped"):
+                reader.now_ns()
+    seg.close(None)
 
 
 def _socket_fields() -> set[str]:

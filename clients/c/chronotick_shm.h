@@ -1,4 +1,4 @@
-/* chronotick_shm.h: header-only reader of chronotickd's shared-memory segment (layout v1).
+/* chronotick_shm.h: header-only reader of chronotickd's shared-memory segment (layout v2).
  *
  * Corrected time with an error bound at about the cost of reading the clock: the daemon
  * publishes its fit of the reference against CLOCK_MONOTONIC_RAW (see docs/protocol.md,
@@ -39,16 +39,24 @@
 #include <unistd.h>
 
 #define CT_SHM_MAGIC 0x4B544843u /* "CHTK" */
-#define CT_SHM_VERSION 1
+#define CT_SHM_VERSION 2
 #define CT_SHM_SIZE 256
 #define CT_SHM_DEFAULT "/run/chronotick/shm0"
 #define CT_SHM_PAYLOAD 24
-#define CT_SHM_CHECKSUMMED 216 /* payload bytes covered by the CRC (offsets 24..239) */
+#define CT_SHM_CHECKSUMMED 192 /* payload bytes covered by the CRC (offsets 24..215) */
 
 #define CT_STATE_NONE 0
 #define CT_STATE_TRACKING 1
 #define CT_STATE_RESTORED 2
 #define CT_FLAG_CLOSED 1
+#define CT_FLAG_SOCKET 2 /* the state cannot be expressed here now: ask the socket */
+#define CT_LEAP_NONE 0
+#define CT_LEAP_INSERT 1
+#define CT_LEAP_DELETE 2
+#define CT_LEAP_CONFIRMED 1
+#define CT_LEAP_SMEAR_DOUBT 2
+#define CT_SMEAR_NS 86400000000000LL
+#define CT_FLOAT_SLACK_NS 2.0
 
 #define CT_MAX_SLEW_RATE 1e-3
 #define CT_STEP_TOLERANCE_NS 1000000LL
@@ -63,15 +71,15 @@ struct ct_shm_params {
     int64_t t_ref_ns, t_last_ns, stale_after_ns, void_after_ns; /* CLOCK_MONOTONIC_RAW */
     double offset_ref, freq, var_offset, var_freq, systematic, confidence_k, max_drift;
     double unsync_bound;
-    uint8_t state, leap;
-    uint16_t flags;
-    uint32_t reserved0;
+    int64_t leap_raw_ns;       /* the pending leap second's RAW instant (leap != 0) */
+    uint8_t state, leap, leap_flags, reserved0;
+    uint16_t flags, reserved1;
     uint8_t boot_id[16];
-    char source[64];
-    uint32_t checksum, reserved1;
-    int64_t reserved2;
+    char source[32];
+    uint32_t checksum;
+    uint8_t reserved2[36];
 };
-_Static_assert(sizeof(struct ct_shm_params) == CT_SHM_SIZE - CT_SHM_PAYLOAD, "layout v1");
+_Static_assert(sizeof(struct ct_shm_params) == CT_SHM_SIZE - CT_SHM_PAYLOAD, "layout v2");
 
 typedef struct {
     int64_t system_time_ns;    /* CLOCK_REALTIME the answer is for */
@@ -82,7 +90,7 @@ typedef struct {
     int64_t as_of_ns;          /* newest measurement behind the answer (REALTIME; 0: none) */
     int64_t void_after_ns;     /* past this the estimate is dropped (REALTIME; 0: none) */
     int status;                /* enum ct_status */
-    int leap;                  /* 1: leap second inserted at the end of the UTC day, 2: deleted */
+    int leap;                  /* pending leap second: 1 inserted, 2 deleted (0: none) */
     const char *source;
 } ct_time;
 
@@ -91,7 +99,8 @@ typedef struct {
     uint64_t gen; /* generation of `p` (0: none yet) */
     struct ct_shm_params p;
     uint8_t boot_id[16];
-    char source[64];
+    char source[32];
+    int check_boot; /* 0: our boot id is unknown, not checked */
     const char *why; /* why the last call failed (static text) */
 } ct_shm_reader;
 
@@ -192,17 +201,38 @@ static inline int ct_shm_open(ct_shm_reader *r, const char *path) {
     if (magic != CT_SHM_MAGIC || version != CT_SHM_VERSION || size != CT_SHM_SIZE) {
         munmap(m, CT_SHM_SIZE);
         r->seg = NULL;
-        r->why = "not a ChronoTick v1 segment (magic, version or size)";
+        r->why = "not a ChronoTick v2 segment (magic, version or size)";
         errno = EPROTO;
         return -1;
     }
     ct__boot_id(r->boot_id);
+    for (int i = 0; i < 16; i++) r->check_boot |= r->boot_id[i];
     return 0;
 }
 
 static inline void ct_shm_close(ct_shm_reader *r) {
     if (r->seg) munmap((void *)r->seg, CT_SHM_SIZE);
     r->seg = NULL;
+}
+
+/* The pending leap's (shift, extra bound) in ns at raw: chronotickd/core/leap.py's rule. */
+static inline void ct__leap(const struct ct_shm_params *p, int64_t raw, double *shift,
+                            double *extra) {
+    double s = p->leap == CT_LEAP_DELETE ? -1e9 : 1e9;
+    double step = raw >= p->leap_raw_ns ? -s : 0.0, lo = step, hi = step;
+    if (!(p->leap_flags & CT_LEAP_CONFIRMED) && raw >= p->leap_raw_ns) {
+        lo = lo < 0.0 ? lo : 0.0;
+        hi = hi > 0.0 ? hi : 0.0;
+    }
+    if (p->leap_flags & CT_LEAP_SMEAR_DOUBT) {
+        double frac = (double)(raw - (p->leap_raw_ns - CT_SMEAR_NS / 2)) / (double)CT_SMEAR_NS;
+        frac = frac < 0.0 ? 0.0 : frac > 1.0 ? 1.0 : frac;
+        double sm = -s * frac;
+        lo = sm < lo ? sm : lo;
+        hi = sm > hi ? sm : hi;
+    }
+    *shift = (lo + hi) / 2;
+    *extra = (hi - lo) / 2;
 }
 
 /* Corrected time now. 0: *out filled (check out->status); -1: the segment cannot answer
@@ -213,37 +243,56 @@ static inline int ct_shm_now(ct_shm_reader *r, ct_time *out) {
     int64_t real1 = ct__clock(CLOCK_REALTIME);
     int64_t raw = ct__clock(CLOCK_MONOTONIC_RAW);
     int64_t real2 = ct__clock(CLOCK_REALTIME);
-    if (real2 - real1 > CT_WIDE_READ_NS) { /* preempted between the reads: once more */
+    if (real2 - real1 > CT_WIDE_READ_NS || real2 < real1) { /* preempted or stepped: again */
         int64_t r1 = ct__clock(CLOCK_REALTIME), rw = ct__clock(CLOCK_MONOTONIC_RAW);
         int64_t r2 = ct__clock(CLOCK_REALTIME);
-        if (r2 - r1 < real2 - real1) { real1 = r1; raw = rw; real2 = r2; }
+        if (r2 >= r1 && (r2 - r1 < real2 - real1 || real2 < real1)) { real1 = r1; raw = rw; real2 = r2; }
+        if (real2 < real1) { r->why = "CLOCK_REALTIME stepped while reading it"; return -1; }
     }
     int64_t width = real2 - real1, real = real1 + width / 2;
     if (p->flags & CT_FLAG_CLOSED) { r->why = "the daemon stopped writing the segment"; return -1; }
-    if (memcmp(p->boot_id, r->boot_id, 16) != 0) { r->why = "segment from another boot"; return -1; }
+    if (p->flags & CT_FLAG_SOCKET) { r->why = "the daemon's state needs the socket now"; return -1; }
+    if (r->check_boot && memcmp(p->boot_id, (const uint8_t[16]){0}, 16) != 0 &&
+        memcmp(p->boot_id, r->boot_id, 16) != 0) {
+        r->why = "segment from another boot";
+        return -1;
+    }
     int64_t delta = real - raw - p->epoch_ns, since = raw - p->write_raw_ns;
     if (since < -1000000000LL) { r->why = "segment written in the future"; return -1; }
-    /* δ is known to ±width/2: a preemption between the reads widens it, never hides a step */
-    if ((double)llabs(delta - p->write_delta_ns) >
-        CT_STEP_TOLERANCE_NS + width / 2 + CT_MAX_SLEW_RATE * (double)llabs(since)) {
+    /* δ is known to ±width: a preemption between the reads widens it, never hides a step */
+    int64_t step = delta - p->write_delta_ns;
+    if ((step < 0 ? -step : step) > CT_STEP_TOLERANCE_NS + width + (since >> 10)) {
         r->why = "CLOCK_REALTIME stepped or the system slept since the last write";
         return -1;
     }
-    double half = (double)width * 0.5e-9, offset, bound;
     out->system_time_ns = real;
     out->leap = p->leap;
     if (p->state == CT_STATE_NONE || raw > p->void_after_ns) {
-        offset = 0.0;
-        bound = p->unsync_bound + half;
+        int64_t b = (int64_t)(p->unsync_bound * 1e9) + width / 2 + 1;
+        out->corrected_time_ns = real;
+        out->earliest_ns = real - b;
+        out->latest_ns = real + b;
         out->status = CT_UNSYNCHRONIZED;
         out->as_of_ns = out->void_after_ns = 0;
         out->source = "system";
     } else {
-        double dt = (double)(raw - p->t_ref_ns) * 1e-9;
-        int64_t age = raw - p->t_last_ns;
-        offset = p->offset_ref + p->freq * dt - (double)delta * 1e-9;
-        bound = p->systematic + p->confidence_k * sqrt(p->var_offset + p->var_freq * dt * dt)
-              + p->max_drift * (age > 0 ? (double)age * 1e-9 : 0.0) + half;
+        double k = p->confidence_k;
+        int64_t d = raw - p->t_ref_ns, age = raw - p->t_last_ns;
+        double dd = (double)d;
+        double th = p->offset_ref * 1e9 + p->freq * dd;
+        double b = p->systematic * 1e9 + CT_FLOAT_SLACK_NS
+                 + sqrt(k * k * (p->var_offset * 1e18 + p->var_freq * dd * dd))
+                 + (age > 0 ? p->max_drift * (double)age : 0.0) + (double)(width / 2);
+        if (p->leap != CT_LEAP_NONE) {
+            double shift, extra;
+            ct__leap(p, raw, &shift, &extra);
+            th += shift;
+            b += extra;
+        }
+        int64_t base = raw + p->epoch_ns; /* = real - delta: the reference is base + theta */
+        out->corrected_time_ns = base + llround(th);
+        out->earliest_ns = base + (int64_t)(th - b) - 1;
+        out->latest_ns = base + (int64_t)(th + b) + 1;
         out->status = (p->state == CT_STATE_RESTORED || raw > p->stale_after_ns ||
                        since > CT_STALE_WRITES * p->write_interval_ns)
                           ? CT_FREERUNNING : CT_SYNCHRONIZED;
@@ -251,11 +300,9 @@ static inline int ct_shm_now(ct_shm_reader *r, ct_time *out) {
         out->void_after_ns = p->void_after_ns + p->epoch_ns + delta;
         out->source = r->source;
     }
-    out->offset_ns = llround(offset * 1e9);
-    out->bound_ns = bound < 4.6e9 ? (int64_t)ceil(bound * 1e9) : (1LL << 62);
-    out->corrected_time_ns = real + out->offset_ns;
-    out->earliest_ns = out->corrected_time_ns - out->bound_ns;
-    out->latest_ns = out->corrected_time_ns + out->bound_ns;
+    out->offset_ns = out->corrected_time_ns - real;
+    int64_t lo = out->corrected_time_ns - out->earliest_ns, hi = out->latest_ns - out->corrected_time_ns;
+    out->bound_ns = lo > hi ? lo : hi;
     return 0;
 }
 

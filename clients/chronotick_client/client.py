@@ -49,16 +49,19 @@ class RequestFailed(RuntimeError):
 class Client:
     """One connection to chronotickd, opened lazily; thread-safe.
 
-    ``now()`` reads the daemon's shared-memory segment when one is usable (``shm0`` beside the
-    socket, or ``shm_path``) and asks the socket otherwise; ``use_shm=False`` always asks the
-    socket. A segment that cannot answer honestly (daemon stopped, clock stepped, another
-    boot) sends that call to the socket and is looked for again a few seconds later.
+    With ``use_shm=True`` (what chronotick-cli and chronotick-mcp pass), ``now()`` reads the
+    daemon's shared-memory segment when one is usable (``shm0`` beside the socket, or
+    ``shm_path``) and asks the socket otherwise. A segment that cannot answer honestly (daemon
+    stopped, clock stepped, another boot) sends that call to the socket and is looked for
+    again a few seconds later. The default is the socket alone: a library user opts in, and
+    a program whose clocks are not the daemon's (a test harness under the clock rig) never
+    reads a segment written against other clocks.
     """
 
     SHM_RETRY_S = 5.0
 
     def __init__(self, path: str | None = None, timeout: float = 2.0,
-                 shm_path: str | None = None, use_shm: bool = True) -> None:
+                 shm_path: str | None = None, use_shm: bool = False) -> None:
         self.path = path or default_socket_path()
         self.timeout = timeout
         self._sock: socket.socket | None = None

@@ -1,7 +1,7 @@
 """Read chronotickd's shared-memory segment: corrected time at about the cost of a clock read.
 
 Standard library only. The daemon rewrites a small segment (default ``/run/chronotick/shm0``,
-layout v1 in docs/protocol.md) at least once a second; ``ShmReader.now()`` maps it once,
+layout v2 in docs/protocol.md) at least once a second; ``ShmReader.now()`` maps it once,
 then each call reads three clocks (REALTIME, MONOTONIC_RAW, REALTIME) and does arithmetic on
 the daemon's published fit — no socket, no syscall besides the clock reads (vDSO). It returns
 the same fields as the socket's ``now``.
@@ -10,7 +10,9 @@ Why the reader can do this alone: the daemon models the reference against CLOCK_
 which nobody steers: ``θ(raw) = offset_ref + freq · (raw − t_ref)`` with
 ``reference = raw + epoch + θ(raw)``. Any step or slew of CLOCK_REALTIME only changes
 ``δ = REALTIME − RAW − epoch``, which the reader measures itself, so
-``offset vs system = θ(raw) − δ``. The one thing that can make ``θ`` wrong without the daemon
+``offset vs system = θ(raw) − δ``, and ``corrected = raw + epoch + θ(raw)`` needs no REALTIME
+at all. A pending leap second travels in the segment and is applied exactly as the engine
+does (chronotickd/core/leap.py). The one thing that can make ``θ`` wrong without the daemon
 having said so is a suspend (RAW stops, real time goes on): it shows as δ jumping by more
 than any slew could since the write, and then the reader refuses to answer
 (``ShmUnavailable``; callers fall back to the socket) instead of serving a wrong narrow bound.
@@ -29,14 +31,14 @@ import mmap
 import os
 import struct
 import time
-import uuid
 import zlib
+from math import sqrt
 from typing import Any, NamedTuple
 
-from chronotick_client.protocol import default_socket_path, now_result
+from chronotick_client.protocol import default_socket_path
 
 MAGIC = 0x4B544843  # bytes "CHTK" in little-endian order
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # v1 (branch shm, never released) had no leap slot
 SEGMENT_SIZE = 256
 DEFAULT_SHM = "/run/chronotick/shm0"
 SHM_ENV = "CHRONOTICK_SHM"
@@ -49,24 +51,34 @@ HEADER = struct.Struct("=IHHIIQ")  # magic, version, reserved, size, reserved, g
 GEN = struct.Struct("Q")
 GEN_OFFSET = 16
 PAYLOAD_OFFSET = 24
-CHECKSUM_OFFSET = 240
+CHECKSUM_OFFSET = 216
 # epoch, write_raw, write_delta, write_interval, t_ref, t_last, stale_after, void_after (ns);
 # offset_ref, freq, var_offset, var_freq, systematic, k, max_drift, unsync_bound (float);
-# state, leap, flags, reserved, boot_id, source, checksum, reserved, reserved
-PAYLOAD = struct.Struct("=8q8dBBHI16s64sIIq")
+# leap_raw (ns); state, leap, leap_flags, reserved; flags, reserved; boot_id, source;
+# checksum; reserved
+PAYLOAD = struct.Struct("=8q8dqBBBBHH16s32sI36x")
 assert PAYLOAD_OFFSET + PAYLOAD.size == SEGMENT_SIZE
+assert PAYLOAD_OFFSET + PAYLOAD.size - 40 == CHECKSUM_OFFSET
 
 STATE_NONE = 0  # no usable estimate: unsynchronized, bound = unsync_bound
 STATE_TRACKING = 1  # a fit; status from its age (stale_after, void_after)
 STATE_RESTORED = 2  # a fit restored from disk: freerunning until fresh samples confirm it
 FLAG_CLOSED = 1  # the daemon stopped; readers fall back to the socket
+FLAG_SOCKET = 2  # the state cannot be expressed in the segment (e.g. two pending leaps)
+LEAP_NONE, LEAP_INSERT, LEAP_DELETE = 0, 1, 2  # the pending leap (NTP's leap indicator)
+LEAP_CONFIRMED = 1  # leap_flags: a measurement after the leap showed the reference applied it
+LEAP_SMEAR_DOUBT = 2  # references disagree: a 24 h smear is as plausible as the step
+SMEAR_NS = 86_400 * 10**9
 
 # REALTIME may run against RAW at the kernel's frequency adjustment (±500 ppm) plus an offset
 # slew (500 ppm); a δ change beyond that since the write, plus 1 ms, is a step or a suspend.
+# The reader tests ``since >> 10`` (977 ppm): a little stricter, never looser.
 MAX_SLEW_RATE = 1e-3
 STEP_TOLERANCE_NS = 1_000_000
 WIDE_READ_NS = 50_000  # a (real, raw, real) spread beyond this was preempted: read again
 STALE_WRITES = 5  # write intervals without a rewrite: the daemon is not watching any more
+# the arithmetic is done in float ns: add this much to every bound so rounding never narrows
+FLOAT_SLACK_NS = 2.0
 
 REALTIME, RAW = time.CLOCK_REALTIME, time.CLOCK_MONOTONIC_RAW
 SYNCHRONIZED, FREERUNNING, UNSYNCHRONIZED = "synchronized", "freerunning", "unsynchronized"
@@ -99,8 +111,10 @@ class Params(NamedTuple):
     confidence_k: float
     max_drift: float
     unsync_bound: float
+    leap_raw_ns: int
     state: int
     leap: int
+    leap_flags: int
     flags: int
     boot_id: bytes
     source: str
@@ -115,21 +129,28 @@ def default_shm_path(socket_path: str | None = None) -> str:
 
 
 def boot_id() -> bytes:
-    """This boot's id (16 bytes); the test rig may point ``$CHRONOTICK_BOOT_ID_FILE`` elsewhere."""
+    """This boot's id as 16 bytes (zeros: unknown). The kernel's ``boot_id`` file, which the
+    test rig may replace (``$CHRONOTICK_BOOT_ID_FILE``), else ``$CHRONOTICK_BOOT_ID`` (systemd's
+    ``%b``, what the daemon uses under the unit's sandbox); dashes or not, any case."""
     path = os.environ.get(BOOT_ID_ENV) or BOOT_ID_FILE
     try:
         with open(path) as f:
-            return uuid.UUID(f.read().strip()).bytes
-    except (OSError, ValueError):
+            text = f.read()
+    except OSError:
+        text = "" if os.environ.get(BOOT_ID_ENV) else os.environ.get("CHRONOTICK_BOOT_ID", "")
+    try:
+        raw = bytes.fromhex(text.strip().replace("-", ""))
+    except ValueError:
         return bytes(16)
+    return raw if len(raw) == 16 else bytes(16)
 
 
 def pack_payload(p: Params) -> bytes:
     """The payload bytes of ``p`` with its checksum (the daemon's writer uses this)."""
-    src = p.source.encode()[:63]
-    body = PAYLOAD.pack(*p[:19], 0, p.boot_id, src, 0, 0, 0)
-    crc = zlib.crc32(body[: CHECKSUM_OFFSET - PAYLOAD_OFFSET])
-    return body[: CHECKSUM_OFFSET - PAYLOAD_OFFSET] + struct.pack("=I", crc) + body[-12:]
+    src = p.source.encode()[:31]
+    body = PAYLOAD.pack(*p[:20], 0, p.flags, 0, p.boot_id, src, 0)
+    n = CHECKSUM_OFFSET - PAYLOAD_OFFSET
+    return body[:n] + struct.pack("=I", zlib.crc32(body[:n])) + body[n + 4:]
 
 
 def parse(seg: bytes) -> Params:
@@ -143,23 +164,44 @@ def parse(seg: bytes) -> Params:
         raise ValueError(f"not a ChronoTick v{LAYOUT_VERSION} segment (magic {magic:#x}, "
                          f"version {version}, size {size})")
     f = PAYLOAD.unpack_from(seg, PAYLOAD_OFFSET)
-    if zlib.crc32(seg[PAYLOAD_OFFSET:CHECKSUM_OFFSET]) != f[22]:
+    if zlib.crc32(seg[PAYLOAD_OFFSET:CHECKSUM_OFFSET]) != f[25]:
         raise _Torn("checksum mismatch (torn read)")
-    source = f[21].rstrip(b"\0").decode(errors="replace")
-    return Params(*f[:19], f[20], source)
+    source = f[24].rstrip(b"\0").decode(errors="replace")
+    return Params(*f[:20], f[21], f[23], source)
 
 
-# What ``prepare`` derives once per snapshot, so a read is one tuple unpack and arithmetic.
+def leap_correction(leap: int, leap_raw_ns: int, leap_flags: int, raw_ns: int
+                    ) -> tuple[float, float]:
+    """(shift, extra bound) in ns for the one pending leap, at ``raw_ns``: the same rule as
+    chronotickd/core/leap.py ``correction`` (an unconfirmed leap covers both UTC with and
+    without it; a smear doubt covers the 24 h smear too)."""
+    if leap == LEAP_NONE:
+        return 0.0, 0.0
+    seconds = -1e9 if leap == LEAP_DELETE else 1e9
+    step = -seconds if raw_ns >= leap_raw_ns else 0.0
+    lo = hi = step
+    if not leap_flags & LEAP_CONFIRMED and raw_ns >= leap_raw_ns:
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if leap_flags & LEAP_SMEAR_DOUBT:
+        frac = min(1.0, max(0.0, (raw_ns - (leap_raw_ns - SMEAR_NS // 2)) / SMEAR_NS))
+        lo, hi = min(lo, -seconds * frac), max(hi, -seconds * frac)
+    return (lo + hi) / 2, (hi - lo) / 2
+
+
+# What ``prepare`` derives once per snapshot, so that a read is one tuple unpack and a few
+# integer and float operations, all in ns.
 Prepared = tuple[Any, ...]
 
 
 def prepare(p: Params, own_boot: bytes | None = None) -> Prepared:
     """The snapshot in the shape the per-read arithmetic wants (checks that do not depend on
-    the clock reads are done here, once)."""
+    the clock reads are done here, once). ``own_boot`` None or zeros: not checked."""
     refuse = None
     if p.flags & FLAG_CLOSED:
         refuse = "the daemon stopped writing the segment (closed)"
-    elif own_boot is not None and p.boot_id != own_boot:
+    elif p.flags & FLAG_SOCKET:
+        refuse = "the daemon's state cannot be read from the segment now (ask the socket)"
+    elif own_boot and any(own_boot) and any(p.boot_id) and p.boot_id != own_boot:
         refuse = "segment written during another boot"
     # past ``sync_until`` (RAW) the answer is freerunning: stale measurements, a restored
     # estimate, or a daemon that stopped rewriting the segment
@@ -167,51 +209,88 @@ def prepare(p: Params, own_boot: bytes | None = None) -> Prepared:
     if p.state == STATE_RESTORED:
         sync_until = -(2**63)
     void_after = p.void_after_ns if p.state != STATE_NONE else -(2**63)
+    k = p.confidence_k
+    # bound(raw) = sys + sqrt(vo + vf·d²) + drift·max(0, raw − t_last) + width/2, all ns
     return (refuse, p.epoch_ns, p.write_raw_ns, p.write_delta_ns, p.t_ref_ns, p.t_last_ns,
-            sync_until, void_after, p.offset_ref, p.freq, p.var_offset, p.var_freq,
-            p.systematic, p.confidence_k, p.max_drift, p.unsync_bound, p.source)
+            sync_until, void_after, p.offset_ref * 1e9, p.freq,
+            k * k * p.var_offset * 1e18, k * k * p.var_freq,
+            p.systematic * 1e9 + FLOAT_SLACK_NS, p.max_drift, p.unsync_bound * 1e9,
+            p.source, p.leap, p.leap_raw_ns, p.leap_flags)
 
 
-def compute_prepared(f: Prepared, real_ns: int, raw_ns: int, width_ns: int
-                     ) -> tuple[float, float, str, str, float, float]:
-    """``compute`` on a ``prepare``d snapshot (the reader's hot path)."""
-    (refuse, epoch, write_raw, write_delta, t_ref, t_last, sync_until, void_after, offset_ref,
-     freq, var_offset, var_freq, systematic, k, max_drift, unsync_bound, source) = f
+def compute_ns(f: Prepared, real: int, raw: int, width: int
+               ) -> tuple[int, int, int, str, str, int, int]:
+    """``(corrected, earliest, latest, status, source, as_of, void_after)`` in integer ns
+    (as_of/void_after on today's REALTIME scale, 0 when unknown) for clocks read at
+    ``real``/``raw`` with a REALTIME spread of ``width``. The interval is rounded outward.
+
+    Raises ``ShmUnavailable`` when no honest answer exists: the daemon stopped, another boot,
+    or δ = REALTIME − RAW − epoch moved since the write by more than a slew can (a step, or a
+    suspend that stopped RAW).
+    """
+    (refuse, epoch, write_raw, write_delta, t_ref, t_last, sync_until, void_after, off0,
+     freq, vo, vf, sys_ns, drift, unsync, source, leap, leap_raw, leap_flags) = f
     if refuse is not None:
         raise ShmUnavailable(refuse)
-    delta = real_ns - raw_ns - epoch
-    since = raw_ns - write_raw
+    delta = real - raw - epoch
+    since = raw - write_raw
     if since < -1_000_000_000:
         raise ShmUnavailable("segment written in the future (another boot?)")
+    step = delta - write_delta
     # δ is known to ±width/2 (a preemption between the reads widens it, never hides a step)
-    if abs(delta - write_delta) > (STEP_TOLERANCE_NS + (width_ns >> 1)
-                                   + MAX_SLEW_RATE * abs(since)):
+    if (step if step >= 0 else -step) > STEP_TOLERANCE_NS + width + (since >> 10):
         raise ShmUnavailable("CLOCK_REALTIME stepped or the system slept since the last write")
-    half = width_ns * 0.5e-9
-    if raw_ns > void_after:
-        return 0.0, unsync_bound + half, UNSYNCHRONIZED, "system", 0.0, 0.0
-    dt = (raw_ns - t_ref) * 1e-9
-    age = raw_ns - t_last
-    bound = (systematic + k * math.sqrt(var_offset + var_freq * dt * dt)
-             + max_drift * (age * 1e-9 if age > 0 else 0.0) + half)
-    shift = epoch + delta  # RAW → REALTIME now
-    return (offset_ref + freq * dt - delta * 1e-9, bound,
-            SYNCHRONIZED if raw_ns <= sync_until else FREERUNNING, source,
-            (t_last + shift) * 1e-9, (void_after + shift) * 1e-9)
+    if raw > void_after:
+        b = int(unsync) + (width >> 1) + 1
+        return real, real - b, real + b, UNSYNCHRONIZED, "system", 0, 0
+    d = raw - t_ref
+    age = raw - t_last
+    th = off0 + freq * d
+    b = sys_ns + math.sqrt(vo + vf * d * d) + (drift * age if age > 0 else 0.0) + (width >> 1)
+    if leap:
+        shift, extra = leap_correction(leap, leap_raw, leap_flags, raw)
+        th += shift
+        b += extra
+    base = raw + epoch  # = real − δ: the reference is base + θ
+    shift_rt = epoch + delta
+    return (base + round(th), base + int(th - b) - 1, base + int(th + b) + 1,
+            SYNCHRONIZED if raw <= sync_until else FREERUNNING, source,
+            t_last + shift_rt, void_after + shift_rt)
 
 
 def compute(p: Params, real_ns: int, raw_ns: int, width_ns: int, own_boot: bytes | None = None
-            ) -> tuple[float, float, str, str, float, float]:
-    """``(offset, bound, status, source, as_of, void_after)`` like ``ClockState.answer``
-    (seconds; as_of/void_after as REALTIME) for clocks read at ``real_ns``/``raw_ns`` with a
-    REALTIME spread of ``width_ns``. Raises ``ShmUnavailable`` when no honest answer exists:
-    the daemon stopped, another boot, or δ = REALTIME − RAW − epoch moved since the write by
-    more than a slew can (a step, or a suspend that stopped RAW)."""
-    return compute_prepared(prepare(p, own_boot), real_ns, raw_ns, width_ns)
+            ) -> tuple[int, int, int, str, str, int, int]:
+    """``compute_ns`` on a parsed snapshot (tests and tools; the reader caches ``prepare``)."""
+    return compute_ns(prepare(p, own_boot), real_ns, raw_ns, width_ns)
+
+
+def as_now_result(system_time_ns: int, ans: tuple[int, int, int, str, str, int, int]
+                  ) -> dict[str, Any]:
+    """The socket's ``now`` result from a ``compute_ns`` answer (same keys, same meaning:
+    ``corrected ± bound_ns`` covers ``[earliest, latest]``)."""
+    corr, lo, hi, status, source, as_of, void = ans
+    return {
+        "corrected_time_ns": corr,
+        "system_time_ns": system_time_ns,
+        "offset_ns": corr - system_time_ns,
+        "bound_ns": max(corr - lo, hi - corr),
+        "earliest_ns": lo,
+        "latest_ns": hi,
+        "status": status,
+        "source": source,
+        "as_of_ns": as_of,
+        "age_ns": max(0, system_time_ns - as_of) if as_of else None,
+        "void_after_ns": void,
+    }
 
 
 class ShmReader:
-    """One mapping of the segment. Not thread-safe (keeps the last snapshot); one per thread."""
+    """One mapping of the segment; one reader per thread (it caches the last snapshot).
+
+    ``now()`` returns the socket's ``now`` dict; ``now_ns()`` the tuple ``(corrected_ns,
+    earliest_ns, latest_ns, status)`` for callers that stamp events and want the cheapest read.
+    Both raise ``ShmUnavailable`` when the segment cannot answer honestly (ask the socket).
+    """
 
     RETRIES = 100_000  # a daemon writes once a second; only a stress test comes near this
 
@@ -230,17 +309,25 @@ class ShmReader:
             self._mm = mmap.mmap(fd, SEGMENT_SIZE, mmap.MAP_SHARED, mmap.PROT_READ)
         finally:
             os.close(fd)
+        # the generation as a native aligned u64 through a memoryview: one 8-byte load per
+        # read, cheaper than struct.unpack_from
+        self._words = memoryview(self._mm).cast("Q")
         self._boot = boot_id()
-        # (generation, params, prepared): one attribute, so threads never see a mix
-        self._snap: tuple[int, Params, Prepared] | None = None
+        # (generation, params, prepared): one attribute, so a reader never sees a mix
+        self._snap: tuple[int, Params, Prepared] = (-1, None, None)  # type: ignore[assignment]
         try:
             self.snapshot()
         except ShmUnavailable:
-            self._mm.close()
+            self.close()
             raise
 
     def close(self) -> None:
-        self._mm.close()
+        words = getattr(self, "_words", None)
+        if words is not None:
+            words.release()
+            self._words = None  # type: ignore[assignment]
+        if not self._mm.closed:
+            self._mm.close()
 
     def __enter__(self) -> ShmReader:
         return self
@@ -249,20 +336,21 @@ class ShmReader:
         self.close()
 
     def snapshot(self) -> Params:
-        """The newest consistent payload (re-parsed only when the generation moved)."""
+        """The newest consistent payload (re-parsed only when the generation moved): read the
+        generation, copy, read it again; retry while odd or changed; then check the CRC."""
         mm = self._mm
-        gen = GEN.unpack_from(mm, GEN_OFFSET)[0]
+        words = self._words
+        gen = words[2]
         snap = self._snap
-        if snap is not None and snap[0] == gen:
+        if snap[0] == gen:
             return snap[1]
         problem = "segment never written"
-        read_gen = GEN.unpack_from
         for _ in range(self.RETRIES):
             if gen == 0:
                 break
             if not gen & 1:
                 seg = mm[:SEGMENT_SIZE]
-                after = read_gen(mm, GEN_OFFSET)[0]
+                after = words[2]
                 if after == gen:
                     try:
                         params = parse(seg)
@@ -277,55 +365,90 @@ class ShmReader:
                 gen = after
             else:
                 problem = "segment being written"
-                gen = read_gen(mm, GEN_OFFSET)[0]
-        if snap is not None:  # a writer mid-update: the last snapshot is still a promise
+                gen = words[2]
+        if snap[1] is not None:  # a writer mid-update: the last snapshot is still a promise
             return snap[1]
         raise ShmUnavailable(f"{self.path}: {problem}")
 
     def _prepared(self) -> Prepared:
         snap = self._snap
-        if snap is None or snap[0] != GEN.unpack_from(self._mm, GEN_OFFSET)[0]:
+        if snap[0] != self._words[2]:
             self.snapshot()
             snap = self._snap
-            assert snap is not None
         return snap[2]
 
-    def answer(self) -> tuple[int, tuple[float, float, str, str, float, float]]:
-        """``(system_time_ns, (offset, bound, status, source, as_of, void_after))``."""
-        f = self._prepared()
+    def _clocks(self) -> tuple[int, int, int]:
+        """(real, raw, width): REALTIME, MONOTONIC_RAW, REALTIME back to back (vDSO); once
+        more when preempted between the reads (a wide read gives a wide bound)."""
         cg = time.clock_gettime_ns
-        real1 = cg(REALTIME)
+        r1 = cg(REALTIME)
         raw = cg(RAW)
-        width = cg(REALTIME) - real1
-        if width > WIDE_READ_NS:  # preempted between the reads: once more for a tight bound
-            r1 = cg(REALTIME)
+        width = cg(REALTIME) - r1
+        if width > WIDE_READ_NS or width < 0:
+            a = cg(REALTIME)
             rw = cg(RAW)
-            w = cg(REALTIME) - r1
-            if w < width:
-                real1, raw, width = r1, rw, w
-        real = real1 + (width >> 1)
-        return real, compute_prepared(f, real, raw, width)
+            w = cg(REALTIME) - a
+            if 0 <= w < width or width < 0:
+                r1, raw, width = a, rw, w
+            if width < 0:  # REALTIME stepped back between both pairs of reads
+                raise ShmUnavailable("CLOCK_REALTIME stepped while reading it")
+        return r1 + (width >> 1), raw, width
+
+    def answer(self) -> tuple[int, tuple[int, int, int, str, str, int, int]]:
+        """``(system_time_ns, compute_ns(...))``: the general (not hot) path."""
+        f = self._prepared()
+        real, raw, width = self._clocks()
+        return real, compute_ns(f, real, raw, width)
 
     def now(self) -> dict[str, Any]:
-        """The socket's ``now`` result, from the segment alone (``answer`` without its call
-        overhead: this is the hot path)."""
+        """The socket's ``now`` result, from the segment alone (the hot path: inlined)."""
         snap = self._snap
-        if snap is None or snap[0] != GEN.unpack_from(self._mm, GEN_OFFSET)[0]:
+        if snap[0] != self._words[2]:
             self.snapshot()
             snap = self._snap
-            assert snap is not None
         cg = time.clock_gettime_ns
-        real1 = cg(REALTIME)
+        r1 = cg(REALTIME)
         raw = cg(RAW)
-        width = cg(REALTIME) - real1
-        if width > WIDE_READ_NS:  # preempted: ``answer`` reads the clocks again
-            return now_result(*self._flat(self.answer()))
-        real = real1 + (width >> 1)
-        return now_result(real, *compute_prepared(snap[2], real, raw, width))
+        width = cg(REALTIME) - r1
+        if width > WIDE_READ_NS or width < 0:
+            return as_now_result(*self.answer())
+        real = r1 + (width >> 1)
+        return as_now_result(real, compute_ns(snap[2], real, raw, width))
 
-    @staticmethod
-    def _flat(ans: tuple[int, tuple[float, float, str, str, float, float]]) -> tuple[Any, ...]:
-        return (ans[0], *ans[1])
+    def now_ns(self) -> tuple[int, int, int, str]:
+        """``(corrected_ns, earliest_ns, latest_ns, status)``: ``now()`` without the dict.
+
+        The arithmetic of ``compute_ns`` for the common case (no refusal pending, no leap
+        announced, inside the estimate's life) is inlined here; anything else goes through
+        ``compute_ns``. tests/test_shm.py checks the two agree."""
+        snap = self._snap
+        if snap[0] != self._words[2]:
+            self.snapshot()
+            snap = self._snap
+        cg = time.clock_gettime_ns
+        r1 = cg(REALTIME)
+        raw = cg(RAW)
+        width = cg(REALTIME) - r1
+        if width > WIDE_READ_NS or width < 0:  # preempted between the reads: read again
+            ans = self.answer()[1]
+            return ans[0], ans[1], ans[2], ans[3]
+        f = snap[2]
+        (refuse, epoch, write_raw, write_delta, t_ref, t_last, sync_until, void_after, off0,
+         freq, vo, vf, sys_ns, drift, _unsync, _source, leap, _lr, _lf) = f
+        real = r1 + (width >> 1)
+        since = raw - write_raw
+        step = real - raw - epoch - write_delta
+        if (refuse is not None or leap or raw > void_after or since < -1_000_000_000
+                or (step if step >= 0 else -step) > STEP_TOLERANCE_NS + width + (since >> 10)):
+            ans = compute_ns(f, real, raw, width)  # the general path (or its refusal)
+            return ans[0], ans[1], ans[2], ans[3]
+        d = raw - t_ref
+        age = raw - t_last
+        th = off0 + freq * d
+        b = sys_ns + sqrt(vo + vf * d * d) + (drift * age if age > 0 else 0.0) + (width >> 1)
+        base = raw + epoch
+        return (base + round(th), base + int(th - b) - 1, base + int(th + b) + 1,
+                SYNCHRONIZED if raw <= sync_until else FREERUNNING)
 
 
 def open_reader(path: str | None = None, socket_path: str | None = None) -> ShmReader | None:

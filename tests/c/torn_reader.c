@@ -20,7 +20,7 @@ int main(int argc, char **argv) {
         int64_t i = p->t_ref_ns;
         snprintf(want, sizeof want, "s%lld", (long long)i);
         if (p->t_last_ns != 2 * i || p->stale_after_ns != 3 * i || p->void_after_ns != 4 * i ||
-            p->write_raw_ns != 5 * i || p->offset_ref != (double)i * 1e-9 ||
+            p->write_raw_ns != 5 * i || p->leap_raw_ns != 6 * i || p->offset_ref != (double)i * 1e-9 ||
             p->freq != -(double)i || strcmp(r.source, want) != 0)
             torn++;
     }
