@@ -240,7 +240,7 @@ def test_now_ns_is_now_without_the_dict(tmp_path: Path, monkeypatch) -> None:
     raw_w = 9_000 * 10**9
     real_w = EPOCH + raw_w + 5_000
     reads: list[int] = []
-    monkeypatch.setattr(layout.time, "clock_gettime_ns", lambda _clock: reads.pop(0))
+    monkeypatch.setattr(layout, "_cg", lambda _clock: reads.pop(0))
     lp = Leap(raw=9_002.0, utc=1_700_009_002.0, seconds=1)
     with ShmReader.__new__(ShmReader) as reader:
         for leaps in ((), (lp,)):
@@ -256,6 +256,8 @@ def test_now_ns_is_now_without_the_dict(tmp_path: Path, monkeypatch) -> None:
                 c, lo, hi, status = reader.now_ns()
                 assert (c, lo, hi, status) == (a["corrected_time_ns"], a["earliest_ns"],
                                                a["latest_ns"], a["status"])
+                mid = real + width // 2
+                assert a == as_now_result(mid, compute(p, mid, raw, width, layout.boot_id()))
             reads[:] = [real_w + 10**8 + 10**7, raw_w + 10**8, real_w + 10**8 + 10**7] * 2
             with pytest.raises(ShmUnavailable, match="stepped"):
                 reader.now()

@@ -26,7 +26,6 @@ and re-parse only when the generation moves, so the steady-state read is one 8-b
 
 from __future__ import annotations
 
-import math
 import mmap
 import os
 import struct
@@ -81,6 +80,8 @@ STALE_WRITES = 5  # write intervals without a rewrite: the daemon is not watchin
 FLOAT_SLACK_NS = 2.0
 
 REALTIME, RAW = time.CLOCK_REALTIME, time.CLOCK_MONOTONIC_RAW
+assert (REALTIME, RAW) == (0, 4)  # Linux's ids, written as literals on the hot path
+_cg = time.clock_gettime_ns  # vDSO: no syscall
 SYNCHRONIZED, FREERUNNING, UNSYNCHRONIZED = "synchronized", "freerunning", "unsynchronized"
 
 
@@ -211,8 +212,8 @@ def prepare(p: Params, own_boot: bytes | None = None) -> Prepared:
     void_after = p.void_after_ns if p.state != STATE_NONE else -(2**63)
     k = p.confidence_k
     # bound(raw) = sys + sqrt(vo + vf·d²) + drift·max(0, raw − t_last) + width/2, all ns
-    return (refuse, p.epoch_ns, p.write_raw_ns, p.write_delta_ns, p.t_ref_ns, p.t_last_ns,
-            sync_until, void_after, p.offset_ref * 1e9, p.freq,
+    return (refuse, p.epoch_ns, p.epoch_ns + p.write_delta_ns, p.write_raw_ns, p.t_ref_ns,
+            p.t_last_ns, sync_until, void_after, p.offset_ref * 1e9, p.freq,
             k * k * p.var_offset * 1e18, k * k * p.var_freq,
             p.systematic * 1e9 + FLOAT_SLACK_NS, p.max_drift, p.unsync_bound * 1e9,
             p.source, p.leap, p.leap_raw_ns, p.leap_flags)
@@ -228,34 +229,35 @@ def compute_ns(f: Prepared, real: int, raw: int, width: int
     or δ = REALTIME − RAW − epoch moved since the write by more than a slew can (a step, or a
     suspend that stopped RAW).
     """
-    (refuse, epoch, write_raw, write_delta, t_ref, t_last, sync_until, void_after, off0,
-     freq, vo, vf, sys_ns, drift, unsync, source, leap, leap_raw, leap_flags) = f
+    (refuse, epoch, epoch_wd, write_raw, t_ref, t_last, sync_until, void_after, off0, freq,
+     vo, vf, sys_ns, drift, unsync, source, leap, leap_raw, leap_flags) = f
     if refuse is not None:
         raise ShmUnavailable(refuse)
-    delta = real - raw - epoch
     since = raw - write_raw
     if since < -1_000_000_000:
         raise ShmUnavailable("segment written in the future (another boot?)")
-    step = delta - write_delta
+    rr = real - raw  # = epoch + δ
+    step = rr - epoch_wd  # δ now − δ at the write
     # δ is known to ±width/2 (a preemption between the reads widens it, never hides a step)
     if (step if step >= 0 else -step) > STEP_TOLERANCE_NS + width + (since >> 10):
         raise ShmUnavailable("CLOCK_REALTIME stepped or the system slept since the last write")
     if raw > void_after:
-        b = int(unsync) + (width >> 1) + 1
-        return real, real - b, real + b, UNSYNCHRONIZED, "system", 0, 0
+        hb = int(unsync) + (width >> 1) + 1
+        return real, real - hb, real + hb, UNSYNCHRONIZED, "system", 0, 0
     d = raw - t_ref
     age = raw - t_last
     th = off0 + freq * d
-    b = sys_ns + math.sqrt(vo + vf * d * d) + (drift * age if age > 0 else 0.0) + (width >> 1)
+    b = sys_ns + sqrt(vo + vf * d * d) + (drift * age if age > 0 else 0.0) + (width >> 1)
     if leap:
         shift, extra = leap_correction(leap, leap_raw, leap_flags, raw)
         th += shift
         b += extra
-    base = raw + epoch  # = real − δ: the reference is base + θ
-    shift_rt = epoch + delta
-    return (base + round(th), base + int(th - b) - 1, base + int(th + b) + 1,
-            SYNCHRONIZED if raw <= sync_until else FREERUNNING, source,
-            t_last + shift_rt, void_after + shift_rt)
+    # the reference is raw + epoch + θ; round(θ) is within 0.5 ns of θ and int(b) within 1 ns
+    # of b, so corrected ± (int(b) + 2) contains [θ − b, θ + b]
+    c = raw + epoch + round(th)
+    hb = int(b) + 2
+    return (c, c - hb, c + hb, SYNCHRONIZED if raw <= sync_until else FREERUNNING, source,
+            t_last + rr, void_after + rr)
 
 
 def compute(p: Params, real_ns: int, raw_ns: int, width_ns: int, own_boot: bytes | None = None
@@ -380,7 +382,7 @@ class ShmReader:
     def _clocks(self) -> tuple[int, int, int]:
         """(real, raw, width): REALTIME, MONOTONIC_RAW, REALTIME back to back (vDSO); once
         more when preempted between the reads (a wide read gives a wide bound)."""
-        cg = time.clock_gettime_ns
+        cg = _cg
         r1 = cg(REALTIME)
         raw = cg(RAW)
         width = cg(REALTIME) - r1
@@ -401,54 +403,75 @@ class ShmReader:
         return real, compute_ns(f, real, raw, width)
 
     def now(self) -> dict[str, Any]:
-        """The socket's ``now`` result, from the segment alone (the hot path: inlined)."""
+        """The socket's ``now`` result, from the segment alone. The hot path: ``compute_ns``'s
+        common case inlined (tests/test_shm.py checks they agree), anything else through it."""
         snap = self._snap
         if snap[0] != self._words[2]:
             self.snapshot()
             snap = self._snap
-        cg = time.clock_gettime_ns
-        r1 = cg(REALTIME)
-        raw = cg(RAW)
-        width = cg(REALTIME) - r1
-        if width > WIDE_READ_NS or width < 0:
-            return as_now_result(*self.answer())
-        real = r1 + (width >> 1)
-        return as_now_result(real, compute_ns(snap[2], real, raw, width))
-
-    def now_ns(self) -> tuple[int, int, int, str]:
-        """``(corrected_ns, earliest_ns, latest_ns, status)``: ``now()`` without the dict.
-
-        The arithmetic of ``compute_ns`` for the common case (no refusal pending, no leap
-        announced, inside the estimate's life) is inlined here; anything else goes through
-        ``compute_ns``. tests/test_shm.py checks the two agree."""
-        snap = self._snap
-        if snap[0] != self._words[2]:
-            self.snapshot()
-            snap = self._snap
-        cg = time.clock_gettime_ns
-        r1 = cg(REALTIME)
-        raw = cg(RAW)
-        width = cg(REALTIME) - r1
-        if width > WIDE_READ_NS or width < 0:  # preempted between the reads: read again
-            ans = self.answer()[1]
-            return ans[0], ans[1], ans[2], ans[3]
+        r1 = _cg(0)  # CLOCK_REALTIME
+        raw = _cg(4)  # CLOCK_MONOTONIC_RAW
+        width = _cg(0) - r1
         f = snap[2]
-        (refuse, epoch, write_raw, write_delta, t_ref, t_last, sync_until, void_after, off0,
-         freq, vo, vf, sys_ns, drift, _unsync, _source, leap, _lr, _lf) = f
+        (refuse, epoch, epoch_wd, write_raw, t_ref, t_last, sync_until, void_after, off0, freq,
+         vo, vf, sys_ns, drift, _unsync, source, leap, _lr, _lf) = f
         real = r1 + (width >> 1)
         since = raw - write_raw
-        step = real - raw - epoch - write_delta
-        if (refuse is not None or leap or raw > void_after or since < -1_000_000_000
+        rr = real - raw
+        step = rr - epoch_wd
+        if (refuse is not None or leap or raw > void_after or width > WIDE_READ_NS
+                or width < 0 or since < -1_000_000_000
                 or (step if step >= 0 else -step) > STEP_TOLERANCE_NS + width + (since >> 10)):
-            ans = compute_ns(f, real, raw, width)  # the general path (or its refusal)
-            return ans[0], ans[1], ans[2], ans[3]
+            return as_now_result(*self._general(f, real, raw, width))
         d = raw - t_ref
         age = raw - t_last
         th = off0 + freq * d
-        b = sys_ns + sqrt(vo + vf * d * d) + (drift * age if age > 0 else 0.0) + (width >> 1)
-        base = raw + epoch
-        return (base + round(th), base + int(th - b) - 1, base + int(th + b) + 1,
-                SYNCHRONIZED if raw <= sync_until else FREERUNNING)
+        hb = int(sys_ns + sqrt(vo + vf * d * d) + (drift * age if age > 0 else 0.0)
+                 + (width >> 1)) + 2
+        c = raw + epoch + round(th)
+        as_of = t_last + rr
+        return {"corrected_time_ns": c, "system_time_ns": real, "offset_ns": c - real,
+                "bound_ns": hb, "earliest_ns": c - hb, "latest_ns": c + hb,
+                "status": SYNCHRONIZED if raw <= sync_until else FREERUNNING,
+                "source": source, "as_of_ns": as_of,
+                "age_ns": real - as_of if real > as_of else 0,
+                "void_after_ns": void_after + rr}
+
+    def now_ns(self) -> tuple[int, int, int, str]:
+        """``(corrected_ns, earliest_ns, latest_ns, status)``: ``now()`` without the dict, for
+        callers that stamp events and want the cheapest read. Same inlined arithmetic."""
+        snap = self._snap
+        if snap[0] != self._words[2]:
+            self.snapshot()
+            snap = self._snap
+        r1 = _cg(0)  # CLOCK_REALTIME
+        raw = _cg(4)  # CLOCK_MONOTONIC_RAW
+        width = _cg(0) - r1
+        f = snap[2]
+        (refuse, epoch, epoch_wd, write_raw, t_ref, t_last, sync_until, void_after, off0, freq,
+         vo, vf, sys_ns, drift, _unsync, _source, leap, _lr, _lf) = f
+        since = raw - write_raw
+        step = r1 + (width >> 1) - raw - epoch_wd
+        if (refuse is not None or leap or raw > void_after or width > WIDE_READ_NS
+                or width < 0 or since < -1_000_000_000
+                or (step if step >= 0 else -step) > STEP_TOLERANCE_NS + width + (since >> 10)):
+            return self._general(f, r1 + (width >> 1), raw, width)[1][:4]
+        d = raw - t_ref
+        age = raw - t_last
+        th = off0 + freq * d
+        hb = int(sys_ns + sqrt(vo + vf * d * d) + (drift * age if age > 0 else 0.0)
+                 + (width >> 1)) + 2
+        c = raw + epoch + round(th)
+        return c, c - hb, c + hb, SYNCHRONIZED if raw <= sync_until else FREERUNNING
+
+    def _general(self, f: Prepared, real: int, raw: int, width: int
+                 ) -> tuple[int, tuple[int, int, int, str, str, int, int]]:
+        """``(system_time_ns, compute_ns(...))`` off the fast path: a preempted read is done
+        again (a wide read gives a wide bound); refusals raise ``ShmUnavailable``."""
+        if width > WIDE_READ_NS or width < 0:
+            f = self._prepared()
+            real, raw, width = self._clocks()
+        return real, compute_ns(f, real, raw, width)
 
 
 def open_reader(path: str | None = None, socket_path: str | None = None) -> ShmReader | None:
