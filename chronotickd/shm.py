@@ -48,6 +48,9 @@ log = logging.getLogger("chronotickd.shm")
 WRITE_INTERVAL_NS = 1_000_000_000  # the daemon publishes at least this often
 KERNEL_SLEW_RATE = 500e-6  # most the kernel slews an adjtime/PLL offset in on top of freq
 DRIFT_MARGIN = 1e-6  # rounding, MONOTONIC vs RAW rates, coarse-clock granularity
+# ClockBound's bound also covers a daemon answer whose (real, raw, real) read was a little
+# wider than the writer's best of three (the daemon's own uncertainty of δ)
+CB_READ_MARGIN_NS = 1_000
 
 # ClockBound protocol v2 (clock-bound 2.x docs/PROTOCOL.md; ../shared/REFERENCE.md §6)
 CB_MAGIC = (0x414D5A4E, 0x43420200)
@@ -166,7 +169,7 @@ def clockbound_fields(p: Params, reading: WriteReading, rate: float, slewing: bo
              + DRIFT_MARGIN + (KERNEL_SLEW_RATE if slewing else 0.0))
     drift_ppb = min(math.ceil(drift * 1e9), 999_999_999)
     res_ns = time.clock_getres(CLOCK_MONOTONIC_COARSE) * 1e9
-    bound_ns = max(real - lo, hi - real) + math.ceil(drift * res_ns) + 1
+    bound_ns = max(real - lo, hi - real) + math.ceil(drift * res_ns) + CB_READ_MARGIN_NS
     void_after = as_of + max(0, p.void_after_ns - reading.raw_ns)
     return as_of, void_after, bound_ns, drift_ppb, CB_STATUS[status]
 
