@@ -4,13 +4,16 @@ One run against a real daemon (loopback chronyd when one can be started, so the 
 synchronized fit) prints, per read, p50 and p99 in ns:
 
 * ``time.clock_gettime_ns`` alone (one REALTIME read; the floor of any Python read),
-* the Python shm reader (``ShmReader.now()``: three clock reads + arithmetic + the result dict),
+* the Python shm reader, ``ShmReader.now()`` (three clock reads + arithmetic + the socket's
+  result dict) and ``ShmReader.now_ns()`` (the same without the dict: a 4-tuple),
 * the socket client (``Client.now()`` with ``use_shm=False``: one request/reply),
-* the C reader (``clients/c/chronotick_now.c --bench``, compiled here with gcc -O2),
+* the C reader (``clients/c/chronotick_now.c --bench``, compiled here with ``gcc -O2``;
+  three vDSO clock_gettime calls, no syscall),
 
 then total reads/s with 1, 4 and 16 reader processes (Python and C). Fast reads are timed in
 batches (Python 10, C 16 calls) so the timer's own cost does not dominate; p99 is of batch
-means. Targets from issue 15: Python p50 ≤ 2 µs, C ≤ 100 ns.
+means. Targets from issue 15: Python p50 ≤ 2 µs, C ≤ 100 ns. The load average is printed
+first: on a shared machine every figure grows with it.
 
     python benchmarks/bench_shm.py [--duration 1] [--no-chronyd]
 """
@@ -120,6 +123,7 @@ def measure(sock: str, shm_path: str, exe: Path | None, duration: float, ntp: bo
         ("time.clock_gettime_ns (REALTIME)", lambda: time.clock_gettime_ns(time.CLOCK_REALTIME),
          10),
         ("Python shm reader (now())", reader.now, 10),
+        ("Python shm reader (now_ns())", reader.now_ns, 10),
         ("socket client (now)", client.now, 1),
     ]
     for name, fn, batch in rows:
@@ -144,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=1.0, help="seconds per measurement")
     ap.add_argument("--no-chronyd", action="store_true", help="run the daemon without NTP")
     args = ap.parse_args(argv)
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+          f"({os.cpu_count()} CPUs)")
     gcc = shutil.which("gcc")
     work = Path(tempfile.mkdtemp(prefix="ct-bench-shm-"))
     try:

@@ -34,7 +34,8 @@ def main() -> None:
         changes += 1
         i = p.t_ref_ns
         if (p.t_last_ns != 2 * i or p.stale_after_ns != 3 * i or p.void_after_ns != 4 * i
-                or p.write_raw_ns != 5 * i or p.leap_raw_ns != 6 * i or p.offset_ref != i * 1e-9 or p.freq != -float(i)
+                or p.write_raw_ns != 5 * i or p.leap_raw_ns != 6 * i
+                or p.offset_ref != i * 1e-9 or p.freq != -float(i)
                 or p.source != f"s{i}"):
             torn += 1
     print(json.dumps({"reads": n, "torn": torn, "snapshots": changes, "busy": busy,

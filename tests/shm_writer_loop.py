@@ -2,7 +2,8 @@
 
 Every payload derives all its fields from one counter ``i`` (t_ref_ns = i, t_last_ns = 2i,
 stale_after_ns = 3i, void_after_ns = 4i, write_raw_ns = 5i, offset_ref = i·1e-9, freq = −i,
-leap_raw_ns = 6i, source = "s<i>"), so a reader can tell a torn snapshot from a consistent one. Prints
+leap_raw_ns = 6i, source = "s<i>"), so a reader can tell a torn snapshot from a consistent
+one. Prints
 ``{"writes": N, "seconds": S}`` on exit. Used by tests/test_shm.py and benchmarks/bench_shm.py.
 """
 

@@ -104,8 +104,12 @@ def test_shm_answers_hold_the_truth(chronyd, key: str) -> None:
             shm.extend(d.shm_score)
             refusals += d.refusals
     s = result.score
-    print(f"\n{result.scenario} (shm): {shm.summary()}; {len(refusals)} refusals "
-          f"({sorted(set(r.split(':')[-1].strip() for r in refusals))[:3]}); all answers: "
+    ids = {id(x) for x in shm.samples}
+    scored = Score([x for x in s.samples if id(x) in ids])  # the scenario's own window
+    print(f"\n{result.scenario}: shm answers in the scenario: {scored.summary()}; all "
+          f"{shm.queries} shm answers (waits included) coverage {shm.coverage:.4f}; "
+          f"{len(refusals)} refusals → socket "
+          f"({sorted({r.split(':')[-1].strip() for r in refusals})[:3]}); all answers: "
           f"coverage {s.coverage:.4f} of {s.queries}")
     assert shm.queries >= 20 and shm.queries >= 0.5 * (shm.queries + len(refusals))
     assert shm.coverage >= 0.99, shm.misses[:5]

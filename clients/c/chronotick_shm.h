@@ -102,6 +102,10 @@ typedef struct {
     char source[32];
     int check_boot; /* 0: our boot id is unknown, not checked */
     const char *why; /* why the last call failed (static text) */
+    /* derived once per snapshot (ct__prepare), so a read is three clock reads + arithmetic */
+    const char *refuse;        /* non-NULL: this snapshot cannot answer (the reason) */
+    int64_t epoch_wd, sync_until, void_after;
+    double off0, vo, vf, sys;  /* ns: offset_ref, k^2 var_offset, k^2 var_freq, systematic */
 } ct_shm_reader;
 
 static inline uint32_t ct__crc32(const uint8_t *buf, size_t n) {
@@ -145,6 +149,28 @@ static inline void ct__boot_id(uint8_t out[16]) {
     }
 }
 
+/* What does not depend on the clock reads, computed once per snapshot. */
+static inline void ct__prepare(ct_shm_reader *r) {
+    const struct ct_shm_params *p = &r->p;
+    static const uint8_t zero[16];
+    double k2 = p->confidence_k * p->confidence_k;
+    r->refuse = NULL;
+    if (p->flags & CT_FLAG_CLOSED) r->refuse = "the daemon stopped writing the segment";
+    else if (p->flags & CT_FLAG_SOCKET) r->refuse = "the daemon's state needs the socket now";
+    else if (r->check_boot && memcmp(p->boot_id, zero, 16) != 0 &&
+             memcmp(p->boot_id, r->boot_id, 16) != 0)
+        r->refuse = "segment from another boot";
+    r->epoch_wd = p->epoch_ns + p->write_delta_ns;
+    int64_t stale = p->write_raw_ns + CT_STALE_WRITES * p->write_interval_ns;
+    r->sync_until = p->state == CT_STATE_RESTORED ? INT64_MIN
+                  : p->stale_after_ns < stale ? p->stale_after_ns : stale;
+    r->void_after = p->state == CT_STATE_NONE ? INT64_MIN : p->void_after_ns;
+    r->off0 = p->offset_ref * 1e9;
+    r->vo = k2 * p->var_offset * 1e18;
+    r->vf = k2 * p->var_freq;
+    r->sys = p->systematic * 1e9 + CT_FLOAT_SLACK_NS;
+}
+
 /* Refresh r->p when the generation moved. 0: r->p is a consistent snapshot; -1: none. */
 static inline int ct_shm_snapshot(ct_shm_reader *r) {
     const uint64_t *genp = (const uint64_t *)(r->seg + 16);
@@ -162,6 +188,7 @@ static inline int ct_shm_snapshot(ct_shm_reader *r) {
                 r->gen = g1;
                 memcpy(r->source, tmp.source, sizeof r->source);
                 r->source[sizeof r->source - 1] = 0;
+                ct__prepare(r);
                 return 0;
             }
         }
@@ -250,59 +277,49 @@ static inline int ct_shm_now(ct_shm_reader *r, ct_time *out) {
         if (real2 < real1) { r->why = "CLOCK_REALTIME stepped while reading it"; return -1; }
     }
     int64_t width = real2 - real1, real = real1 + width / 2;
-    if (p->flags & CT_FLAG_CLOSED) { r->why = "the daemon stopped writing the segment"; return -1; }
-    if (p->flags & CT_FLAG_SOCKET) { r->why = "the daemon's state needs the socket now"; return -1; }
-    if (r->check_boot && memcmp(p->boot_id, (const uint8_t[16]){0}, 16) != 0 &&
-        memcmp(p->boot_id, r->boot_id, 16) != 0) {
-        r->why = "segment from another boot";
-        return -1;
-    }
-    int64_t delta = real - raw - p->epoch_ns, since = raw - p->write_raw_ns;
+    if (r->refuse) { r->why = r->refuse; return -1; }
+    int64_t rr = real - raw, since = raw - p->write_raw_ns; /* rr = epoch + delta */
     if (since < -1000000000LL) { r->why = "segment written in the future"; return -1; }
     /* δ is known to ±width: a preemption between the reads widens it, never hides a step */
-    int64_t step = delta - p->write_delta_ns;
+    int64_t step = rr - r->epoch_wd;
     if ((step < 0 ? -step : step) > CT_STEP_TOLERANCE_NS + width + (since >> 10)) {
         r->why = "CLOCK_REALTIME stepped or the system slept since the last write";
         return -1;
     }
     out->system_time_ns = real;
     out->leap = p->leap;
-    if (p->state == CT_STATE_NONE || raw > p->void_after_ns) {
-        int64_t b = (int64_t)(p->unsync_bound * 1e9) + width / 2 + 1;
+    int64_t hb;
+    if (raw > r->void_after) {
+        hb = (int64_t)(p->unsync_bound * 1e9) + width / 2 + 1;
         out->corrected_time_ns = real;
-        out->earliest_ns = real - b;
-        out->latest_ns = real + b;
         out->status = CT_UNSYNCHRONIZED;
         out->as_of_ns = out->void_after_ns = 0;
         out->source = "system";
     } else {
-        double k = p->confidence_k;
         int64_t d = raw - p->t_ref_ns, age = raw - p->t_last_ns;
         double dd = (double)d;
-        double th = p->offset_ref * 1e9 + p->freq * dd;
-        double b = p->systematic * 1e9 + CT_FLOAT_SLACK_NS
-                 + sqrt(k * k * (p->var_offset * 1e18 + p->var_freq * dd * dd))
-                 + (age > 0 ? p->max_drift * (double)age : 0.0) + (double)(width / 2);
+        double th = r->off0 + p->freq * dd;
+        double b = r->sys + sqrt(r->vo + r->vf * dd * dd)
+                 + (age > 0 ? p->max_drift * (double)age : 0.0) + (double)(width >> 1);
         if (p->leap != CT_LEAP_NONE) {
             double shift, extra;
             ct__leap(p, raw, &shift, &extra);
             th += shift;
             b += extra;
         }
-        int64_t base = raw + p->epoch_ns; /* = real - delta: the reference is base + theta */
-        out->corrected_time_ns = base + llround(th);
-        out->earliest_ns = base + (int64_t)(th - b) - 1;
-        out->latest_ns = base + (int64_t)(th + b) + 1;
-        out->status = (p->state == CT_STATE_RESTORED || raw > p->stale_after_ns ||
-                       since > CT_STALE_WRITES * p->write_interval_ns)
-                          ? CT_FREERUNNING : CT_SYNCHRONIZED;
-        out->as_of_ns = p->t_last_ns + p->epoch_ns + delta;
-        out->void_after_ns = p->void_after_ns + p->epoch_ns + delta;
+        /* the reference is raw + epoch + theta; rounding theta moves it by <= 0.5 ns and
+         * truncating b by < 1 ns, so corrected +- (trunc(b) + 2) contains [theta-b, theta+b] */
+        out->corrected_time_ns = raw + p->epoch_ns + (int64_t)(th + (th >= 0 ? 0.5 : -0.5));
+        hb = (int64_t)b + 2;
+        out->status = raw <= r->sync_until ? CT_SYNCHRONIZED : CT_FREERUNNING;
+        out->as_of_ns = p->t_last_ns + rr;
+        out->void_after_ns = p->void_after_ns + rr;
         out->source = r->source;
     }
     out->offset_ns = out->corrected_time_ns - real;
-    int64_t lo = out->corrected_time_ns - out->earliest_ns, hi = out->latest_ns - out->corrected_time_ns;
-    out->bound_ns = lo > hi ? lo : hi;
+    out->bound_ns = hb;
+    out->earliest_ns = out->corrected_time_ns - hb;
+    out->latest_ns = out->corrected_time_ns + hb;
     return 0;
 }
 
