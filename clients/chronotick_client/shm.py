@@ -31,7 +31,7 @@ import os
 import struct
 import time
 import zlib
-from math import sqrt
+from math import floor, sqrt
 from typing import Any, NamedTuple
 
 from chronotick_client.protocol import default_socket_path
@@ -219,6 +219,14 @@ def prepare(p: Params, own_boot: bytes | None = None) -> Prepared:
             p.source, p.leap, p.leap_raw_ns, p.leap_flags)
 
 
+def fast_path(f: Prepared) -> Prepared:
+    """The fields the inlined hot path (``ShmReader.now``/``now_ns``) needs, or None when
+    this snapshot always takes the general path (a refusal pending, a leap announced)."""
+    if f[0] is not None or f[16]:
+        return None
+    return f[1:8] + f[8:14] + (f[15],)  # epoch … void_after, off0 … drift, source
+
+
 def compute_ns(f: Prepared, real: int, raw: int, width: int
                ) -> tuple[int, int, int, str, str, int, int]:
     """``(corrected, earliest, latest, status, source, as_of, void_after)`` in integer ns
@@ -252,10 +260,10 @@ def compute_ns(f: Prepared, real: int, raw: int, width: int
         shift, extra = leap_correction(leap, leap_raw, leap_flags, raw)
         th += shift
         b += extra
-    # the reference is raw + epoch + θ; round(θ) is within 0.5 ns of θ and int(b) within 1 ns
-    # of b, so corrected ± (int(b) + 2) contains [θ − b, θ + b]
-    c = raw + epoch + round(th)
-    hb = int(b) + 2
+    # the reference is raw + epoch + θ; ⌊θ + ½⌋ is within 0.5 ns of θ and ⌊b⌋ within 1 ns of b,
+    # so corrected ± (⌊b⌋ + 2) contains [θ − b, θ + b] (math.floor: the cheapest float → int)
+    c = raw + epoch + floor(th + 0.5)
+    hb = floor(b) + 2
     return (c, c - hb, c + hb, SYNCHRONIZED if raw <= sync_until else FREERUNNING, source,
             t_last + rr, void_after + rr)
 
@@ -316,7 +324,7 @@ class ShmReader:
         self._words = memoryview(self._mm).cast("Q")
         self._boot = boot_id()
         # (generation, params, prepared): one attribute, so a reader never sees a mix
-        self._snap: tuple[int, Params, Prepared] = (-1, None, None)  # type: ignore[assignment]
+        self._snap: tuple[int, Params, Prepared, Prepared] = (-1, None, None, None)  # type: ignore[assignment]
         try:
             self.snapshot()
         except ShmUnavailable:
@@ -362,7 +370,8 @@ class ShmReader:
                         problem = str(exc)
                         break
                     else:
-                        self._snap = (gen, params, prepare(params, self._boot))
+                        f = prepare(params, self._boot)
+                        self._snap = (gen, params, f, fast_path(f))
                         return params
                 gen = after
             else:
@@ -412,29 +421,27 @@ class ShmReader:
         r1 = _cg(0)  # CLOCK_REALTIME
         raw = _cg(4)  # CLOCK_MONOTONIC_RAW
         width = _cg(0) - r1
-        f = snap[2]
-        (refuse, epoch, epoch_wd, write_raw, t_ref, t_last, sync_until, void_after, off0, freq,
-         vo, vf, sys_ns, drift, _unsync, source, leap, _lr, _lf) = f
         real = r1 + (width >> 1)
+        fast = snap[3]
+        if fast is None or not 0 <= width <= WIDE_READ_NS:
+            return as_now_result(*self._general(snap[2], real, raw, width))
+        (epoch, epoch_wd, write_raw, t_ref, t_last, sync_until, void_after, off0, freq, vo, vf,
+         sys_ns, drift, source) = fast
         since = raw - write_raw
         rr = real - raw
-        step = rr - epoch_wd
-        if (refuse is not None or leap or raw > void_after or width > WIDE_READ_NS
-                or width < 0 or since < -1_000_000_000
-                or (step if step >= 0 else -step) > STEP_TOLERANCE_NS + width + (since >> 10)):
-            return as_now_result(*self._general(f, real, raw, width))
+        tol = STEP_TOLERANCE_NS + width + (since >> 10)
+        if raw > void_after or since < -1_000_000_000 or not -tol <= rr - epoch_wd <= tol:
+            return as_now_result(*self._general(snap[2], real, raw, width))
         d = raw - t_ref
         age = raw - t_last
         th = off0 + freq * d
-        hb = int(sys_ns + sqrt(vo + vf * d * d) + (drift * age if age > 0 else 0.0)
+        hb = floor(sys_ns + sqrt(vo + vf * d * d) + (drift * age if age > 0 else 0.0)
                  + (width >> 1)) + 2
-        c = raw + epoch + round(th)
-        as_of = t_last + rr
+        c = raw + epoch + floor(th + 0.5)
         return {"corrected_time_ns": c, "system_time_ns": real, "offset_ns": c - real,
                 "bound_ns": hb, "earliest_ns": c - hb, "latest_ns": c + hb,
                 "status": SYNCHRONIZED if raw <= sync_until else FREERUNNING,
-                "source": source, "as_of_ns": as_of,
-                "age_ns": real - as_of if real > as_of else 0,
+                "source": source, "as_of_ns": t_last + rr, "age_ns": age if age > 0 else 0,
                 "void_after_ns": void_after + rr}
 
     def now_ns(self) -> tuple[int, int, int, str]:
@@ -447,21 +454,22 @@ class ShmReader:
         r1 = _cg(0)  # CLOCK_REALTIME
         raw = _cg(4)  # CLOCK_MONOTONIC_RAW
         width = _cg(0) - r1
-        f = snap[2]
-        (refuse, epoch, epoch_wd, write_raw, t_ref, t_last, sync_until, void_after, off0, freq,
-         vo, vf, sys_ns, drift, _unsync, _source, leap, _lr, _lf) = f
+        fast = snap[3]
+        if fast is None or not 0 <= width <= WIDE_READ_NS:
+            return self._general(snap[2], r1 + (width >> 1), raw, width)[1][:4]
+        (epoch, epoch_wd, write_raw, t_ref, t_last, sync_until, void_after, off0, freq, vo, vf,
+         sys_ns, drift, _source) = fast
         since = raw - write_raw
-        step = r1 + (width >> 1) - raw - epoch_wd
-        if (refuse is not None or leap or raw > void_after or width > WIDE_READ_NS
-                or width < 0 or since < -1_000_000_000
-                or (step if step >= 0 else -step) > STEP_TOLERANCE_NS + width + (since >> 10)):
-            return self._general(f, r1 + (width >> 1), raw, width)[1][:4]
+        tol = STEP_TOLERANCE_NS + width + (since >> 10)
+        if (raw > void_after or since < -1_000_000_000
+                or not -tol <= r1 + (width >> 1) - raw - epoch_wd <= tol):
+            return self._general(snap[2], r1 + (width >> 1), raw, width)[1][:4]
         d = raw - t_ref
         age = raw - t_last
         th = off0 + freq * d
-        hb = int(sys_ns + sqrt(vo + vf * d * d) + (drift * age if age > 0 else 0.0)
+        hb = floor(sys_ns + sqrt(vo + vf * d * d) + (drift * age if age > 0 else 0.0)
                  + (width >> 1)) + 2
-        c = raw + epoch + round(th)
+        c = raw + epoch + floor(th + 0.5)
         return c, c - hb, c + hb, SYNCHRONIZED if raw <= sync_until else FREERUNNING
 
     def _general(self, f: Prepared, real: int, raw: int, width: int
