@@ -213,7 +213,7 @@ class SegmentFile:
 
 
 class ChronoTickSegment:
-    """ChronoTick's own segment (layout v1); generation u64, odd while writing."""
+    """ChronoTick's own segment (layout v2); generation u64, odd while writing."""
 
     def __init__(self, path: str, mode: int) -> None:
         self.file = SegmentFile(path, layout.SEGMENT_SIZE, mode, self._header_ok)
