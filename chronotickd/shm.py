@@ -32,6 +32,7 @@ import math
 import mmap
 import os
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -279,9 +280,14 @@ class ClockBoundSegment:
 
 
 class ShmPublisher:
-    """The publish hook: writes each new state to the configured segments."""
+    """The publish hook: writes each new state to the configured segments.
+
+    A seqlock allows one writer only: the engine thread publishes, but the daemon's shutdown
+    (another thread) writes the CLOSED flag, so both hold ``_lock``.
+    """
 
     def __init__(self, path: str, clockbound_path: str, mode: int) -> None:
+        self._lock = threading.Lock()
         self.boot = boot_bytes()
         self.last: Params | None = None
         self.own: ChronoTickSegment | None = None
@@ -303,6 +309,10 @@ class ShmPublisher:
 
     def publish(self, published: Any) -> None:
         """Hook for ``Publisher``: never raises (a broken segment is dropped, once logged)."""
+        with self._lock:
+            self._publish(published)
+
+    def _publish(self, published: Any) -> None:
         if self.own is None and self.cb is None:
             return
         try:
@@ -318,9 +328,13 @@ class ShmPublisher:
             log.exception("writing the shared-memory segments failed; they are no longer "
                           "updated (readers fall back to the socket)")
             with contextlib.suppress(Exception):
-                self.close()
+                self._close()
 
     def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         own, cb, self.own, self.cb = self.own, self.cb, None, None
         try:
             if own is not None:
