@@ -405,12 +405,6 @@ class ShmReader:
                 raise ShmUnavailable("CLOCK_REALTIME stepped while reading it")
         return r1 + (width >> 1), raw, width
 
-    def answer(self) -> tuple[int, tuple[int, int, int, str, str, int, int]]:
-        """``(system_time_ns, compute_ns(...))``: the general (not hot) path."""
-        f = self._prepared()
-        real, raw, width = self._clocks()
-        return real, compute_ns(f, real, raw, width)
-
     def now(self) -> dict[str, Any]:
         """The socket's ``now`` result, from the segment alone. The hot path: ``compute_ns``'s
         common case inlined (tests/test_shm.py checks they agree), anything else through it."""
@@ -480,11 +474,3 @@ class ShmReader:
             f = self._prepared()
             real, raw, width = self._clocks()
         return real, compute_ns(f, real, raw, width)
-
-
-def open_reader(path: str | None = None, socket_path: str | None = None) -> ShmReader | None:
-    """A reader when a usable segment is there, else None (callers use the socket)."""
-    try:
-        return ShmReader(path or default_shm_path(socket_path))
-    except ShmUnavailable:
-        return None
