@@ -363,10 +363,12 @@ def test_clockbound_client_view_contains_the_daemons_interval(synced) -> None:
 def test_shm_now_agrees_with_socket_now(synced) -> None:
     d, c, _ = synced
     path = str(d.workdir / "shm0")
+    bounds: list[tuple[int, int]] = []
     with ShmReader(path) as reader:
         for _ in range(20):
             a = reader.now()
             b = c.now()
+            bounds.append((a["bound_ns"], b["bound_ns"]))
             assert set(a) == set(b)
             assert a["status"] == b["status"] == "synchronized"
             assert a["source"] == b["source"]
@@ -374,8 +376,11 @@ def test_shm_now_agrees_with_socket_now(synced) -> None:
             shift = b["system_time_ns"] - a["system_time_ns"]
             assert a["earliest_ns"] + shift <= b["latest_ns"]
             assert b["earliest_ns"] <= a["latest_ns"] + shift
-            assert 0.5 <= a["bound_ns"] / b["bound_ns"] <= 2.0
             time.sleep(0.05)
+    # the same model: the narrowest bounds agree (one read preempted between its clock reads
+    # is wider by that read's spread, on either side)
+    narrowest_shm, narrowest_socket = min(x for x, _ in bounds), min(y for _, y in bounds)
+    assert 0.5 <= narrowest_shm / narrowest_socket <= 2.0, bounds
     # the CLI: --shm answers with the socket's fields; default uses shm, --no-shm the socket
     out = cli("now", "--shm", "--json", socket_path=d.socket)
     assert out.returncode == 0, out.stderr
@@ -390,11 +395,14 @@ def test_c_reader_agrees_with_socket(synced, tmp_path: Path) -> None:
     exe = tmp_path / "chronotick_now"
     subprocess.run([GCC, "-O2", "-Wall", "-Wextra", "-Werror", "-std=c11", "-o", str(exe),
                     str(REPO / "clients/c/chronotick_now.c"), "-lm"], check=True)
-    out = subprocess.run([str(exe), str(d.workdir / "shm0")], capture_output=True, text=True,
-                         timeout=10)
-    assert out.returncode == 0, out.stderr
-    a = json.loads(out.stdout)
-    b = c.now()
+    answers = []
+    for _ in range(3):  # the narrowest of three runs: a preempted read is wider by its spread
+        out = subprocess.run([str(exe), str(d.workdir / "shm0")], capture_output=True,
+                             text=True, timeout=10)
+        assert out.returncode == 0, out.stderr
+        answers.append(json.loads(out.stdout))
+    a = min(answers, key=lambda x: x["bound_ns"])
+    b = min((c.now() for _ in range(3)), key=lambda x: x["bound_ns"])
     assert a["status"] == "synchronized" and a["source"] == b["source"]
     shift = b["system_time_ns"] - a["system_time_ns"]
     assert a["earliest_ns"] + shift <= b["latest_ns"] and b["earliest_ns"] <= a["latest_ns"] + shift
