@@ -360,6 +360,32 @@ def test_clockbound_client_view_contains_the_daemons_interval(synced) -> None:
         time.sleep(0.05)
 
 
+def test_clockbound_python_client_from_pypi(synced) -> None:
+    """A ClockBound client someone else wrote: PyPI's ``clockbound`` (0.3.0, pure Python, MIT,
+    declares Python ≥ 3.13; its code runs on 3.11). Skipped unless importable, e.g.
+    ``pip download --no-deps --python-version 3.13 --only-binary=:all: clockbound==0.3.0``
+    and the wheel unpacked on PYTHONPATH. Its ``now()`` must contain the daemon's interval."""
+    clockbound = pytest.importorskip("clockbound")
+    _d, c, cb = synced
+    client = clockbound.Clockbound(str(cb))
+    try:
+        snap = client.snapshot()
+        assert (snap.magic1, snap.magic2, snap.segment_size, snap.version) == (
+            0x414D5A4E, 0x43420200, 80, 2)
+        assert snap.clock_status == 1 and snap.generation % 2 == 0 and snap.generation > 0
+        for _ in range(20):
+            ans = min((c.now() for _ in range(3)), key=lambda a: a["bound_ns"])
+            tb = client.now()  # its own REALTIME r ± grown bound b
+            # [r − b, r + b] holds the daemon's interval moved to r: b covers both ends'
+            # distances from the daemon's system time, whatever r is
+            half = (tb.latest - tb.earliest) // 2
+            sys_ns = ans["system_time_ns"]
+            assert half >= sys_ns - ans["earliest_ns"] and half >= ans["latest_ns"] - sys_ns
+            time.sleep(0.05)
+    finally:
+        client.close()
+
+
 def test_shm_now_agrees_with_socket_now(synced) -> None:
     d, c, _ = synced
     path = str(d.workdir / "shm0")
