@@ -62,7 +62,8 @@ def main() -> None:
     try:
         conf = work / "chronotick.yaml"
         conf.write_text(f"socket: {work}/ct.sock\nstate_dir: {work}/state\n"
-                        "ntp:\n  servers: ['127.0.0.1:9']\n  minpoll_s: 60\n")
+                        "ntp:\n  servers: ['127.0.0.1:9']\n  minpoll_s: 60\n"
+                        f"shm:\n  path: {work}/shm0\n")
         variants = {
             "python-systemd": [sys.executable, "-m", "chronotickd", "--config", str(conf)],
             "stdlib fallback": [sys.executable, "-c", NO_EXTRA, "--config", str(conf)],

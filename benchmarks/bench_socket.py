@@ -244,7 +244,8 @@ def daemon(work: Path, ntp_server: str | None, models: bool = False
     conf.write_text(f"socket: {path}\nstate_dir: {work / 'state'}\nlog_level: warning\n"
                     f"ntp:\n  servers: {servers}\n  burst_interval_s: 0.5\n"
                     f"  minpoll_s: 2\n  maxpoll_s: 2\n  timeout_s: 0.5\n"
-                    f"model:\n  enabled: {'true' if models else 'false'}\n")
+                    f"model:\n  enabled: {'true' if models else 'false'}\n"
+                    f"shm:\n  path: {work / 'shm0'}\n")
     log = open(work / "daemon.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([sys.executable, "-m", "chronotickd", "--config", str(conf)],
                             env=ENV, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)

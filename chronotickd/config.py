@@ -139,6 +139,10 @@ SCHEMA: dict[str, Key] = {
                               1, 4096),
     "metrics.listen": Key("str", "", "address:port of the Prometheus endpoint (/metrics); "
                           "empty: off", check=_listen),
+    "shm.path": Key("str", "/run/chronotick/shm0", "ChronoTick's shared-memory segment "
+                    "(corrected time at clock-read cost); empty: off"),
+    "shm.clockbound_path": Key("str", "", "also write a ClockBound v2 segment here for "
+                               "ClockBound's clients, e.g. /var/run/clockbound/shm0; empty: off"),
     "model.enabled": Key("bool", MODEL_DEFAULT_ON, "fuse Chronos-Bolt forecasts with the engine"),
     "model.source": Key("str", "builtin", "'builtin' (shipped chronotick-bolt-mini), a local "
                         "Chronos-Bolt directory or a Hugging Face id"),

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from chronotick_client.protocol import PROTOCOL_VERSION
-from chronotickd import __version__, metrics, service, statefile
+from chronotickd import __version__, metrics, service, shm, statefile
 from chronotickd.config import DEFAULT_CONFIG_PATH, Config, ConfigError
 from chronotickd.core.engine import Engine, EngineConfig
 from chronotickd.core.estimator import FitConfig
@@ -137,6 +137,10 @@ class Daemon:
         self._last_disagreement = ""
         # optional Chronos-Bolt forecaster (model.*): its own thread, never on the query path
         self.forecast = forecast_worker.from_config(cfg, lambda: self.publisher.current.clock)
+        # shared-memory segments (shm.*): rewritten on every publish, readers never ask us
+        self.shm = shm.from_config(cfg)
+        if self.shm is not None:
+            self.publisher.hooks.append(self.shm.publish)
 
     # -- state --------------------------------------------------------------------------
     def _restore(self) -> None:
@@ -419,6 +423,8 @@ class Daemon:
         if self.forecast is not None:
             self.forecast.stop()
         self.persist()
+        if self.shm is not None:
+            self.shm.close()
         if self.listen_sock is None:
             with contextlib.suppress(OSError):
                 os.unlink(self.cfg["socket"])

@@ -7,6 +7,7 @@ the query path and a reader never sees half an update.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -23,7 +24,12 @@ class Published:
 class Publisher:
     def __init__(self, clock: ClockState) -> None:
         self.current = Published(clock)
+        # called with each new view, in the publishing thread (e.g. the shared-memory writer);
+        # a hook must be quick and must not raise
+        self.hooks: list[Callable[[Published], None]] = []
 
     def publish(self, **changes: Any) -> None:
         """Replace some fields of the published view in one atomic step."""
         self.current = replace(self.current, **changes)
+        for hook in self.hooks:
+            hook(self.current)

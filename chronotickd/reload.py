@@ -30,7 +30,7 @@ log = logging.getLogger("chronotickd")
 
 E_CONFIG = "config_error"  # the config file is invalid; nothing was changed
 RESTART_KEYS = ("socket", "socket_mode", "state_dir")
-RESTART_PREFIXES = ("clock.", "metrics.")
+RESTART_PREFIXES = ("clock.", "metrics.", "shm.")
 # components restarted (off the event loop) when a key under their prefix changes
 RESTARTED_PREFIXES = ("ntp.", "ptp.", "model.")
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import math
 import struct
-from math import ceil
 from typing import Any
 
 import msgpack
 
+from chronotick_client.protocol import interval_ns, now_result
 from chronotickd.core.measurement import Status
 from chronotickd.core.state import TimeAnswer
 
@@ -28,17 +28,6 @@ def ns_up(seconds: float) -> int:
     return math.ceil(seconds * 1e9) if seconds < _FINITE_LIMIT else 2**62
 
 
-def interval_ns(offset: float, bound: float) -> tuple[int, int, int, int]:
-    """(offset_ns, bound_ns, earliest − system, latest − system) in integer ns, rounded
-    outward; a bound this wide (or NaN/inf) saturates at 2**62 ns."""
-    offset_ns = round(offset * 1e9)
-    if not bound < _FINITE_LIMIT:
-        return offset_ns, 2**62, offset_ns - 2**62, offset_ns + 2**62
-    lo = math.floor((offset - bound) * 1e9)
-    hi = math.ceil((offset + bound) * 1e9)
-    return offset_ns, max(ceil(bound * 1e9), offset_ns - lo, hi - offset_ns), lo, hi
-
-
 def answer_to_wire(ans: TimeAnswer, system_time_ns: int) -> dict[str, Any]:
     return values_to_wire(system_time_ns, ans.offset, ans.bound, ans.status, ans.source,
                           ans.as_of, ans.void_after)
@@ -47,21 +36,7 @@ def answer_to_wire(ans: TimeAnswer, system_time_ns: int) -> dict[str, Any]:
 def values_to_wire(system_time_ns: int, offset: float, bound: float, status: Status,
                    source: str, as_of: float, void_after: float) -> dict[str, Any]:
     """The wire result of a time answer; arguments as ``ClockState.answer`` returns them."""
-    offset_ns, bound_ns, lo, hi = interval_ns(offset, bound)
-    as_of_ns = round(as_of * 1e9) if as_of else 0
-    return {
-        "corrected_time_ns": system_time_ns + offset_ns,
-        "system_time_ns": system_time_ns,
-        "offset_ns": offset_ns,
-        "bound_ns": bound_ns,
-        "earliest_ns": system_time_ns + lo,
-        "latest_ns": system_time_ns + hi,
-        "status": str(status),
-        "source": source,
-        "as_of_ns": as_of_ns,
-        "age_ns": max(0, system_time_ns - as_of_ns) if as_of_ns else None,
-        "void_after_ns": round(void_after * 1e9) if void_after else 0,
-    }
+    return now_result(system_time_ns, offset, bound, str(status), source, as_of, void_after)
 
 
 # -- the `now` reply, packed by hand -------------------------------------------------------------

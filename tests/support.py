@@ -168,6 +168,7 @@ def write_config(workdir: Path, **overrides: object) -> Path:
     cfg: dict = {
         "socket": str(workdir / "ct.sock"),
         "state_dir": str(workdir / "state"),
+        "shm": {"path": str(workdir / "shm0")},  # never the system's /run/chronotick/shm0
         "log_level": "info",
         # loopback test servers may be polled fast (public names never are)
         "ntp": {"servers": [], "minpoll_s": 0.5, "maxpoll_s": 2, "burst_interval_s": 0.5,

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import sys
 
 from chronotickd.core.state import KERNEL_UNSYNC_MAXERROR_S
 
+STA_INS = 0x0010  # the kernel will insert a leap second at the end of the UTC day
+STA_DEL = 0x0020  # ... delete one
 STA_UNSYNC = 0x0040
 
 
@@ -59,15 +62,40 @@ def honest_maxerror(maxerror_us: int, status: int) -> tuple[float, bool]:
     return KERNEL_UNSYNC_MAXERROR_S, False
 
 
-def kernel_maxerror() -> tuple[float, bool]:
-    """(bound in seconds, believed synchronized). Read-only: modes = 0 changes nothing."""
+def _read_timex() -> _Timex | None:
+    """The kernel's NTP state (adjtimex with modes = 0: read-only, changes nothing)."""
     if not sys.platform.startswith("linux"):
-        return KERNEL_UNSYNC_MAXERROR_S, False
+        return None
     try:
         tx = _Timex()
         tx.modes = 0
         if _libc().adjtimex(ctypes.byref(tx)) < 0:
-            return KERNEL_UNSYNC_MAXERROR_S, False
+            return None
     except (OSError, AttributeError):
+        return None
+    return tx
+
+
+def kernel_rate() -> tuple[float, bool, int]:
+    """How CLOCK_REALTIME runs against CLOCK_MONOTONIC_RAW, as the kernel is told to run it.
+
+    Returns ``(rate, slewing, leap)``: ``rate`` = d(REALTIME − RAW)/d(RAW) from the frequency
+    and tick adjustments (0.0 when unknown), ``slewing`` whether an offset is still being slewed
+    in on top of that (up to 500 ppm more), ``leap`` 1 when a leap second will be inserted at
+    the end of the UTC day, 2 when one will be deleted, else 0.
+    """
+    tx = _read_timex()
+    if tx is None:
+        return 0.0, False, 0
+    usec_per_tick = 1_000_000 // (os.sysconf("SC_CLK_TCK") or 100)  # tick is µs per USER_HZ
+    rate = tx.freq / 65536e6 + (tx.tick - usec_per_tick) / usec_per_tick
+    leap = 1 if tx.status & STA_INS else 2 if tx.status & STA_DEL else 0
+    return rate, tx.offset != 0, leap
+
+
+def kernel_maxerror() -> tuple[float, bool]:
+    """(bound in seconds, believed synchronized). Read-only: modes = 0 changes nothing."""
+    tx = _read_timex()
+    if tx is None:
         return KERNEL_UNSYNC_MAXERROR_S, False
     return honest_maxerror(tx.maxerror, tx.status)

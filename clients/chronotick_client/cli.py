@@ -11,6 +11,7 @@ from typing import Any
 
 from chronotick_client.client import Client, DaemonUnavailable, RequestFailed
 from chronotick_client.protocol import default_socket_path
+from chronotick_client.shm import ShmReader, ShmUnavailable
 
 
 def iso_ns(ns: int) -> str:
@@ -126,8 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print JSON for scripts")
     common.add_argument("--timeout", type=float, default=argparse.SUPPRESS,
                         help=argparse.SUPPRESS)
+    # `now` and `watch` read the shared-memory segment when it is usable, else the socket
+    shm = argparse.ArgumentParser(add_help=False)
+    way = shm.add_mutually_exclusive_group()
+    way.add_argument("--shm", action="store_true",
+                     help="read only the shared-memory segment (error if it cannot answer)")
+    way.add_argument("--no-shm", action="store_true", help="always ask the socket")
+    shm.add_argument("--shm-path", default=None,
+                     help="segment path (default: $CHRONOTICK_SHM or shm0 beside the socket)")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("now", parents=[common], help="corrected time with its bound")
+    sub.add_parser("now", parents=[common, shm], help="corrected time with its bound")
     sub.add_parser("status", parents=[common], help="daemon health")
     sub.add_parser("sources", parents=[common], help="time sources and which one is selected")
     sub.add_parser("tracking", parents=[common],
@@ -137,21 +146,38 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("at", parents=[common],
                        help="retrospective estimate for a past system time (ns)")
     a.add_argument("system_time_ns", type=int)
-    w = sub.add_parser("watch", parents=[common], help="print `now` repeatedly")
+    w = sub.add_parser("watch", parents=[common, shm], help="print `now` repeatedly")
     w.add_argument("--interval", type=float, default=1.0)
     w.add_argument("--count", type=int, default=0, help="stop after N lines (0: forever)")
     return p
 
 
+def shm_only(path: str) -> Any:
+    """``now`` from the segment alone (``--shm``); explains itself when it cannot answer."""
+    reader: ShmReader | None = None
+
+    def now() -> dict[str, Any]:
+        nonlocal reader
+        try:
+            reader = reader or ShmReader(path)
+            return reader.now()
+        except ShmUnavailable as exc:
+            raise DaemonUnavailable(path, f"{exc} (drop --shm to ask the socket)") from None
+
+    return now
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    client = Client(args.socket, timeout=args.timeout)
+    client = Client(args.socket, timeout=args.timeout, shm_path=getattr(args, "shm_path", None),
+                    use_shm=not getattr(args, "no_shm", False))
+    now = shm_only(client.shm_path) if getattr(args, "shm", False) else client.now
     out = print
     try:
         if args.command == "watch":
             n = 0
             while True:
-                r = client.now()
+                r = now()
                 out(json.dumps(r) if args.json else
                     f"{iso_ns(r['corrected_time_ns'])} ± {fmt_s(r['bound_ns'])} {r['status']}")
                 sys.stdout.flush()
@@ -160,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                     return 0
                 time.sleep(args.interval)
         if args.command == "now":
-            r, render = client.now(), render_now
+            r, render = now(), render_now
         elif args.command == "status":
             r, render = client.status(), render_status
         elif args.command == "sources":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import socket
 import threading
+import time
 from typing import Any
 
 from chronotick_client.protocol import (
@@ -21,6 +22,7 @@ from chronotick_client.protocol import (
     encode,
     request,
 )
+from chronotick_client.shm import ShmReader, ShmUnavailable, default_shm_path
 
 START_HINT = (
     "start the daemon with `sudo systemctl start chronotickd` (or `make run` in a checkout), "
@@ -45,14 +47,30 @@ class RequestFailed(RuntimeError):
 
 
 class Client:
-    """One connection to chronotickd, opened lazily; thread-safe."""
+    """One connection to chronotickd, opened lazily; thread-safe.
 
-    def __init__(self, path: str | None = None, timeout: float = 2.0) -> None:
+    With ``use_shm=True`` (what chronotick-cli and chronotick-mcp pass), ``now()`` reads the
+    daemon's shared-memory segment when one is usable (``shm0`` beside the socket, or
+    ``shm_path``) and asks the socket otherwise. A segment that cannot answer honestly (daemon
+    stopped, clock stepped, another boot) sends that call to the socket and is looked for
+    again a few seconds later. The default is the socket alone: a library user opts in, and
+    a program whose clocks are not the daemon's (a test harness under the clock rig) never
+    reads a segment written against other clocks.
+    """
+
+    SHM_RETRY_S = 5.0
+
+    def __init__(self, path: str | None = None, timeout: float = 2.0,
+                 shm_path: str | None = None, use_shm: bool = False) -> None:
         self.path = path or default_socket_path()
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        self.shm_path = shm_path or default_shm_path(path)
+        self._use_shm = use_shm
+        self._shm: ShmReader | None = None
+        self._shm_retry_at = 0.0
 
     def __enter__(self) -> Client:
         return self
@@ -64,6 +82,9 @@ class Client:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        shm, self._shm = self._shm, None
+        if shm is not None:
+            shm.close()
 
     def _connect(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -117,6 +138,19 @@ class Client:
 
     # convenience wrappers -------------------------------------------------------------
     def now(self) -> dict[str, Any]:
+        if self._use_shm:
+            reader = self._shm
+            if reader is None and time.monotonic() >= self._shm_retry_at:
+                try:
+                    reader = self._shm = ShmReader(self.shm_path)
+                except ShmUnavailable:
+                    self._shm_retry_at = time.monotonic() + self.SHM_RETRY_S
+            if reader is not None:
+                try:
+                    return reader.now()
+                except ShmUnavailable:
+                    self._shm = None  # reopened later: a restarted daemon may have replaced it
+                    self._shm_retry_at = time.monotonic() + self.SHM_RETRY_S
         return self.call("now")
 
     def status(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ incompatible change.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from typing import Any
@@ -79,3 +80,41 @@ def ok_reply(req_id: Any, result: dict[str, Any]) -> dict[str, Any]:
 def error_reply(req_id: Any, code: str, message: str) -> dict[str, Any]:
     return {"v": PROTOCOL_VERSION, "id": req_id, "ok": False,
             "error": {"code": code, "message": message}}
+
+
+_FINITE_LIMIT = 2**62 / 1e9  # a bound this wide (or NaN/inf) is sent as 2**62 ns
+
+
+def interval_ns(offset: float, bound: float) -> tuple[int, int, int, int]:
+    """(offset_ns, bound_ns, earliest − system, latest − system) in integer ns, rounded
+    outward; a bound this wide (or NaN/inf) saturates at 2**62 ns. ``bound_ns`` is the larger
+    distance from the corrected time to either end, so ``corrected ± bound_ns`` covers
+    ``[earliest, latest]`` too and integer arithmetic never narrows the promise."""
+    offset_ns = round(offset * 1e9)
+    if not bound < _FINITE_LIMIT:
+        return offset_ns, 2**62, offset_ns - 2**62, offset_ns + 2**62
+    lo = math.floor((offset - bound) * 1e9)
+    hi = math.ceil((offset + bound) * 1e9)
+    return offset_ns, max(math.ceil(bound * 1e9), offset_ns - lo, hi - offset_ns), lo, hi
+
+
+def now_result(system_time_ns: int, offset: float, bound: float, status: str, source: str,
+               as_of: float, void_after: float) -> dict[str, Any]:
+    """The ``now`` result for a time answer (seconds, as ``ClockState.answer`` returns them),
+    in integer ns with the interval rounded outward (``interval_ns``). The daemon's socket and
+    the shared-memory reader both build it here, so the two cannot drift apart."""
+    offset_ns, bound_ns, lo, hi = interval_ns(offset, bound)
+    as_of_ns = round(as_of * 1e9) if as_of else 0
+    return {
+        "corrected_time_ns": system_time_ns + offset_ns,
+        "system_time_ns": system_time_ns,
+        "offset_ns": offset_ns,
+        "bound_ns": bound_ns,
+        "earliest_ns": system_time_ns + lo,
+        "latest_ns": system_time_ns + hi,
+        "status": str(status),
+        "source": source,
+        "as_of_ns": as_of_ns,
+        "age_ns": max(0, system_time_ns - as_of_ns) if as_of_ns else None,
+        "void_after_ns": round(void_after * 1e9) if void_after else 0,
+    }

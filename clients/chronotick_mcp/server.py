@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     # whose own setup would otherwise install a wrapped, multi-line rich handler.
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="chronotick-mcp: %(levelname)s %(message)s")
-    client = Client(args.socket, timeout=args.timeout)
+    client = Client(args.socket, timeout=args.timeout, use_shm=True)  # shm when usable
     try:
         build_server(client, log_level=args.log_level,
                      argument_errors=args.argument_errors).run("stdio")

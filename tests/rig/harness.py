@@ -432,6 +432,9 @@ class Rig:
     test plays a leap second (then UTC repeats a second after the leap).
     """
 
+    # what ``daemon`` makes: tests may put a subclass here (e.g. one that reads shm)
+    daemon_class: type[RigDaemon] = RigDaemon
+
     def __init__(self, workdir: Path | None = None) -> None:
         self._own = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="ct-rig-"))
@@ -474,7 +477,7 @@ class Rig:
         denv = {**os.environ, "PYTHONPATH": PYTHONPATH, "LD_PRELOAD": str(self.shim),
                 "CLOCKSHIM_CTL": str(clock.path), "CHRONOTICK_BOOT_ID_FILE": str(boot_file),
                 **(env or {})}
-        d = RigDaemon(self, name, work, clock, conf, denv)
+        d = self.daemon_class(self, name, work, clock, conf, denv)
         self.daemons.append(d)
         return d.start() if start else d
 
