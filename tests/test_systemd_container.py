@@ -211,6 +211,16 @@ def test_cli_now_answers_against_chronyd_in_the_container(box: Container) -> Non
     assert [r["name"] for r in rows] == [f"ntp:127.0.0.1:{NTP_PORT}"], rows
 
 
+def test_shm_segment_answers_under_the_sandbox(box: Container) -> None:
+    """The segment is made inside the unit's sandbox (UMask=0077, W^X) with the socket's read
+    permissions, and `now --shm` answers from it alone, as an unprivileged user."""
+    c = box
+    assert c.sh("stat -c '%U %a' /run/chronotick/shm0").stdout.split() == ["chronotick", "644"]
+    out = c.sh("runuser -u nobody -- chronotick-cli now --shm --json").stdout
+    ans = json.loads(out)
+    assert ans["status"] == "synchronized" and ans["earliest_ns"] <= ans["latest_ns"], ans
+
+
 def test_socket_activation_starts_a_stopped_service(box: Container) -> None:
     c = box
     c.sh(f"systemctl stop {UNIT}")
