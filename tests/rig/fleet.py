@@ -13,6 +13,7 @@ ordering claim "A before B" is a violation when B was in truth stamped first.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -27,11 +28,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rig.harness import NS, Rig, RigDaemon, Sample, Score, real_now
 from support import PYTHONPATH, REPO
 
 from chronotick_mcp import tools
 from chronotick_mcp.models import MAX_EVENTS, Event
+from rig.harness import NS, Rig, RigDaemon, Sample, Score, real_now
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -87,7 +88,7 @@ def check_pairs(stamps: Sequence[Stamp], pairs: Sequence[Any]) -> OrderCheck:
     dicts) against the stamps' true order: the order of ``stamps``."""
     rank = {s.id: i for i, s in enumerate(stamps)}
     by_id = {s.id: s for s in stamps}
-    for earlier, later in zip(stamps, stamps[1:], strict=False):
+    for earlier, later in itertools.pairwise(stamps):
         if earlier.sample.recv_ns > later.sample.send_ns:
             raise AssertionError(f"stamps {earlier.id} and {later.id} overlap in true time: "
                                  "their order is not known")

@@ -107,6 +107,7 @@ def three_hosts_ordered(rig: Rig, server: str, scale: float = 1.0) -> OrderResul
     calls ordered must be in the true (stamping) order. The bulk goes through the function
     the server calls; a real MCP client stamps (get_time) and orders a share itself."""
     import anyio
+
     from rig.fleet import Stamp, mcp_stamp_and_order, order_stamps
 
     hosts = [_synchronized(rig, name, server, off, ppm)
