@@ -35,7 +35,6 @@ from chronotick_mcp.models import MAX_EVENTS, Event
 from rig.harness import NS, Rig, RigDaemon, Sample, Score, real_now
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 # -- events and their honest order ----------------------------------------------------------
@@ -208,14 +207,14 @@ class Oscillator:
 
 
 def plan_oscillators(n: int, seed: int, measure_s: float) -> list[Oscillator]:
-    """Varied clocks: offsets within ±100 ms, frequency errors within ±50 ppm, half of them
-    wandering; every fourth stepped (±0.5 ms or ±2 s) and every fourth slewed (±500 ppm) by
-    "another daemon" during the measuring phase."""
+    """Varied clocks: offsets within ±100 ms, frequency errors within ±50 ppm; of every four
+    hosts one is left alone, one wanders (a sinusoid of up to 1 ppm), one is stepped
+    (±0.5 ms or ±2 s) and one slewed (±500 ppm) by "another daemon" mid-run."""
     rnd = random.Random(seed)
     out = []
     for i in range(n):
         o = Oscillator(offset_s=rnd.uniform(-0.1, 0.1), freq_ppm=rnd.uniform(-50, 50))
-        if i % 2 == 0:
+        if i % 4 == 2:
             o.wander_ppm = rnd.uniform(0.2, 1.0)
             o.wander_period_s = rnd.uniform(30, 120)
         at = rnd.uniform(0.2, 0.5) * measure_s
@@ -437,10 +436,17 @@ class Fleet:
 
 
 # -- figures --------------------------------------------------------------------------------
-def fleet_score(hosts: Sequence[Host]) -> Score:
+def settled(h: Host, after_s: float) -> Score:
+    """The host's answers from ``after_s`` into the measuring phase on (past the young fits
+    right after synchronized, whose bounds are wide but honest)."""
+    return Score([s for (t, _, _), s in zip(h.series, h.score.samples, strict=True)
+                  if t >= after_s])
+
+
+def fleet_score(hosts: Sequence[Host], after_s: float = 0.0) -> Score:
     total = Score()
     for h in hosts:
-        total.extend(h.score)
+        total.extend(settled(h, after_s) if after_s else h.score)
     return total
 
 
@@ -454,7 +460,8 @@ def host_rows(hosts: Sequence[Host]) -> list[dict[str, Any]]:
              "coverage": h.score.coverage, "mae_s": h.score.mae_s, "p99_s": h.score.p99_s,
              "half_width_s": h.score.half_width_s, "to_sync_s": h.to_sync_s,
              "rss_bytes": rss_bytes(h.pid) if h.daemon.proc else None,
-             "cpu_s": cpu_seconds(h.pid) if h.daemon.proc else None} for h in hosts]
+             "cpu_s": cpu_seconds(h.pid) if h.daemon.proc else None,
+             "series": [(round(t, 3), e, b) for t, e, b in h.series]} for h in hosts]
 
 
 def dump(path: os.PathLike[str] | str, data: Any) -> None:
