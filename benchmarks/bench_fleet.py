@@ -24,6 +24,7 @@ violations, every scrape parsed with counts that agree).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import sys
@@ -70,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="events each of 3 hosts stamps through a real MCP client (0: none)")
     p.add_argument("--json", type=Path, help="write the figures as JSON here")
     p.add_argument("--plot", type=Path, help="write a PNG: per-host error and bound")
+    p.add_argument("--replot", type=Path, metavar="JSON",
+                   help="only redraw --plot from a JSON this bench wrote (no daemons)")
     args = p.parse_args(argv)
     if args.duration is None:
         args.duration = 60.0 if args.quick else 300.0
@@ -105,7 +108,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             scrapes = fleet.measure(every_s=args.every)
             scrapes.append(fleet.scrape_all())
             measured = time.monotonic() - t_sync
-            rows = host_rows(fleet.hosts)
+            rows = host_rows(fleet.hosts, args.settle)
             steady = sum(cpu_seconds(h.pid) - cpu_at_sync[h.name] for h in fleet.hosts)
             out |= figures(fleet.hosts, rows, scrapes, args.settle)
             out["cpu"] = {"daemons_total_s": sum(r["cpu_s"] for r in rows),
@@ -122,7 +125,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 out["mcp_order"] = mcp.as_json() | {"tool_equals_function": same}
             out["host_rows"] = rows
             if args.plot:
-                plot(fleet.hosts, rows, args.plot)
+                plot(rows, args.plot, args.settle)
                 out["plot"] = str(args.plot)
         finally:
             fleet.close()
@@ -212,58 +215,73 @@ def report(out: dict[str, Any]) -> bool:
     return ok
 
 
-def plot(hosts: list[Host], rows: list[dict[str, Any]], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], path: Path, settle_s: float) -> None:
     """Top: four hosts (steady, wandering, stepped, slewed): served error and ± bound over
-    time. Bottom: every host's p99 |error| and median half-width."""
+    time (symmetric log scale). Bottom: every host's p99 |error| (all answers and from
+    ``settle_s`` on) and median bound half-width; hosts with a miss are labelled in red."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def pick(pred: Any) -> Host | None:
-        return next((h for h in hosts if pred(h)), None)
+    def pick(pred: Any) -> dict[str, Any] | None:
+        return next((r for r in rows if pred(r["osc"])), None)
 
-    shown = [h for h in (pick(lambda h: not h.osc.event and not h.osc.wander_ppm),
-                         pick(lambda h: not h.osc.event and h.osc.wander_ppm),
-                         pick(lambda h: h.osc.event == "step" and abs(h.osc.step_s) > 1)
-                         or pick(lambda h: h.osc.event == "step"),
-                         pick(lambda h: h.osc.event == "slew")) if h is not None]
-    fig = plt.figure(figsize=(12, 7.5), layout="constrained")
+    shown = [r for r in (pick(lambda o: not o["event"] and not o["wander_ppm"]),
+                         pick(lambda o: not o["event"] and o["wander_ppm"]),
+                         pick(lambda o: o["event"] == "step" and abs(o["step_s"]) > 1)
+                         or pick(lambda o: o["event"] == "step"),
+                         pick(lambda o: o["event"] == "slew")) if r is not None]
+    fig = plt.figure(figsize=(13, 8), layout="constrained")
     grid = fig.add_gridspec(2, max(1, len(shown)))
-    for i, h in enumerate(shown):
+    for i, r in enumerate(shown):
         ax = fig.add_subplot(grid[0, i])
-        t = [p[0] for p in h.series]
-        err = [p[1] * 1e6 for p in h.series]
-        bnd = [p[2] * 1e6 for p in h.series]
-        ax.fill_between(t, [-b for b in bnd], bnd, color="tab:blue", alpha=0.2,
-                        label="± bound")
+        t = [p[0] for p in r["series"]]
+        err = [p[1] * 1e6 for p in r["series"]]
+        bnd = [p[2] * 1e6 for p in r["series"]]
+        ax.fill_between(t, [-b for b in bnd], bnd, color="tab:blue", alpha=0.25, lw=0,
+                        label="± bound", step="post")
         ax.plot(t, err, ".", ms=2, color="tab:red", label="served − true")
-        if h.osc.event:
-            ax.axvline(h.osc.event_at_s, color="grey", ls="--", lw=0.8)
-        ax.set_title(f"{h.name}: {h.osc.describe()}", fontsize=7)
-        ax.set_xlabel("s")
+        ax.set_yscale("symlog", linthresh=100)
+        if r["osc"]["event"]:
+            ax.axvline(r["osc"]["event_at_s"], color="grey", ls="--", lw=0.8)
+        ax.set_title(f"{r['host']}: {r['clock']}".replace(", ", ",\n", 1), fontsize=7)
+        ax.set_xlabel("s into measuring")
         if i == 0:
-            ax.set_ylabel("µs")
-            ax.legend(fontsize=7, loc="upper right")
+            ax.set_ylabel("µs (linear within ±100)")
+            ax.legend(fontsize=7, loc="lower right")
     ax = fig.add_subplot(grid[1, :])
-    x = range(len(rows))
-    ax.bar([i - 0.2 for i in x], [r["p99_s"] * 1e6 for r in rows], width=0.4,
-           label="p99 |served − true|")
-    ax.bar([i + 0.2 for i in x], [r["half_width_s"] * 1e6 for r in rows], width=0.4,
-           label="median bound half-width")
-    ax.set_xticks(list(x), [r["host"] for r in rows], rotation=90, fontsize=7)
+    x = list(range(len(rows)))
+    for off, vals, label in (
+            (-0.27, [r["p99_s"] for r in rows], "p99 |served − true|, all answers"),
+            (0.0, [r["settled_p99_s"] for r in rows],
+             f"p99 |served − true| from {settle_s:g} s on"),
+            (0.27, [r["half_width_s"] for r in rows], "median bound half-width")):
+        ax.bar([i + off for i in x], [v * 1e6 for v in vals], width=0.27, label=label)
+    ax.set_yscale("log")
+    ax.set_xticks(x, [r["host"] for r in rows], rotation=90, fontsize=7)
+    for tick, r in zip(ax.get_xticklabels(), rows, strict=True):
+        if r["coverage"] < 1.0:
+            tick.set_color("red")
     ax.set_ylabel("µs")
-    cov = min(r["coverage"] for r in rows)
-    ax.set_title(f"{len(rows)} daemons against one loopback chronyd; lowest per-host coverage "
-                 f"{cov:.4f}", fontsize=9)
+    missed = sum(r["coverage"] < 1.0 for r in rows)
+    ax.set_title(f"{len(rows)} daemons against one loopback chronyd; {missed} hosts with a "
+                 f"miss (red); lowest per-host coverage "
+                 f"{min(r['coverage'] for r in rows):.4f}", fontsize=9)
     ax.legend(fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.replot:
+        if not args.plot:
+            raise SystemExit("--replot needs --plot PATH")
+        saved = json.loads(args.replot.read_text())
+        plot(saved["host_rows"], args.plot, saved["settled"]["after_s"])
+        return 0
     print(f"load average {load()}; {os.cpu_count()} CPUs", flush=True)
     try:
         out = run(args)

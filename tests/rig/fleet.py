@@ -25,7 +25,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from support import PYTHONPATH, REPO
@@ -464,9 +464,11 @@ def worst_host(hosts: Sequence[Host]) -> Host:
     return max(hosts, key=lambda h: (h.score.p99_s, -h.score.coverage))
 
 
-def host_rows(hosts: Sequence[Host]) -> list[dict[str, Any]]:
-    return [{"host": h.name, "clock": h.osc.describe(), "queries": h.score.queries,
-             "coverage": h.score.coverage, "mae_s": h.score.mae_s, "p99_s": h.score.p99_s,
+def host_rows(hosts: Sequence[Host], settle_s: float = 0.0) -> list[dict[str, Any]]:
+    """Per-host figures (and the raw series: t, served − true, bound) as plain data."""
+    return [{"host": h.name, "clock": h.osc.describe(), "osc": asdict(h.osc),
+             "queries": h.score.queries, "coverage": h.score.coverage, "mae_s": h.score.mae_s,
+             "p99_s": h.score.p99_s, "settled_p99_s": settled(h, settle_s).p99_s,
              "half_width_s": h.score.half_width_s, "to_sync_s": h.to_sync_s,
              "rss_bytes": rss_bytes(h.pid) if h.daemon.proc else None,
              "cpu_s": cpu_seconds(h.pid) if h.daemon.proc else None,
