@@ -19,7 +19,6 @@ import math
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from support import PYTHONPATH, REPO
+from support import PYTHONPATH, REPO, free_tcp_port
 
 from chronotick_mcp import tools
 from chronotick_mcp.models import MAX_EVENTS, Event
@@ -257,12 +256,6 @@ class Host:
     def query(self) -> Sample:
         self.now_calls += 1
         return self.daemon.query()
-
-
-def free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scrape(port: int, timeout: float = 5.0) -> dict[str, list[Any]]:
