@@ -28,6 +28,7 @@ import json
 import os
 import resource
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "tests"), str(REPO), str(REPO / "clients")]
 
 from rig.fleet import (  # noqa: E402
+    CpuStarver,
     Fleet,
     Host,
     ScrapeCheck,
@@ -66,6 +68,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stagger", type=float, default=0.5,
                    help="seconds between daemon starts, as hosts boot independently "
                         "(0: all at once, a CPU storm on this one machine)")
+    p.add_argument("--starve", type=float, metavar="PERCENT",
+                   help="cap all daemons together at PERCENT of one core (a cgroup) from "
+                        "their start, as on a saturated host")
+    p.add_argument("--starve-s", type=float, default=30.0,
+                   help="seconds after the first start when the cap is lifted (default 30)")
     p.add_argument("--seed", type=int, default=1, help="seed of the oscillators' plan")
     p.add_argument("--mcp-rounds", type=int, default=10,
                    help="events each of 3 hosts stamps through a real MCP client (0: none)")
@@ -93,8 +100,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with terminating_on_sigterm(), chronyd_server() as ref, Rig() as rig:
         fleet = Fleet(rig, ref.server, args.hosts, seed=args.seed, measure_s=args.duration,
                       poll_s=args.poll)
+        starver: CpuStarver | None = None
+        lift: threading.Timer | None = None
+        out["starve"] = {"percent": args.starve, "for_s": args.starve_s} if args.starve \
+            else None
         try:
-            fleet.start(stagger_s=args.stagger)
+            if args.starve:
+                starver = CpuStarver(args.starve)
+                lift = threading.Timer(args.starve_s, starver.release)
+                lift.start()
+            fleet.start(stagger_s=args.stagger, starver=starver)
             pids = " ".join(str(h.pid) for h in fleet.hosts)
             print(f"chronyd pid {ref.proc.pid}; daemon pids {pids}", flush=True)
             started = time.monotonic() - began
@@ -128,7 +143,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 plot(rows, args.plot, args.settle)
                 out["plot"] = str(args.plot)
         finally:
+            if lift is not None:
+                lift.cancel()
+            if starver is not None:
+                starver.release()  # a capped daemon would take long to save and exit
             fleet.close()
+            if starver is not None:
+                starver.close()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     out["cpu"]["harness_s"] = (usage.ru_utime + usage.ru_stime - harness_cpu0.ru_utime
                                - harness_cpu0.ru_stime)
@@ -210,6 +231,9 @@ def report(out: dict[str, Any]) -> bool:
               f" {m['decided']} ordered, {m['concurrent']} concurrent, {m['violations']} "
               f"violations; tool == function on a bulk batch: {m['tool_equals_function']}")
         ok &= m["violations"] == 0 and m["tool_equals_function"]
+    if out.get("starve"):
+        print(f"daemons capped together at {out['starve']['percent']:g} % of a core for the "
+              f"first {out['starve']['for_s']:g} s (cgroup cpu quota)")
     print(f"wall {out['wall_s']:.0f} s; load average before {out['load_before']}, after "
           f"{out['load_after']}")
     return ok

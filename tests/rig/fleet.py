@@ -333,13 +333,18 @@ class Fleet:
         self.t0 = 0.0  # monotonic start of the measuring phase
 
     # -- lifecycle ------------------------------------------------------------------------
-    def start(self, timeout: float = 120.0, stagger_s: float = 0.0) -> None:
+    def start(self, timeout: float = 120.0, stagger_s: float = 0.0,
+              starver: CpuStarver | None = None) -> None:
         """Spawn the daemons ``stagger_s`` apart (0: all at once, a CPU storm on one
-        machine), then wait for each socket and for synchronized."""
+        machine), each into ``starver``'s cgroup if given, then wait for each socket and for
+        synchronized."""
         for i, h in enumerate(self.hosts):
             if i and stagger_s:
                 time.sleep(stagger_s)
             h.daemon.spawn()
+            if starver is not None:
+                assert h.daemon.proc is not None
+                starver.add(h.daemon.proc.pid)
         for h in self.hosts:
             h.daemon.connect()
         deadline = time.monotonic() + timeout
@@ -484,3 +489,70 @@ def terminating_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+# -- a starved machine ----------------------------------------------------------------------
+class CpuStarver:
+    """Caps the CPU of the processes added to it (all together) with a cgroup of its own:
+    cgroup v1's ``cpu`` controller (cfs quota) or v2's ``cpu.max``. A deterministic stand-in
+    for a host whose CPU is saturated, without burning the CPU other work needs.
+
+    ``release()`` lifts the cap; ``close()`` moves what is left back where it came from and
+    removes the cgroup. Root only.
+    """
+
+    PERIOD_US = 100_000
+
+    def __init__(self, percent_of_a_core: float) -> None:
+        v1, v2 = "/sys/fs/cgroup/cpu", "/sys/fs/cgroup"
+        if os.path.exists(f"{v1}/cpu.cfs_quota_us"):
+            self.base, self.v2 = v1, False
+        elif "cpu" in _read(f"{v2}/cgroup.subtree_control").split():
+            self.base, self.v2 = v2, True
+        else:
+            raise RuntimeError("no cgroup cpu controller to starve the daemons with")
+        self.path = f"{self.base}/chronotick-starve-{os.getpid()}"
+        os.mkdir(self.path)
+        self.origin: dict[int, str] = {}
+        quota = max(1000, round(self.PERIOD_US * percent_of_a_core / 100))
+        if self.v2:
+            _write(f"{self.path}/cpu.max", f"{quota} {self.PERIOD_US}")
+        else:
+            _write(f"{self.path}/cpu.cfs_period_us", str(self.PERIOD_US))
+            _write(f"{self.path}/cpu.cfs_quota_us", str(quota))
+
+    def add(self, pid: int) -> None:
+        for line in _read(f"/proc/{pid}/cgroup").splitlines():
+            _, controllers, rel = line.split(":", 2)
+            if (self.v2 and controllers == "") or (not self.v2 and "cpu" in
+                                                     controllers.split(",")):
+                self.origin[pid] = self.base + rel.rstrip("/")
+        _write(f"{self.path}/cgroup.procs", str(pid))
+
+    def release(self) -> None:
+        if self.v2:
+            _write(f"{self.path}/cpu.max", f"max {self.PERIOD_US}")
+        else:
+            _write(f"{self.path}/cpu.cfs_quota_us", "-1")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.release()
+        for pid in _read(f"{self.path}/cgroup.procs").split():
+            with contextlib.suppress(OSError):
+                _write(f"{self.origin.get(int(pid), self.base)}/cgroup.procs", pid)
+        with contextlib.suppress(OSError):
+            os.rmdir(self.path)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as fh:
+            return fh.read()
+    except OSError:
+        return ""
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as fh:
+        fh.write(text)
