@@ -15,6 +15,7 @@ one real chronyd (-x) on loopback, each serving Prometheus metrics on its own po
 
     python benchmarks/bench_fleet.py --quick [--json out.json] [--plot docs/img/fleet.png]
     python benchmarks/bench_fleet.py --hosts 64 --duration 600
+    python benchmarks/bench_fleet.py --hosts 6 --stagger 0 --starve 10 --starve-s 45  # saturated
 
 Needs root (chronyd, setpriv) and gcc. Every daemon and chronyd is killed by PID at the end,
 on Ctrl-C and on SIGTERM too. Exits 1 when a goal is missed (coverage ≥ 0.99, 0 ordering
