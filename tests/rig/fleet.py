@@ -130,15 +130,18 @@ def order_stamps(stamps: Sequence[Stamp], batch: int = MAX_EVENTS) -> OrderCheck
 
 # -- the real MCP client --------------------------------------------------------------------
 @contextlib.asynccontextmanager
-async def mcp_session(socket_path: str) -> Any:
+async def mcp_session(d: RigDaemon) -> Any:
     """The MCP SDK's own client, spawning ``python -m chronotick_mcp`` over stdio for one
-    daemon (unshimmed: the adapter only relays the daemon's answers)."""
+    daemon. The adapter runs under that daemon's clock shim, as a client on the same host
+    would: whatever it reads of the clocks itself (a shared-memory segment's reader does)
+    is that host's clock, not the harness's."""
     from mcp import ClientSession, StdioServerParameters, stdio_client
 
+    shim = {k: d.env[k] for k in ("LD_PRELOAD", "CLOCKSHIM_CTL") if k in d.env}
     params = StdioServerParameters(
-        command=sys.executable, args=["-m", "chronotick_mcp", "--socket", socket_path,
+        command=sys.executable, args=["-m", "chronotick_mcp", "--socket", d.socket,
                                       "--timeout", "10"],
-        cwd=str(REPO), env={"PYTHONPATH": PYTHONPATH})
+        cwd=str(REPO), env={"PYTHONPATH": PYTHONPATH, **shim})
     with open(os.devnull, "w") as errlog:
         async with (stdio_client(params, errlog=errlog) as (read, write),
                     ClientSession(read, write, read_timeout_seconds=30) as session):
@@ -161,7 +164,7 @@ async def mcp_stamp_and_order(daemons: Sequence[RigDaemon], rounds: int,
     against truth. With ``extra`` stamps, also send one batch of them to the tool and report
     whether its answer equals the in-process function's (the bulk path)."""
     async with contextlib.AsyncExitStack() as stack:
-        sessions = [await stack.enter_async_context(mcp_session(d.socket)) for d in daemons]
+        sessions = [await stack.enter_async_context(mcp_session(d)) for d in daemons]
         stamps: list[Stamp] = []
         for r in range(rounds):
             for d, s in zip(daemons, sessions, strict=True):
