@@ -1,8 +1,9 @@
 """Many rig daemons watched as a fleet: events stamped across hosts and ordered by the MCP
 server's own ``order_events``, metrics scraped over HTTP, memory and CPU read from /proc.
 
-Shared by scenario (h) (tests/rig/scenarios.py), benchmarks/bench_fleet.py and
-tests/test_fleet.py, so the bench cannot drift from what the suite checks.
+Scenario (h) of the truth suite lives here (``three_hosts_ordered``, registered in
+tests/rig/scenarios.py); benchmarks/bench_fleet.py and tests/test_fleet.py use the same
+machinery, so the bench cannot drift from what the suite checks.
 
 Truth of an event: a stamp is one `now` answer (or an MCP ``get_time``) the harness asked for
 between two readings of its own, unshimmed clock; stamps are taken one after the other, so
@@ -32,6 +33,7 @@ from support import PYTHONPATH, REPO, free_tcp_port
 from chronotick_mcp import tools
 from chronotick_mcp.models import MAX_EVENTS, Event
 from rig.harness import NS, Rig, RigDaemon, Sample, Score, real_now
+from rig.scenarios import Result, _synchronized
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -492,6 +494,60 @@ def terminating_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+# -- scenario (h) of the truth suite --------------------------------------------------------
+@dataclass
+class OrderResult(Result):
+    """Scenario (h)'s result: the stamps' score plus what order_events said about them."""
+
+    order: OrderCheck = field(default_factory=OrderCheck)      # bulk: the server's function
+    mcp_order: OrderCheck = field(default_factory=OrderCheck)  # through a real MCP client
+    mcp_same: bool = True  # the tool's answer to a bulk batch equals the function's
+
+    @property
+    def violations(self) -> int:
+        return len(self.order.violations) + len(self.mcp_order.violations) + (not self.mcp_same)
+
+    @property
+    def note(self) -> str:
+        return (f"  bulk: {self.order.summary()}\n  MCP client: {self.mcp_order.summary()}; "
+                f"tool == function on a bulk batch: {self.mcp_same}")
+
+    def as_json(self) -> dict[str, Any]:
+        return super().as_json() | {"order": self.order.as_json(),
+                                    "mcp_order": self.mcp_order.as_json(),
+                                    "mcp_same": self.mcp_same}
+
+
+def three_hosts_ordered(rig: Rig, server: str, scale: float = 1.0) -> OrderResult:
+    """(h) three daemons with different clocks (one slewed at 500 ppm by another daemon
+    mid-run) stamp events in turn; the MCP server's order_events orders them. Every pair it
+    calls ordered must be in the true (stamping) order. The bulk goes through the function
+    the server calls; a real MCP client stamps (get_time) and orders a share itself."""
+    import anyio
+
+    hosts = [_synchronized(rig, name, server, off, ppm)
+             for name, off, ppm in (("hA", 0.040, 25.0), ("hB", -0.060, -30.0),
+                                    ("hC", 0.005, 8.0))]
+    daemons = [d for d, _ in hosts]
+    score, stamps = Score(), []
+    began, slewed = time.monotonic(), False
+    while (el := time.monotonic() - began) < 8.0 * scale:
+        if not slewed and el >= 2.0:
+            daemons[2].clock.slew(500.0, 4.0 * scale)
+            slewed = True
+        for d in daemons:  # back to back: neighbours are a fraction of a ms apart
+            s = d.query()
+            score.add(s)
+            stamps.append(Stamp(f"{d.name}-{len(stamps)}", d.name, s))
+        time.sleep(0.02)
+    order = order_stamps(stamps)
+    mcp_stamps, mcp_order, same = anyio.run(mcp_stamp_and_order, daemons, 20, stamps)
+    for st in mcp_stamps:
+        score.add(st.sample)
+    return OrderResult("h-three-hosts-order", score, max(t for _, t in hosts), order=order,
+                       mcp_order=mcp_order, mcp_same=same)
 
 
 # -- a starved machine ----------------------------------------------------------------------

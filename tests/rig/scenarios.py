@@ -12,7 +12,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from rig.harness import Rig, RigDaemon, Score
 
@@ -78,59 +77,12 @@ def unsynchronized_kernel_claims_zero(rig: Rig, server: str, scale: float = 1.0)
     return Result("g-kernel-maxerror-0", d.sample_for(3.0 * scale), None)
 
 
-@dataclass
-class OrderResult(Result):
-    """Scenario (h)'s result: the stamps' score plus what order_events said about them."""
+def three_hosts_ordered(rig: Rig, server: str, scale: float = 1.0) -> Result:
+    """(h) three daemons with different clocks stamp events in turn; the MCP server's
+    order_events must never order a pair against the true order (tests/rig/fleet.py)."""
+    from rig.fleet import three_hosts_ordered as run
 
-    order: Any = None      # rig.fleet.OrderCheck: the bulk, through the MCP server's function
-    mcp_order: Any = None  # the same check through a real MCP client's order_events call
-    mcp_same: bool = True  # the tool's answer to a bulk batch equals the function's
-
-    @property
-    def violations(self) -> int:
-        return len(self.order.violations) + len(self.mcp_order.violations) + (not self.mcp_same)
-
-    @property
-    def note(self) -> str:
-        return (f"  bulk: {self.order.summary()}\n  MCP client: {self.mcp_order.summary()}; "
-                f"tool == function on a bulk batch: {self.mcp_same}")
-
-    def as_json(self) -> dict:
-        return super().as_json() | {"order": self.order.as_json(),
-                                    "mcp_order": self.mcp_order.as_json(),
-                                    "mcp_same": self.mcp_same}
-
-
-def three_hosts_ordered(rig: Rig, server: str, scale: float = 1.0) -> OrderResult:
-    """(h) three daemons with different clocks (one slewed at 500 ppm by another daemon
-    mid-run) stamp events in turn; the MCP server's order_events orders them. Every pair it
-    calls ordered must be in the true (stamping) order. The bulk goes through the function
-    the server calls; a real MCP client stamps (get_time) and orders a share itself."""
-    import anyio
-
-    from rig.fleet import Stamp, mcp_stamp_and_order, order_stamps
-
-    hosts = [_synchronized(rig, name, server, off, ppm)
-             for name, off, ppm in (("hA", 0.040, 25.0), ("hB", -0.060, -30.0),
-                                    ("hC", 0.005, 8.0))]
-    daemons = [d for d, _ in hosts]
-    score, stamps = Score(), []
-    began, slewed = time.monotonic(), False
-    while (el := time.monotonic() - began) < 8.0 * scale:
-        if not slewed and el >= 2.0:
-            daemons[2].clock.slew(500.0, 4.0 * scale)
-            slewed = True
-        for d in daemons:  # back to back: neighbours are a fraction of a ms apart
-            s = d.query()
-            score.add(s)
-            stamps.append(Stamp(f"{d.name}-{len(stamps)}", d.name, s))
-        time.sleep(0.02)
-    order = order_stamps(stamps)
-    mcp_stamps, mcp_order, same = anyio.run(mcp_stamp_and_order, daemons, 20, stamps)
-    for st in mcp_stamps:
-        score.add(st.sample)
-    return OrderResult("h-three-hosts-order", score, max(t for _, t in hosts), order,
-                       mcp_order, same)
+    return run(rig, server, scale)
 
 
 def frequency_wander(rig: Rig, server: str, scale: float = 1.0) -> Result:
