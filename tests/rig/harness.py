@@ -359,7 +359,8 @@ class RigDaemon:
         p = self.workdir / "daemon.log"
         return p.read_text() if p.exists() else ""
 
-    def start(self) -> RigDaemon:
+    def spawn(self) -> RigDaemon:
+        """Start the process without waiting for its socket (many daemons start at once)."""
         cmd = [sys.executable, "-m", "chronotickd", "--config", str(self.config)]
         if os.geteuid() == 0 and SETPRIV:  # no CAP_SYS_TIME: a second guard besides the shim
             cmd = [SETPRIV, "--inh-caps=-sys_time", "--bounding-set=-sys_time", "--", *cmd]
@@ -367,6 +368,14 @@ class RigDaemon:
             self.started_ns = real_now()[0]
             self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO,
                                          env=self.env)
+        return self
+
+    def start(self) -> RigDaemon:
+        return self.spawn().connect()
+
+    def connect(self) -> RigDaemon:
+        """Wait for the spawned daemon's socket and open the harness's client on it."""
+        assert self.proc is not None, f"daemon {self.name} was not spawned"
         try:
             wait_for_socket(self.socket, self.proc, timeout=60)
         except RuntimeError as exc:
@@ -392,6 +401,11 @@ class RigDaemon:
         send = time.clock_gettime_ns(time.CLOCK_REALTIME)
         r = self.client.now()
         recv = time.clock_gettime_ns(time.CLOCK_REALTIME)
+        return self.sample(send, recv, r)
+
+    def sample(self, send: int, recv: int, r: dict[str, Any]) -> Sample:
+        """Score a `now`-shaped answer ``r`` (the socket's, or an MCP get_time's) obtained
+        between the harness's REALTIME readings ``send`` and ``recv``."""
         truth = self.rig.truth_ns
         lo, hi = sorted((truth(send), truth(recv)))
         at = self.clock.real_of_system(r["system_time_ns"], (send + recv) // 2)

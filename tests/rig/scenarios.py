@@ -77,6 +77,14 @@ def unsynchronized_kernel_claims_zero(rig: Rig, server: str, scale: float = 1.0)
     return Result("g-kernel-maxerror-0", d.sample_for(3.0 * scale), None)
 
 
+def three_hosts_ordered(rig: Rig, server: str, scale: float = 1.0) -> Result:
+    """(h) three daemons with different clocks stamp events in turn; the MCP server's
+    order_events must never order a pair against the true order (tests/rig/fleet.py)."""
+    from rig.fleet import three_hosts_ordered as run
+
+    return run(rig, server, scale)
+
+
 def frequency_wander(rig: Rig, server: str, scale: float = 1.0) -> Result:
     """(i) the oscillator's frequency wanders as a 1 ppm sinusoid (period 60 s × scale)."""
     d, t = _synchronized(rig, "i", server, 0.005, 3.0)
@@ -122,5 +130,6 @@ SCENARIOS: dict[str, Callable[[Rig, str, float], Result]] = {
     "e": restart_same_boot,
     "f": reboot,
     "g": unsynchronized_kernel_claims_zero,
+    "h": three_hosts_ordered,
     "i": frequency_wander,
 }
