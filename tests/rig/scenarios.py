@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from rig.harness import Rig, RigDaemon, Score
 
@@ -21,12 +22,14 @@ class Result:
     scenario: str
     score: Score
     to_sync_s: float | None
+    facts: dict[str, Any] = field(default_factory=dict)  # what a scenario saw besides scores
 
     def as_json(self) -> dict:
         s = self.score
         return {"scenario": self.scenario, "queries": s.queries, "coverage": s.coverage,
                 "mae_s": s.mae_s, "p99_s": s.p99_s, "half_width_s": s.half_width_s,
-                "window_s": s.window_s, "to_sync_s": self.to_sync_s}
+                "coverage_exact": s.coverage_exact, "window_s": s.window_s,
+                "p99_window_s": s.p99_window_s, "to_sync_s": self.to_sync_s}
 
 
 def _synchronized(rig: Rig, name: str, server: str, offset_s: float,
@@ -64,6 +67,34 @@ def realtime_steps(rig: Rig, server: str, scale: float = 1.0) -> Result:
         d.clock.step(delta)
         d.sample_for(1.5 * scale, score=score)
     return Result("c-steps", score, t)
+
+
+def leap_second_insert(rig: Rig, server: str, scale: float = 1.0) -> Result:
+    """(d) a leap second is inserted: a leap-aware NTP server (LeapResponder, not the
+    loopback chronyd, whose clock is far from any midnight) announces it (LI = 1) for the
+    UTC midnight a few seconds ahead, then repeats 23:59:59; the daemon's kernel inserts it
+    too (REALTIME steps back 1 s at its own midnight). Scored before, across and after; the
+    daemon's ``status`` must show the pending leap before it."""
+    del server  # the reference here is the leap-aware responder
+    before_s = 8.0 + 4.0 * scale  # sync (~3 s) and a stretch of answers before the leap
+    ref = rig.leap_responder(before_s)
+    d = rig.daemon("d", [ref.server], start=False)
+    d.clock.set(offset_s=rig.utc_shift_ns / 1e9 + 0.030, freq_ppm=10.0)
+    d.clock.leap_at(rig.leap_utc_ns)
+    d.start()
+    t = d.wait_status()
+    facts: dict[str, Any] = {}
+    score = Score()
+    d.sample_for(2.0, score=score)
+    facts["leap_before"] = d.call("status")["leap"]
+    until_leap = (rig.leap_ns - time.clock_gettime_ns(time.CLOCK_REALTIME)) / 1e9
+    d.sample_for(max(0.0, until_leap) + 6.0 * scale, score=score)
+    st = d.call("status")
+    facts["leap_after"] = st["leap"]
+    facts["realtime_steps"] = st["realtime_steps"]
+    facts["queries_after_leap"] = sum(1 for s in score.samples if s.send_ns >= rig.leap_ns)
+    facts["queries_before_leap"] = sum(1 for s in score.samples if s.recv_ns < rig.leap_ns)
+    return Result("d-leap-insert", score, t, facts)
 
 
 def unsynchronized_kernel_claims_zero(rig: Rig, server: str, scale: float = 1.0) -> Result:
@@ -119,6 +150,7 @@ SCENARIOS: dict[str, Callable[[Rig, str, float], Result]] = {
     "a": offset_and_frequency,
     "b": slewed_by_another_daemon,
     "c": realtime_steps,
+    "d": leap_second_insert,
     "e": restart_same_boot,
     "f": reboot,
     "g": unsynchronized_kernel_claims_zero,
