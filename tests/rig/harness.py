@@ -177,8 +177,15 @@ class ClockControl:
         return self.params.d(real_now()[0] if real_ns is None else real_ns)
 
     def real_of_system(self, system_ns: int, near_real_ns: int) -> int:
-        """The real time at which the daemon's REALTIME read ``system_ns`` (D taken near)."""
-        return system_ns - self.params.d(near_real_ns)
+        """The real time at which the daemon's REALTIME read ``system_ns``: r with
+        r + D(r) = system_ns, solved from ``near_real_ns`` (a fixed point: D moves with r, by
+        up to 500 ppm × the query's window during a slew; a starved query's window reached
+        200 ms, 100 µs of D). Across a step or leap inside the window it may not settle:
+        the caller checks the result lies in the window."""
+        r = system_ns - self.params.d(near_real_ns)
+        for _ in range(3):
+            r = system_ns - self.params.d(r)
+        return r
 
     # -- changing it (continuous unless a step is asked for) ----------------------------
     def _rebase(self) -> None:
