@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -42,6 +43,7 @@ def main() -> int:
     scale = 10.0 if args.full else 1.0
     keys = args.only.split(",") if args.only else sorted(SCENARIOS)
     rows, ok = [], True
+    print("load average at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     print(f"{'scenario':24} {'queries':>7} {'coverage':>9} {'exact':>7} {'MAE µs':>9} "
           f"{'p99 µs':>9} {'half-width µs':>14} {'window µs':>10} {'p99 win':>8} "
           f"{'to sync s':>9}")
@@ -50,7 +52,7 @@ def main() -> int:
             with Rig() as rig:
                 r = SCENARIOS[key](rig, server.server, scale)
             s = r.score
-            row = r.as_json()
+            row = {**r.as_json(), "load_avg_1m": round(os.getloadavg()[0], 2)}
             rows.append(row)
             good = (s.coverage >= 0.99 and s.coverage_exact >= 0.99
                     and (key != "a" or s.mae_s <= 100e-6)
@@ -61,6 +63,7 @@ def main() -> int:
                   f"{s.mae_s * 1e6:9.1f} {s.p99_s * 1e6:9.1f} {s.half_width_s * 1e6:14.1f} "
                   f"{s.window_s * 1e6:10.0f} {s.p99_window_s * 1e6:8.0f} {sync:>9} "
                   f"{'ok' if good else 'FAIL'}", flush=True)
+    print("load average at end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0 if ok else 1
