@@ -63,6 +63,8 @@ def main() -> int:
                   f"{s.mae_s * 1e6:9.1f} {s.p99_s * 1e6:9.1f} {s.half_width_s * 1e6:14.1f} "
                   f"{s.window_s * 1e6:10.0f} {s.p99_window_s * 1e6:8.0f} {sync:>9} "
                   f"{'ok' if good else 'FAIL'}", flush=True)
+            if r.facts:
+                print("    " + ", ".join(f"{k} {v}" for k, v in r.facts.items()), flush=True)
     print("load average at end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
