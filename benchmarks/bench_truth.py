@@ -65,9 +65,9 @@ def main() -> int:
                   f"{'ok' if good else 'FAIL'}", flush=True)
             if r.facts:
                 print("    " + ", ".join(f"{k} {v}" for k, v in r.facts.items()), flush=True)
+            if args.json:  # after each scenario: a long --full run keeps what it measured
+                args.json.write_text(json.dumps(rows, indent=1))
     print("load average at end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
     return 0 if ok else 1
 
 
