@@ -77,22 +77,27 @@ class PtpPair:
         if self.traceable:
             self.announce_traceable()
 
-    def announce_traceable(self, traceable: bool = True, timeout: float = 10.0) -> None:
+    def announce_traceable(self, traceable: bool = True, timeout: float = 10.0, *,
+                           leap61: int = 0, leap59: int = 0, utc_offset: int = 37,
+                           utc_offset_valid: int = 1) -> None:
         """Make the master announce what a GNSS-locked grandmaster does (clockClass 6,
         accuracy 0x21 = 100 ns, time/frequency traceable), as phc2sys/ts2phc would on a real
         one. ptp4l's defaults (class 248, not traceable) are priced as untraceable
         (chronotickd/sources/ptp_quality.py). ptpTimescale stays 0: the master's clock is
-        CLOCK_REALTIME, which is UTC, and claiming TAI would shift every offset by 37 s."""
+        CLOCK_REALTIME, which is UTC, and claiming TAI would shift every offset by 37 s.
+        ``leap61``/``leap59``/``utc_offset``/``utc_offset_valid`` set the time properties it
+        announces (a pending leap second, TAI − UTC)."""
         cls, acc, flag, src = (6, "0x21", 1, "0x20") if traceable else (248, "0xfe", 0, "0xa0")
         cmd = ["pmc", "-u", "-b", "0", "-s", self.uds_master,
                f"SET GRANDMASTER_SETTINGS_NP clockClass {cls} clockAccuracy {acc} "
-               "offsetScaledLogVariance 0x4e5d currentUtcOffset 37 leap61 0 leap59 0 "
-               f"currentUtcOffsetValid 1 ptpTimescale 0 timeTraceable {flag} "
-               f"frequencyTraceable {flag} timeSource {src}"]
+               f"offsetScaledLogVariance 0x4e5d currentUtcOffset {utc_offset} "
+               f"leap61 {leap61} leap59 {leap59} currentUtcOffsetValid {utc_offset_valid} "
+               f"ptpTimescale 0 timeTraceable {flag} frequencyTraceable {flag} timeSource {src}"]
         began = time.monotonic()
         while time.monotonic() - began < timeout:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout
-            if "GRANDMASTER_SETTINGS_NP" in out and f"timeTraceable           {flag}" in out:
+            if "GRANDMASTER_SETTINGS_NP" in out and f"timeTraceable           {flag}" in out \
+                    and f"leap61                  {leap61}" in out:
                 return
             time.sleep(0.2)
         raise RuntimeError("ptp4l master did not take GRANDMASTER_SETTINGS_NP:\n" + out)
@@ -101,6 +106,11 @@ class PtpPair:
         proc = self.procs.pop("master", None)
         if proc is not None:
             kill_pid(proc)
+
+    def client_pmc(self, *queries: str) -> str:
+        """pmc's output for ``queries`` asked of the client ptp4l."""
+        return subprocess.run(["pmc", "-u", "-b", "0", "-s", self.uds_client, *queries],
+                              capture_output=True, text=True, timeout=5).stdout
 
     def client_status(self) -> str:
         out = subprocess.run(["pmc", "-u", "-b", "0", "-s", self.uds_client,

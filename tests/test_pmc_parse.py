@@ -40,6 +40,34 @@ def test_free_running_client_reply() -> None:
     assert st.gm_clock_accuracy == 0xFE
     assert st.current_utc_offset_s == 37
     assert st.ptp_timescale is False
+    # pmc.c prints the flags as 0/1 under these names (checked against linuxptp's source)
+    assert st.utc_offset_valid is False
+    assert st.leap61 is False and st.leap59 is False and st.leap_indicator == 0
+
+
+def test_leap61_announced_by_a_real_master() -> None:
+    """Recorded from a real pair whose master announces leap61 (tests/data/ptp/README.md)."""
+    st = parse_pmc_status(text("slave_leap61.txt"))
+    assert st.leap61 is True and st.leap59 is False
+    assert st.leap_indicator == 1  # as NTP's LI: insert
+    assert st.current_utc_offset_s == 37 and st.utc_offset_valid is True
+    assert st.time_traceable is True and st.frequency_traceable is True
+
+
+def test_leap59_is_a_deletion() -> None:
+    t = text("slave_leap61.txt").replace("leap61                1", "leap61                0")
+    t = t.replace("leap59                0", "leap59                1")
+    assert parse_pmc_status(t).leap_indicator == 2
+
+
+def test_utc_offset_not_vouched_for_is_floored_like_ptp4l() -> None:
+    from chronotickd.sources.pmc_parse import PtpStatus
+    from chronotickd.sources.ptp import UTC_OFFSET_FLOOR_S, utc_offset_s
+
+    assert utc_offset_s(PtpStatus(current_utc_offset_s=38, utc_offset_valid=True)) == 38
+    assert utc_offset_s(PtpStatus(current_utc_offset_s=0, utc_offset_valid=False)) == \
+        UTC_OFFSET_FLOOR_S == 37
+    assert utc_offset_s(PtpStatus(current_utc_offset_s=38, utc_offset_valid=False)) == 38
 
 
 def test_dead_master_keeps_old_offset_but_port_and_ingress_tell() -> None:

@@ -66,6 +66,22 @@ def test_source_reads_the_pair_then_detects_the_dead_master(pair: PtpPair) -> No
     assert abs(got[-1].offset - clocks.read().delta(src.epoch)) < 100e-6
 
 
+def test_leap61_from_a_real_master_reaches_the_measurement(pair: PtpPair) -> None:
+    """The master announces an inserted leap second (leap61): the client's pmc shows it and
+    the source's measurements carry it as leap indicator 1 (the engine schedules the leap
+    from that, chronotickd/core/engine.py)."""
+    got: list[Measurement] = []
+    src = PtpSource(PtpSettings(uds=pair.uds_client, poll_interval_s=0.5), got.append)
+    pair.announce_traceable(leap61=1)
+    try:
+        assert poll_until(src, lambda: bool(got) and got[-1].leap == 1, 30), (
+            src.reason, pair.client_pmc("GET TIME_PROPERTIES_DATA_SET"))
+        assert src.status is not None and src.status.leap61 is True
+        assert src.status.current_utc_offset_s == 37 and src.status.utc_offset_valid is True
+    finally:
+        pair.announce_traceable()  # the pair is shared: no leap for the next test
+
+
 def test_master_port_and_missing_ptp4l_are_unusable(pair: PtpPair) -> None:
     src = PtpSource(PtpSettings(uds=pair.uds_master), lambda m: None)
     src.poll_once()

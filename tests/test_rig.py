@@ -202,3 +202,31 @@ def test_a_rig_daemon_runs_shimmed_without_cap_sys_time(chronyd) -> None:
             assert not cap_eff & (1 << 25)  # CAP_SYS_TIME
         assert "LD_PRELOAD" not in os.environ
     assert host_timex() == before
+
+
+def test_leap_lands_at_the_fake_midnight_with_hours_of_offset(tmp_path: Path) -> None:
+    """Scenario d sets the daemon's clock up to a day off (a UTC midnight a few seconds
+    ahead) and 10 ppm fast: the kernel's insert must happen where the FAKE clock reads the
+    midnight, i.e. r + D(r) = midnight exactly, not one D-evaluation away (1.6 s off here)."""
+    ctl = ClockControl(tmp_path / "ctl")
+    try:
+        ctl.set(offset_s=80_000.0, freq_ppm=20.0)
+        midnight = (real_now()[0] // (86400 * NS) + 2) * 86400 * NS
+        ctl.leap_at(midnight)
+        r = ctl.params.leap_at_ns
+        assert abs(r + ctl.params.d_noleap(r) - midnight) < 1_000  # ns
+    finally:
+        ctl.close()
+
+
+def test_truth_across_a_played_leap(tmp_path: Path) -> None:
+    """The rig's true UTC: the harness clock shifted to a close midnight, 1 s less from the
+    leap's real instant on (POSIX 23:59:59 shown twice); the responder serves the same."""
+    with Rig(tmp_path) as rig:
+        ref = rig.leap_responder(5.0)
+        L, S = rig.leap_ns, rig.utc_shift_ns
+        assert (L + S) % (86400 * NS) == 0 and 0 < S <= 86400 * NS
+        assert rig.leap_utc_ns == L + S
+        assert rig.truth_ns(L - 1) == L + S - 1
+        assert rig.truth_ns(L) == L + S - NS  # the second is repeated
+        assert ref.leap == 1 and abs(ref.shift - S / NS) < 1e-6

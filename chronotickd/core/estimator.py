@@ -45,6 +45,13 @@ class FitConfig:
     # slope: a crystal's tolerance (±100 ppm). A slope fitted through 2–3 close samples is
     # noise, and claiming prior_freq_sigma for it let the bound miss the truth (issue 8).
     unknown_freq_sigma: float = 100e-6
+    # Below this many samples a fitted slope's uncertainty is also taken from the samples'
+    # own bounds, not only from their scatter: two or three samples that happen to agree
+    # give a tiny scatter while one honest but delayed reply (its bound ±1 ms) tilts the
+    # line by ms per second. The clock rig caught it under CPU load: a 1800 ppm slope
+    # served with a bound growing 150 µs/s (docs/rig.md). Past it the scatter is trusted.
+    hard_slope_below: int = 8
+    hard_slope_z: float = 3.0  # the served bound's multiplier (EngineConfig.confidence_k)
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +275,21 @@ def fit_arrays(
     else:
         serve_var_freq = inflate * var_freq
     systematic = float((w * b[start:]).sum() / sw) if sw > 0 else float(b[-1])
+    use_slope = len(tt) >= cfg.min_samples_for_slope or prior_freq is None
+    if use_slope and len(tt) < cfg.hard_slope_below and sxx > 0:
+        # The slope is Σ c_i·y_i with c_i = w_i·dt_i / Σ w·dt²: honest samples (|error_i| ≤
+        # bound_i) leave it at most Σ |c_i|·bound_i wrong. The served bound must cover that.
+        hard = float(np.abs(w * dt).dot(b[start:])) / (sxx * sw)
+        if prior_freq is None and hard > cfg.hard_slope_z * cfg.unknown_freq_sigma:
+            # the samples say less about the slope than a crystal's tolerance does: serve
+            # frequency 0 ± that tolerance (the 2-sample rule of issue 8), not their tilt
+            freq = 0.0
+            offset_ref = float(w.dot(yy)) / sw
+            hard_var = cfg.unknown_freq_sigma**2
+        else:
+            hard_var = (hard / cfg.hard_slope_z) ** 2
+        var_freq = max(var_freq, hard_var)
+        serve_var_freq = max(serve_var_freq, hard_var)
     return LineFit(
         t_ref=t_ref,
         offset_ref=offset_ref,

@@ -100,18 +100,21 @@ class PtpStatus:
     steps_removed: int | None = None
     gm_clock_class: int | None = None
     gm_clock_accuracy: int | None = None
+    # TIME_PROPERTIES_DATA_SET, printed by linuxptp's pmc.c as currentUtcOffset, leap61,
+    # leap59, currentUtcOffsetValid, ptpTimescale, timeTraceable, frequencyTraceable (0/1)
     current_utc_offset_s: int | None = None
+    utc_offset_valid: bool | None = None  # the master vouches for currentUtcOffset
     ptp_timescale: bool | None = None
     time_traceable: bool | None = None
     frequency_traceable: bool | None = None
     leap61: bool | None = None  # the master announces an inserted second at the day's end
     leap59: bool | None = None  # ... a deleted one
+    replies: int = 0
 
     @property
     def leap_indicator(self) -> int:
         """As NTP's leap indicator: 1 insert, 2 delete, 0 none (or not shown)."""
         return 1 if self.leap61 else 2 if self.leap59 else 0
-    replies: int = 0
 
     @property
     def measuring_port(self) -> PortStatus | None:
@@ -201,6 +204,7 @@ def summarize(replies: list[PmcReply]) -> PtpStatus:
             values.setdefault("gm_identity", r.fields.get("grandmasterIdentity"))
         elif r.tlv == "TIME_PROPERTIES_DATA_SET":
             values.update(current_utc_offset_s=_int(r, "currentUtcOffset"),
+                          utc_offset_valid=_bool(r, "currentUtcOffsetValid"),
                           ptp_timescale=_bool(r, "ptpTimescale"),
                           time_traceable=_bool(r, "timeTraceable"),
                           frequency_traceable=_bool(r, "frequencyTraceable"),

@@ -75,6 +75,10 @@ SPREAD_K = 3.0  # multiplier on the spread's robust standard deviation
 JITTER_PRIOR_S = 10e-6  # spread assumed before 4 offsets are known (software timestamping)
 PHC_READ_S = 5e-6  # uncertainty of one phc_ctl cmp reading (phc_ctl does not print it)
 PHC_FREE_PPM = 100.0  # frequency error of an undisciplined PHC, for ingress→read extrapolation
+# TAI − UTC since 2017-01-01. A master that does not vouch for its currentUtcOffset
+# (currentUtcOffsetValid 0) gets no less than this, ptp4l's own rule for its default
+# utc_offset (clock.c, clock_update_time_properties): leap seconds have only been inserted.
+UTC_OFFSET_FLOOR_S = 37
 RECOVER_SYNCS = 3  # consecutive good Syncs before a (re)started source counts as usable
 
 Runner = Callable[[list[str], float], tuple[int, str]]
@@ -125,6 +129,15 @@ def port_reason(state: str | None) -> str:
     if state == "FAULTY":
         return "port FAULTY: ptp4l reports a fault on the interface (see ptp4l's log)"
     return f"port {state}: not following a master"
+
+
+def utc_offset_s(status: PtpStatus) -> int:
+    """TAI − UTC to take off a PTP-timescale PHC: the master's currentUtcOffset when it says
+    the value is valid (or does not say), else at least UTC_OFFSET_FLOOR_S (as ptp4l does)."""
+    announced = status.current_utc_offset_s
+    if status.utc_offset_valid is False:
+        return max(announced or 0, UTC_OFFSET_FLOOR_S)
+    return announced if announced is not None else UTC_OFFSET_FLOOR_S
 
 
 class PtpSource:
@@ -395,7 +408,7 @@ class PtpSource:
             t = (before.raw + after.raw) / 2.0
             shift = 0.0
             if status.ptp_timescale and self.settings.phc_device != "CLOCK_REALTIME":
-                shift = float(status.current_utc_offset_s or 0)  # PHC runs TAI, we serve UTC
+                shift = float(utc_offset_s(status))  # PHC runs TAI, we serve UTC
             offset = phc_minus_sys - mo * 1e-9 - shift + (d0 + d1) / 2.0
         delay = max(status.mean_path_delay_ns or 0.0, 0.0) * 1e-9
         return Measurement(t=t, offset=offset, delay=delay,

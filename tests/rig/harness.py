@@ -177,8 +177,15 @@ class ClockControl:
         return self.params.d(real_now()[0] if real_ns is None else real_ns)
 
     def real_of_system(self, system_ns: int, near_real_ns: int) -> int:
-        """The real time at which the daemon's REALTIME read ``system_ns`` (D taken near)."""
-        return system_ns - self.params.d(near_real_ns)
+        """The real time at which the daemon's REALTIME read ``system_ns``: r with
+        r + D(r) = system_ns, solved from ``near_real_ns`` (a fixed point: D moves with r, by
+        up to 500 ppm × the query's window during a slew; a starved query's window reached
+        200 ms, 100 µs of D). Across a step or leap inside the window it may not settle:
+        the caller checks the result lies in the window."""
+        r = system_ns - self.params.d(near_real_ns)
+        for _ in range(3):
+            r = system_ns - self.params.d(r)
+        return r
 
     # -- changing it (continuous unless a step is asked for) ----------------------------
     def _rebase(self) -> None:
@@ -216,7 +223,13 @@ class ClockControl:
         """The kernel inserts a leap second when ITS clock reads ``true_leap_ns`` (midnight):
         the fake clock steps back 1 s there; STA_INS/TIME_INS are reported until then."""
         p = self.params
-        p.leap_at_ns = true_leap_ns - p.d_noleap(true_leap_ns)
+        # the real instant r with r + D(r) = true_leap_ns; D moves with r (frequency, slews),
+        # so a fixed point, not one subtraction: at an offset of hours and 20 ppm, one step
+        # alone misplaces the leap by tens of ms
+        r = true_leap_ns - p.d_noleap(true_leap_ns)
+        for _ in range(4):
+            r = true_leap_ns - p.d_noleap(r)
+        p.leap_at_ns = r
         p.tx_status |= STA_INS
         if p.tx_state == TIME_OK:
             p.tx_state = TIME_INS
@@ -256,6 +269,9 @@ class Sample:
     truth_lo_ns: int        # truth at send/recv (a leap can make lo > hi: min/max taken)
     truth_hi_ns: int
     truth_ns: int | None    # exact truth at the daemon's read (None: not pinned down)
+    # A query that straddles an inserted leap second: UTC ran [lo, leap) then repeated from
+    # leap − 1 s, so the truths it may have seen are two pieces, not the hull lo..hi.
+    pieces: tuple[tuple[int, int], ...] = ()
 
     @property
     def window_ns(self) -> int:
@@ -264,7 +280,17 @@ class Sample:
     @property
     def contained(self) -> bool:
         """earliest ≤ truth ≤ latest for some truth in the send..receive window."""
-        return self.earliest_ns <= self.truth_hi_ns and self.latest_ns >= self.truth_lo_ns
+        windows = self.pieces or ((self.truth_lo_ns, self.truth_hi_ns),)
+        return any(self.earliest_ns <= hi and self.latest_ns >= lo for lo, hi in windows)
+
+    @property
+    def contained_exact(self) -> bool:
+        """earliest ≤ truth ≤ latest for the exact truth at the daemon's own clock read, when
+        it is pinned down (else ``contained``). Stricter than ``contained``: a query whose
+        window the harness's scheduling widened cannot hide a miss."""
+        if self.truth_ns is None:
+            return self.contained
+        return self.earliest_ns <= self.truth_ns <= self.latest_ns
 
     @property
     def error_ns(self) -> int:
@@ -294,7 +320,17 @@ class Score:
 
     @property
     def coverage(self) -> float:
+        """Answers meeting their query's truth window (the issue's measure)."""
         return 1.0 - len(self.misses) / len(self.samples) if self.samples else 0.0
+
+    @property
+    def exact_misses(self) -> list[Sample]:
+        return [s for s in self.samples if not s.contained_exact]
+
+    @property
+    def coverage_exact(self) -> float:
+        """Answers containing the exact truth at the daemon's read (``contained_exact``)."""
+        return 1.0 - len(self.exact_misses) / len(self.samples) if self.samples else 0.0
 
     def _abs_errors(self) -> list[float]:
         return sorted(abs(s.error_ns) / NS for s in self.samples)
@@ -318,14 +354,20 @@ class Score:
         return _median([s.window_ns / NS for s in self.samples])
 
     @property
+    def p99_window_s(self) -> float:
+        w = sorted(s.window_ns / NS for s in self.samples)
+        return w[min(len(w) - 1, int(0.99 * len(w)))] if w else math.nan
+
+    @property
     def max_window_s(self) -> float:
         return max((s.window_ns / NS for s in self.samples), default=math.nan)
 
     def summary(self) -> str:
-        worst = max(self.misses, key=lambda s: abs(s.error_ns), default=None)
+        worst = max(self.exact_misses, key=lambda s: abs(s.error_ns), default=None)
         w = (f"; worst miss {worst.error_ns / 1e6:+.3f} ms vs bound {worst.bound_ns / 1e6:.3f} "
              f"ms ({worst.status})" if worst else "")
-        return (f"{self.queries} queries, coverage {self.coverage:.4f}, MAE "
+        return (f"{self.queries} queries, coverage {self.coverage:.4f} (exact "
+                f"{self.coverage_exact:.4f}), MAE "
                 f"{self.mae_s * 1e6:.1f} µs, p99 {self.p99_s * 1e6:.1f} µs, median half-width "
                 f"{self.half_width_s * 1e6:.1f} µs, window {self.window_s * 1e6:.0f} µs "
                 f"(max {self.max_window_s * 1e6:.0f}){w}")
@@ -408,10 +450,19 @@ class RigDaemon:
         between the harness's REALTIME readings ``send`` and ``recv``."""
         truth = self.rig.truth_ns
         lo, hi = sorted((truth(send), truth(recv)))
-        at = self.clock.real_of_system(r["system_time_ns"], (send + recv) // 2)
+        pieces: tuple[tuple[int, int], ...] = ()
+        leap = self.rig.leap_ns
+        if leap and send < leap <= recv:  # UTC repeated a second inside this query
+            utc_leap = truth(leap) + NS
+            pieces = ((truth(send), utc_leap), (utc_leap - NS, truth(recv)))
+        near = (send + recv) // 2
+        at = self.clock.real_of_system(r["system_time_ns"], near)
         exact = truth(at) if send - 1000 <= at <= recv + 1000 else None
+        if pieces:  # D at the daemon's read may be either side's: not pinned down
+            exact = None
         return Sample(send, recv, r["system_time_ns"], r["earliest_ns"], r["latest_ns"],
-                      r["corrected_time_ns"], r["bound_ns"], r["status"], lo, hi, exact)
+                      r["corrected_time_ns"], r["bound_ns"], r["status"], lo, hi, exact,
+                      pieces)
 
     def wait_status(self, want: str = "synchronized", timeout: float = 60.0) -> float:
         """Seconds from the daemon's start until `now` says ``want``."""
@@ -443,7 +494,11 @@ class Rig:
     """Shimmed daemons with their own clocks, a shared reference, and the truth.
 
     ``truth_ns(real_ns)`` maps the harness's REALTIME to true UTC: the identity, except when a
-    test plays a leap second (then UTC repeats a second after the leap).
+    test plays a leap second (``leap_responder``). Then true UTC is the harness's clock moved
+    by ``utc_shift_ns`` so that a UTC midnight falls a few seconds ahead, and from the leap's
+    real instant on it is 1 s less: the harness's clock does not leap (it plays TAI's part,
+    continuous), UTC inserts the second the way the kernel does (POSIX 23:59:59 shown twice).
+    docs/rig.md, "Leap seconds".
     """
 
     # what ``daemon`` makes: tests may put a subclass here (e.g. one that reads shm)
@@ -455,10 +510,12 @@ class Rig:
         self.shim = build_shim(self.workdir)
         self.daemons: list[RigDaemon] = []
         self.leap_ns = 0  # true-time leap (UTC steps back 1 s at this real instant); 0: none
+        self.utc_shift_ns = 0  # true UTC − the harness's REALTIME before any leap
         self._responders: list[Responder] = []
 
     def truth_ns(self, real_ns: int) -> int:
-        return real_ns - NS if self.leap_ns and real_ns >= self.leap_ns else real_ns
+        utc = real_ns + self.utc_shift_ns
+        return utc - NS if self.leap_ns and real_ns >= self.leap_ns else utc
 
     def __enter__(self) -> Rig:
         return self
@@ -499,26 +556,45 @@ class Rig:
         Path(d.env["CHRONOTICK_BOOT_ID_FILE"]).write_text(boot_id + "\n")
 
     def leap_responder(self, leap_in_s: float) -> LeapResponder:
-        """A loopback NTP server serving UTC with a leap second inserted ``leap_in_s`` from
-        now (leap indicator 1 before it); also makes the rig's truth leap."""
-        self.leap_ns = real_now()[0] + round(leap_in_s * NS)
-        r = LeapResponder(self.leap_ns).start()
+        """A loopback NTP server serving true UTC with a leap second inserted ``leap_in_s``
+        from now (leap indicator 1 before it); also makes the rig's truth leap.
+
+        A leap happens only at a UTC midnight (RFC 5905; the kernel and the daemon place it
+        there), so true UTC is the harness's clock shifted to put the next midnight
+        ``leap_in_s`` ahead (``utc_shift_ns``, less than a day). A daemon meant to follow it
+        needs its clock set near that UTC (``utc_shift_ns`` plus its error) and
+        ``ClockControl.leap_at(midnight)`` for its kernel's own insert.
+        """
+        leap = real_now()[0] + round(leap_in_s * NS)
+        day = 86400 * NS
+        midnight = (leap // day + 1) * day
+        self.utc_shift_ns = midnight - leap
+        self.leap_ns = leap
+        r = LeapResponder(self.leap_ns, self.utc_shift_ns).start()
         self._responders.append(r)
         return r
+
+    @property
+    def leap_utc_ns(self) -> int:
+        """The UTC midnight at which the played leap second is inserted (0: none)."""
+        return self.leap_ns + self.utc_shift_ns if self.leap_ns else 0
 
 
 class LeapResponder(Responder):
     """Serves true UTC across an inserted leap second: announces it (LI = 1) until the leap,
-    then steps back 1 s, as a leap-aware server that does not smear does."""
+    then steps back 1 s, as a leap-aware server that does not smear does. UTC is the
+    harness's clock plus ``utc_shift_ns`` (a midnight close ahead, see ``Rig.leap_responder``).
+    """
 
-    def __init__(self, leap_ns: int) -> None:
+    def __init__(self, leap_ns: int, utc_shift_ns: int = 0) -> None:
         self.leap_ns = leap_ns
+        self.utc_shift_s = utc_shift_ns / NS
         super().__init__(0.0)
         self.stratum = 1
 
     @property  # type: ignore[override]
     def shift(self) -> float:
-        return -1.0 if time.time_ns() >= self.leap_ns else 0.0
+        return self.utc_shift_s - (1.0 if time.time_ns() >= self.leap_ns else 0.0)
 
     @shift.setter
     def shift(self, value: float) -> None:
