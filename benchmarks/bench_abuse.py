@@ -217,7 +217,11 @@ def main() -> int:
                     help="fresh victim connections timed after the p99 run (connect + reply)")
     ap.add_argument("--victim-uid", type=int, default=65534)
     ap.add_argument("--abuser-uid", type=int, default=65533)
-    ap.add_argument("--abuser-nice", type=int, default=0)
+    ap.add_argument("--nice", type=int, default=-10,
+                    help="niceness of everything this benchmark starts (daemon, victim, "
+                    "abusers alike), so that other load on the machine weighs less on both "
+                    "figures; 0 to leave it")
+    ap.add_argument("--abuser-nice", type=int, default=0, help="abusers' niceness on top")
     ap.add_argument("--no-pin", action="store_true",
                     help="do not pin the abusers to one CPU (an abuser that can take every "
                     "CPU measures the kernel's scheduler, not the daemon)")
@@ -228,13 +232,16 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_abuse: needs root to run clients as other uids (setpriv)", file=sys.stderr)
         return 2
+    if args.nice:  # inherited by everything started from here
+        os.setpriority(os.PRIO_PROCESS, 0, args.nice)
     cpus = sorted(os.sched_getaffinity(0))
     pin = not args.no_pin and len(cpus) >= 2 and shutil.which("taskset") is not None
     abuser_cpus = str(cpus[-1]) if pin else None
     print(f"cpus                  {len(cpus)}; "
           + (f"abusers pinned to cpu {abuser_cpus}, daemon and victim on any" if pin
              else "nothing pinned")
-          + f"; abusers at nice {args.abuser_nice}, victim and daemon at nice 0")
+          + f"; niceness: daemon and victim {args.nice}, abusers "
+          f"{args.nice + args.abuser_nice}")
     print(f"load average at start {loadavg()}")
     work = Path(tempfile.mkdtemp(prefix="ct-abuse-"))
     os.chmod(work, 0o711)
