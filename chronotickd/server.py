@@ -10,6 +10,13 @@ connection. Limits: frame size, concurrent connections, idle time and per-frame 
 that stops reading its replies is paused (no unbounded write buffer) and dropped after
 ``write_timeout_s``. The peer's credentials (SO_PEERCRED) are read once per connection for
 admin requests.
+
+Between local users (issue 14; docs/robustness.md): connections are accepted here, not by
+asyncio's server, so one over a cap is refused with a cached ``busy`` frame without ever
+getting a transport; every piece of loop time spent for a uid (answering, writing, refusing
+its surplus connections, its ``at`` jobs) is charged to it, per pass of the loop and per
+20 ms window, and a uid over its share waits for the next pass or window while others are
+served.
 """
 
 from __future__ import annotations

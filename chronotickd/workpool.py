@@ -32,7 +32,7 @@ Job = tuple[int, Callable[[], Any], Callable[[Any, BaseException | None], None]]
 class WorkPool:
     def __init__(self, queue_size: int = 16, workers: int = 1) -> None:
         self.queue_size = queue_size
-        self.per_uid = max(1, queue_size // 2)  # one uid never fills the whole queue
+        self.per_uid = max(1, queue_size // 8)  # one uid never fills much of the queue
         self.workers = workers
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._pending: dict[int, int] = {}  # uid → jobs queued or running (loop thread only)
