@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 for p in (ROOT, ROOT / "clients", ROOT / "tests"):
@@ -201,6 +202,21 @@ def victim(path: str, uid: int, n: int, gap_us: int, newcomers: int = 0) -> dict
     return json.loads(out.stdout)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_victim(pid: int, *args: Any) -> dict:
+    """``victim`` plus the daemon's CPU use (share of one CPU) while it ran."""
+    c0, t0 = cpu_seconds(pid), time.monotonic()
+    out = victim(*args)
+    out["daemon_cpu"] = (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
+    return out
+
+
 def loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -208,7 +224,7 @@ def loadavg() -> str:
 def line(name: str, r: dict) -> str:
     return (f"{name:<8} p50 {r['p50'] / 1e3:6.1f} us  p90 {r['p90'] / 1e3:6.1f} us  "
             f"p99 {r['p99'] / 1e3:7.1f} us  "
-            f"max {r['max'] / 1e3:8.1f} us" + (
+            f"max {r['max'] / 1e3:8.1f} us  daemon cpu {r['daemon_cpu']:4.0%}" + (
                 f"   new connection p50 {r['connect_p50'] / 1e6:.1f} ms max "
                 f"{r['connect_max'] / 1e6:.1f} ms" if r.get("connect_max") else ""))
 
@@ -233,6 +249,8 @@ def main() -> int:
     ap.add_argument("--no-pin", action="store_true",
                     help="do not pin the abusers to one CPU (an abuser that can take every "
                     "CPU measures the kernel's scheduler, not the daemon)")
+    ap.add_argument("--pin-daemon", action="store_true",
+                    help="also keep the daemon and the victim off the abusers' CPU")
     args = ap.parse_args()
     patterns = [p for p in args.patterns.split(",") if p]
     if unknown := set(patterns) - set(PATTERNS):
@@ -245,9 +263,12 @@ def main() -> int:
     cpus = sorted(os.sched_getaffinity(0))
     pin = not args.no_pin and len(cpus) >= 2 and shutil.which("taskset") is not None
     abuser_cpus = str(cpus[-1]) if pin else None
+    if pin and args.pin_daemon:  # the daemon and the victims inherit this
+        os.sched_setaffinity(0, cpus[:-1])
     print(f"cpus                  {len(cpus)}; "
-          + (f"abusers pinned to cpu {abuser_cpus}, daemon and victim on any" if pin
-             else "nothing pinned")
+          + (f"abusers pinned to cpu {abuser_cpus}, daemon and victim "
+             + (f"to cpu {','.join(map(str, cpus[:-1]))}" if args.pin_daemon else "on any")
+             if pin else "nothing pinned")
           + f"; niceness: daemon and victim {args.nice}, abusers "
           f"{args.nice + args.abuser_nice}")
     print(f"load average at start {loadavg()}")
@@ -267,8 +288,8 @@ def main() -> int:
                 time.sleep(2)  # some history for `at` to fit
                 print(f"daemon status         {c.status()['status']}")
             for rnd in range(args.rounds):
-                idle = victim(d.socket, args.victim_uid, args.requests, args.gap_us,
-                              args.newcomers)
+                idle = timed_victim(d.proc.pid, d.socket, args.victim_uid, args.requests,
+                                    args.gap_us, args.newcomers)
                 for pattern in patterns:
                     procs.append(subprocess.Popen(
                         as_uid(args.abuser_uid, args.abuser_uid, "-c", ABUSER, d.socket,
@@ -276,8 +297,8 @@ def main() -> int:
                         cwd="/", env={**os.environ, "PYTHONPATH": PYTHONPATH},
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
                 time.sleep(args.seconds)
-                abused = victim(d.socket, args.victim_uid, args.requests, args.gap_us,
-                                args.newcomers)
+                abused = timed_victim(d.proc.pid, d.socket, args.victim_uid, args.requests,
+                                      args.gap_us, args.newcomers)
                 with Client(d.socket, timeout=10) as c:
                     st = c.status()
                 for p in procs:
