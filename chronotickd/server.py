@@ -79,9 +79,10 @@ class ServerLimits:
 # its connections wait in a per-uid queue for the next pass, so a flood from one uid adds at
 # most about this much to another uid's latency, however many connections it holds.
 UID_PASS_SLICE_S = 50e-6
-# ... and over a window of UID_WINDOW_S, while another uid was served in it too, at most
-# UID_WINDOW_SHARE of the window: beyond, its connections wait for the next window. Slices per
-# pass keep each pass short; the window share keeps the daemon from being busy all the time on
+# ... and over a window of UID_WINDOW_S, while another uid was served in it too, the uid that
+# used the most of it may use at most UID_WINDOW_SHARE of the window: beyond, its connections
+# wait for the next window (a busy but lesser uid is never held back for a bigger one). Slices
+# per pass keep each pass short; the window share keeps the daemon from being busy all the time on
 # one uid's behalf. A daemon that never sleeps loses the scheduler's preference for a task
 # that mostly waits, and on a loaded machine every other client then waits for a CPU time
 # slice (milliseconds) rather than for a pass of the loop. Alone, a uid may use it all.
@@ -506,7 +507,8 @@ class SocketServer:
             loop.call_later(UID_WINDOW_S, self._new_window)
         total = window[uid] = window.get(uid, 0.0) + seconds
         if total > UID_WINDOW_S * UID_WINDOW_SHARE and len(window) > 1 \
-                and uid not in self._throttled:
+                and uid not in self._throttled \
+                and total >= max(v for u, v in window.items() if u != uid):
             self._throttled.add(uid)
             self.throttled += 1
             # none of its connections is read until the next window: each read of one would
