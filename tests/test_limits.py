@@ -166,11 +166,13 @@ def test_busy_uid_gets_a_window_share_only_while_another_is_served(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A uid pipelining without pause is held to its share of each window while another uid
     is being served, and is not held back at all when it is alone."""
-    uids = iter([2000, 1000, 2000])  # flood, other, flood alone
+    order = [2000, 1000, 2000]  # flood, other, flood alone
+    at_accept, at_setup = iter(order), iter(order)
 
     def fake_peer(sock: Any) -> Any:
-        return server_mod.Peer(1, next(uids), 1, ())
+        return server_mod.Peer(1, next(at_setup), 1, ())
 
+    monkeypatch.setattr(server_mod, "peer_uid", lambda sock: next(at_accept))
     monkeypatch.setattr(server_mod, "peer_credentials", fake_peer)
     n = 30000
     flood = b"".join(frame({"v": 1, "id": i, "op": "now"}) for i in range(n))
@@ -199,6 +201,47 @@ def test_busy_uid_gets_a_window_share_only_while_another_is_served(
         await drain(rc)
         assert server.throttled == before
     serve(tmp_path, ServerLimits(), body)
+
+
+def test_connection_churn_is_charged_to_its_uid(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A uid connecting and disconnecting in a loop below its cap (every connection admitted)
+    pays for the set-up: it is held to its window share while another uid is served."""
+    def uids() -> Any:
+        yield 1000  # the other uid's connection comes first
+        while True:
+            yield 2000
+
+    at_accept, at_setup = uids(), uids()
+    monkeypatch.setattr(server_mod, "peer_uid", lambda sock: next(at_accept))
+    monkeypatch.setattr(server_mod, "peer_credentials",
+                        lambda sock: server_mod.Peer(1, next(at_setup), 1, ()))
+
+    async def body(path: str, server: SocketServer) -> None:
+        rb, wb = await asyncio.open_unix_connection(path)
+        wb.write(frame({"v": 1, "id": 0, "op": "now"}))
+        assert (await read_reply(rb))["ok"]
+        stop = threading.Event()
+
+        def churn() -> None:
+            while not stop.is_set():
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    s.settimeout(1)
+                    with contextlib.suppress(OSError):
+                        s.connect(path)
+        t = threading.Thread(target=churn, daemon=True)
+        t.start()
+        try:
+            deadline = time.monotonic() + 5
+            while not server.throttled and time.monotonic() < deadline:
+                wb.write(frame({"v": 1, "id": 1, "op": "now"}))
+                assert (await read_reply(rb))["ok"]
+                await asyncio.sleep(0.001)
+        finally:
+            stop.set()
+            await asyncio.to_thread(t.join, 5)
+        assert server.throttled > 0 and server.rejected_uid == 0
+    serve(tmp_path, ServerLimits(max_connections=256, uid_connection_share=0.5), body)
 
 
 def test_client_waits_in_a_full_listen_queue(tmp_path: Path) -> None:
