@@ -109,6 +109,7 @@ REFUSAL_CPU_SHARE = 0.1
 # held to its share like one that floods requests.
 ADMIT_COST_S = 100e-6
 REFUSAL_BURST_S = 0.005
+ACCEPT_PAUSE_MAX_S = 0.05
 ACCEPT_RETRY_S = 0.5  # out of file descriptors: stop accepting this long
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -640,7 +641,10 @@ class SocketServer:
             began = now
             if self._tokens < 0:  # refusals had their share of the loop: pause accepting
                 self.accept_pauses += 1
-                self._pause_accepting(-self._tokens / REFUSAL_CPU_SHARE)
+                # (at most ACCEPT_PAUSE_MAX_S: one refusal stretched by preemption must not
+                # keep newcomers waiting long)
+                self._pause_accepting(min(-self._tokens / REFUSAL_CPU_SHARE,
+                                          ACCEPT_PAUSE_MAX_S))
                 return
             if uid in self._throttled:  # over its window share: accept in the next window
                 self._pause_accepting(UID_WINDOW_S)
