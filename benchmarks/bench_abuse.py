@@ -192,9 +192,9 @@ def as_uid(uid: int, gid: int, *args: str, nice: int = 0, cpus: str | None = Non
             "--clear-groups", sys.executable, *args]
 
 
-def victim(path: str, uid: int, n: int, gap_us: int, newcomers: int = 0) -> dict:
+def victim(path: str, uid: int, n: int, gap_us: int, newcomers: int = 0, nice: int = 0) -> dict:
     out = subprocess.run(as_uid(uid, uid, "-c", VICTIM, path, str(n), str(gap_us),
-                                str(newcomers)),
+                                str(newcomers), nice=nice),
                          capture_output=True, text=True, timeout=600, cwd="/",
                          env={**os.environ, "PYTHONPATH": PYTHONPATH})
     if out.returncode != 0:
@@ -246,6 +246,9 @@ def main() -> int:
                     "abusers alike), so that other load on the machine weighs less on both "
                     "figures; 0 to leave it")
     ap.add_argument("--abuser-nice", type=int, default=0, help="abusers' niceness on top")
+    ap.add_argument("--victim-nice", type=int, default=0,
+                    help="the victim's niceness on top (negative: its own scheduling delays "
+                    "weigh less, the daemon's more)")
     ap.add_argument("--no-pin", action="store_true",
                     help="do not pin the abusers to one CPU (an abuser that can take every "
                     "CPU measures the kernel's scheduler, not the daemon)")
@@ -289,7 +292,7 @@ def main() -> int:
                 print(f"daemon status         {c.status()['status']}")
             for rnd in range(args.rounds):
                 idle = timed_victim(d.proc.pid, d.socket, args.victim_uid, args.requests,
-                                    args.gap_us, args.newcomers)
+                                    args.gap_us, args.newcomers, args.victim_nice)
                 for pattern in patterns:
                     procs.append(subprocess.Popen(
                         as_uid(args.abuser_uid, args.abuser_uid, "-c", ABUSER, d.socket,
@@ -298,7 +301,7 @@ def main() -> int:
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
                 time.sleep(args.seconds)
                 abused = timed_victim(d.proc.pid, d.socket, args.victim_uid, args.requests,
-                                      args.gap_us, args.newcomers)
+                                      args.gap_us, args.newcomers, args.victim_nice)
                 with Client(d.socket, timeout=10) as c:
                     st = c.status()
                 for p in procs:
