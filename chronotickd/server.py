@@ -79,13 +79,14 @@ class ServerLimits:
 # its connections wait in a per-uid queue for the next pass, so a flood from one uid adds at
 # most about this much to another uid's latency, however many connections it holds.
 UID_PASS_SLICE_S = 50e-6
-# ... and over a window of UID_WINDOW_S, while another uid was served in it too, the uid that
-# used the most of it may use at most UID_WINDOW_SHARE of the window: beyond, its connections
-# wait for the next window (a busy but lesser uid is never held back for a bigger one). Slices
-# per pass keep each pass short; the window share keeps the daemon from being busy all the time on
-# one uid's behalf. A daemon that never sleeps loses the scheduler's preference for a task
-# that mostly waits, and on a loaded machine every other client then waits for a CPU time
-# slice (milliseconds) rather than for a pass of the loop. Alone, a uid may use it all.
+# ... and over a window of UID_WINDOW_S, while another uid was served in it too, a uid that
+# used twice as much of it as any other may use at most UID_WINDOW_SHARE of the window: beyond,
+# its connections wait for the next window (a busy client is never held back for a flood that
+# was held back first, and two busy clients share). Slices per pass keep each pass short; the
+# window share keeps the daemon from being busy all the time on one uid's behalf. A daemon
+# that never sleeps loses the scheduler's preference for a task that mostly waits, and on a
+# loaded machine every other client then waits for a CPU time slice (milliseconds) rather
+# than for a pass of the loop. Alone, a uid may use it all.
 UID_WINDOW_S = 0.02
 UID_WINDOW_SHARE = 0.1  # 2 ms of each 20 ms window
 _perf = time.perf_counter
@@ -525,13 +526,16 @@ class SocketServer:
         total = window[uid] = window.get(uid, 0.0) + seconds
         if total > UID_WINDOW_S * UID_WINDOW_SHARE and len(window) > 1 \
                 and uid not in self._throttled \
-                and total >= max(v for u, v in window.items() if u != uid):
+                and total >= 2 * max(v for u, v in window.items() if u != uid):
             self._throttled.add(uid)
             self.throttled += 1
-            # none of its connections is read until the next window: each read of one would
-            # cost the loop a wake-up, a recv and buffering, for nothing to be answered
+            # none of its busy connections is read until the next window: each read of one
+            # would cost the loop a wake-up, a recv and buffering, for nothing to be answered
+            # (idle ones stay as they are: pausing and resuming them costs two epoll_ctl each)
+            recent = _monotonic() - UID_WINDOW_S
             for conn in list(self.connections):
-                if conn.peer.uid == uid and not (conn.yielded or conn.closing):
+                if conn.peer.uid == uid and conn.last_active >= recent \
+                        and not (conn.yielded or conn.closing):
                     conn._yield()
 
     def _new_window(self) -> None:
