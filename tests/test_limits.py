@@ -203,6 +203,31 @@ def test_busy_uid_gets_a_window_share_only_while_another_is_served(
     serve(tmp_path, ServerLimits(), body)
 
 
+def test_busy_client_not_held_back_for_a_flood() -> None:
+    """The window share holds back a uid only when it used twice as much as any other: the
+    flood is held back; the other uid, busy too and served on while the flood waits, is not
+    (it would be, were the rule "the most", once it overtook the held-back flood)."""
+    class Loop:  # charge() only schedules; nothing needs to run here
+        def call_soon(self, *a: Any) -> None: ...
+        def call_later(self, *a: Any) -> None: ...
+
+    server = SocketServer(Handlers(Publisher(Engine().snapshot(0.0))))
+    server._loop = Loop()  # type: ignore[assignment]
+    limit = server_mod.UID_WINDOW_S * server_mod.UID_WINDOW_SHARE
+    server.charge(1000, 0.2 * limit)  # the client
+    server.charge(2000, 1.1 * limit)  # the flood: over the share, > 2x the client
+    assert server._throttled == {2000}
+    server.charge(1000, 1.3 * limit)  # the client, served on: 1.5x the share, < 2x the flood
+    assert server._throttled == {2000}
+    server.charge(3000, 0.1 * limit)
+    server.charge(1000, 1.0 * limit)  # now 2.5x the share and > 2x the flood's 1.1: held too
+    assert server._throttled == {1000, 2000}
+    alone = SocketServer(Handlers(Publisher(Engine().snapshot(0.0))))
+    alone._loop = Loop()  # type: ignore[assignment]
+    alone.charge(2000, 10 * limit)  # alone in the window: never held back
+    assert not alone._throttled
+
+
 def test_connection_churn_is_charged_to_its_uid(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A uid connecting and disconnecting in a loop below its cap (every connection admitted)
