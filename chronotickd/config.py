@@ -115,8 +115,9 @@ SCHEMA: dict[str, Key] = {
                           "empty: software timestamping (ptp4l's clock is the system clock)"),
     "ptp.poll_interval_s": Key("float", 2.0, "seconds between pmc polls", 0.2, 3600),
     "ptp.pmc_path": Key("str", "pmc", "pmc executable (linuxptp)"),
-    "ptp.phc_ctl_path": Key("str", "phc_ctl", "phc_ctl executable (linuxptp)"),
-    "ptp.timeout_s": Key("float", 1.0, "timeout of one pmc or phc_ctl run", 0.05, 30),
+    "ptp.phc_ctl_path": Key("str", "phc_ctl", "unused: the daemon reads the PHC itself, "
+                            "read-only (accepted so older configs load)"),
+    "ptp.timeout_s": Key("float", 1.0, "timeout of one pmc run", 0.05, 30),
     "ptp.unknown_gm_accuracy_s": Key("float", 100e-6, "error assumed for a grandmaster whose "
                                      "clockAccuracy is 0xFE (unknown)", 0, 16),
     "ptp.holdover_gm_accuracy_s": Key("float", 1e-3, "added for a traceable grandmaster in "

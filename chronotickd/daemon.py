@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import grp
 import logging
 import os
@@ -409,6 +410,13 @@ class Daemon:
                  ", ".join(s.kind for s in self.sources) or "none (system clock only)")
         for hook in self.on_ready:
             hook()
+        # Everything made at start-up (modules, config, numpy, the engine) lives as long as the
+        # daemon: move it out of the cyclic collector's reach. Otherwise each full collection
+        # walks it all (~10 ms here), on the event loop's thread, and a client's burst of
+        # allocations (a flood of requests or connections) triggers such collections often
+        # enough to put that stall into another client's p99 (benchmarks/bench_abuse.py).
+        gc.collect()
+        gc.freeze()
         await self._stop_async.wait()
         log.info("shutting down")
         for hook in self.on_stopping:

@@ -10,6 +10,13 @@ connection. Limits: frame size, concurrent connections, idle time and per-frame 
 that stops reading its replies is paused (no unbounded write buffer) and dropped after
 ``write_timeout_s``. The peer's credentials (SO_PEERCRED) are read once per connection for
 admin requests.
+
+Between local users (issue 14; docs/robustness.md): connections are accepted here, not by
+asyncio's server, so one over a cap is refused with a cached ``busy`` frame without ever
+getting a transport; every piece of loop time spent for a uid (answering, writing, refusing
+its surplus connections, its ``at`` jobs) is charged to it, per pass of the loop and per
+20 ms window, and a uid over its share waits for the next pass or window while others are
+served.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -71,8 +79,40 @@ class ServerLimits:
 # its connections wait in a per-uid queue for the next pass, so a flood from one uid adds at
 # most about this much to another uid's latency, however many connections it holds.
 UID_PASS_SLICE_S = 50e-6
+# ... and over a window of UID_WINDOW_S, while another uid was served in it too, a uid that
+# used twice as much of it as any other may use at most UID_WINDOW_SHARE of the window: beyond,
+# its connections wait for the next window (a busy client is never held back for a flood that
+# was held back first, and two busy clients share). Slices per pass keep each pass short; the
+# window share keeps the daemon from being busy all the time on one uid's behalf. A daemon
+# that never sleeps loses the scheduler's preference for a task that mostly waits, and on a
+# loaded machine every other client then waits for a CPU time slice (milliseconds) rather
+# than for a pass of the loop. Alone, a uid may use it all.
+UID_WINDOW_S = 0.02
+UID_WINDOW_SHARE = 0.1  # 2 ms of each 20 ms window
 _perf = time.perf_counter
+# Accepting: at most ACCEPT_BATCH connections per wake-up of the listening socket, and refusals
+# (connections over a cap) are charged to the refused uid's share of the pass like its
+# requests, so a connect storm is worked off in slices between everyone's requests. Over a
+# longer time refusals may take at most REFUSAL_CPU_SHARE of the loop (a token bucket of
+# REFUSAL_BURST_S): beyond, accepting pauses and the storm waits in the kernel's listen queue
+# (its connect() calls block there) while the loop serves the connections it has. A uid
+# reconnecting in a loop thus cannot keep the daemon busy, which on a loaded machine would
+# also cost every other client the scheduler's preference for a task that mostly sleeps.
+# The listen queue stays short: connectors beyond it wait in the kernel's FIFO of blocked
+# connect() calls (chronotick_client connects that way), so a newcomer waits for the few
+# queued ahead of it rather than for thousands.
 ACCEPT_BATCH = 16
+LISTEN_BACKLOG = 128
+REFUSAL_CPU_SHARE = 0.1
+# What an admitted connection costs the loop beyond its requests: transport, protocol and
+# task set up, then torn down (~100 µs measured with py-spy). Charged to its uid at accept, so
+# a uid that connects and disconnects in a loop below its cap (every connection admitted) is
+# held to its share like one that floods requests.
+ADMIT_COST_S = 100e-6
+REFUSAL_BURST_S = 0.005
+ACCEPT_PAUSE_MAX_S = 0.05
+ACCEPT_RETRY_S = 0.5  # out of file descriptors: stop accepting this long
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 def _echo_id(req: dict) -> int | str | None:
@@ -102,6 +142,15 @@ def peer_credentials(sock: socket.socket | None) -> Peer:
                 if line.startswith("Groups:"):
                     groups = tuple(int(g) for g in line.split()[1:])
     return Peer(pid, uid, gid, groups)
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """Just the uid of the peer (one getsockopt): what the accept path needs; -1 unknown."""
+    try:
+        return _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                             _UCRED.size))[1]
+    except OSError:
+        return -1
 
 
 def bind_unix_socket(path: str, mode: int) -> socket.socket:
@@ -162,8 +211,9 @@ class _Connection(asyncio.Protocol):
     order of the requests.
     """
 
-    def __init__(self, server: SocketServer) -> None:
+    def __init__(self, server: SocketServer, admitted: int | None = None) -> None:
         self.server = server
+        self.admitted = admitted  # uid whose reservation at accept this connection holds
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.last_active = time.monotonic()
@@ -183,22 +233,20 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
         self.peer = peer_credentials(transport.get_extra_info("socket"))
         srv = self.server
+        if self.admitted is not None:
+            srv.admitted(self.admitted)
+            self.admitted = None
         srv.active += 1
         srv.connections.add(self)
         uid = self.peer.uid
         srv.per_uid[uid] = srv.per_uid.get(uid, 0) + 1
-        lim = srv.limits
-        if srv.active > lim.max_connections:
-            srv.rejected += 1
-            self.fail(error_reply(None, E_BUSY,
-                                  f"too many connections (limit {lim.max_connections}); "
-                                  "retry later"))
-        elif srv.per_uid[uid] > lim.max_connections_per_uid:
-            srv.rejected_uid += 1
-            self.fail(error_reply(None, E_BUSY,
-                                  f"too many connections from uid {uid} (limit "
-                                  f"{lim.max_connections_per_uid}: server.uid_connection_share "
-                                  "of server.max_connections); close some or retry later"))
+        # the accept path (``SocketServer._accept_ready``) refuses over-cap connections before
+        # they get this far; this check covers connections handed over any other way
+        refusal = srv.refusal(uid, srv.active - 1, srv.per_uid[uid] - 1)
+        if refusal is not None:
+            self._close_after([refusal])
+        elif uid in srv._throttled:  # its uid is over its window share: read it next window
+            self._yield()
 
     def connection_lost(self, exc: Exception | None) -> None:
         srv = self.server
@@ -241,13 +289,12 @@ class _Connection(asyncio.Protocol):
             if len(data) == 4 + length and length <= max_frame and srv.has_budget(self.peer.uid):
                 began = _perf()
                 frame, last = self._answer(data[4:])
-                srv.charge(self.peer.uid, _perf() - began)
-                if frame is None:
-                    return  # on the work pool
-                if last:
-                    self._close_after([frame])
-                else:
-                    self.transport.write(frame)  # type: ignore[union-attr]
+                if frame is not None:
+                    if last:
+                        self._close_after([frame])
+                    else:
+                        self.transport.write(frame)  # type: ignore[union-attr]
+                srv.charge(self.peer.uid, _perf() - began)  # the write (a syscall) included
                 return
         self.buf += data
         self._process(now)
@@ -294,7 +341,9 @@ class _Connection(asyncio.Protocol):
         elif pos or self.frame_started is None:
             self.frame_started = now
         if replies:
+            began = _perf()
             self.transport.write(b"".join(replies))  # type: ignore[union-attr]
+            srv.charge(self.peer.uid, _perf() - began)
 
     def _yield(self) -> None:
         """This pass's share is used up: stop reading, carry on in the next pass."""
@@ -419,6 +468,7 @@ class SocketServer:
     def __init__(self, handlers: Handlers, limits: ServerLimits = ServerLimits()) -> None:
         self.handlers = handlers
         self.pool = WorkPool(limits.heavy_queue)
+        self.pool.on_cost = self.charge  # a uid's jobs count against its share of the loop
         self.limits = limits  # replaced whole by `reload`; connections read it per frame
         self.active = 0
         self.served = 0
@@ -432,8 +482,17 @@ class SocketServer:
         self._pass_used: dict[int, float] = {}  # uid → seconds answering in this loop pass
         self._deferred: dict[int, collections.deque[_Connection]] = {}
         self._pass_scheduled = False
+        self._window_used: dict[int, float] = {}  # uid → seconds in this window
+        self._throttled: set[int] = set()  # uids over their window share
+        self.throttled = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.AbstractServer | None = None
+        self._sock: socket.socket | None = None  # the listening socket
+        self._adopting = 0  # admitted, transport not yet made
+        self._reserved: dict[int, int] = {}  # uid → of those
+        self._refusals: dict[tuple[int, ...], bytes] = {}  # encoded busy frames
+        self._tokens = REFUSAL_BURST_S  # seconds of loop time refusals may still take
+        self._tokens_at = _perf()
+        self.accept_pauses = 0
         self._sweeper: asyncio.Task[None] | None = None
 
     @property
@@ -444,51 +503,212 @@ class SocketServer:
     def limits(self, value: ServerLimits) -> None:
         self._limits = value
         self.pool.queue_size = value.heavy_queue
-        self.pool.per_uid = max(1, value.heavy_queue // 2)
+        self.pool.per_uid = max(1, value.heavy_queue // 8)
 
     def has_budget(self, uid: int) -> bool:
         """Whether ``uid`` may have another frame answered in this pass of the loop."""
-        return self._pass_used.get(uid, 0.0) < UID_PASS_SLICE_S or self._loop is None
+        if self._loop is None:
+            return True
+        return self._pass_used.get(uid, 0.0) < UID_PASS_SLICE_S and uid not in self._throttled
 
     def charge(self, uid: int, seconds: float) -> None:
+        """``uid`` had ``seconds`` of the loop (or of a worker) on its behalf."""
         used = self._pass_used
-        if not used and self._loop is not None:
-            self._loop.call_soon(used.clear)  # runs before the next pass's reads
+        loop = self._loop
+        if loop is None:
+            return
+        if not used:
+            loop.call_soon(used.clear)  # runs before the next pass's reads
         used[uid] = used.get(uid, 0.0) + seconds
+        window = self._window_used
+        if not window:
+            loop.call_later(UID_WINDOW_S, self._new_window)
+        total = window[uid] = window.get(uid, 0.0) + seconds
+        if total > UID_WINDOW_S * UID_WINDOW_SHARE and len(window) > 1 \
+                and uid not in self._throttled \
+                and total >= 2 * max(v for u, v in window.items() if u != uid):
+            self._throttled.add(uid)
+            self.throttled += 1
+            # none of its busy connections is read until the next window: each read of one
+            # would cost the loop a wake-up, a recv and buffering, for nothing to be answered
+            # (idle ones stay as they are: pausing and resuming them costs two epoll_ctl each)
+            recent = _monotonic() - UID_WINDOW_S
+            for conn in list(self.connections):
+                if conn.peer.uid == uid and conn.last_active >= recent \
+                        and not (conn.yielded or conn.closing):
+                    conn._yield()
+
+    def _new_window(self) -> None:
+        self._window_used.clear()
+        if self._throttled:
+            self._throttled.clear()
+            if self._deferred and not self._pass_scheduled:
+                self._pass_scheduled = True
+                asyncio.get_running_loop().call_soon(self._serve_deferred)
 
     def defer(self, conn: _Connection) -> None:
         """Queue a connection that used up its share; ``_next_pass`` serves the queues."""
         self._deferred.setdefault(conn.peer.uid, collections.deque()).append(conn)
-        if not self._pass_scheduled:
+        if not self._pass_scheduled and conn.peer.uid not in self._throttled:
             self._pass_scheduled = True
             asyncio.get_running_loop().call_soon(self._serve_deferred)
 
     def _serve_deferred(self) -> None:
-        """Each uid's queued connections in turn, while the uid has budget in this pass."""
+        """Each uid's queued connections in turn, while the uid has budget in this pass; a
+        uid over its window share waits for ``_new_window``."""
         self._pass_scheduled = False
+        again = False
         for uid, waiting in list(self._deferred.items()):
             while waiting and self.has_budget(uid):
                 waiting.popleft()._next_pass()  # may queue itself again, at the end
             if not waiting:
                 del self._deferred[uid]
-        if self._deferred and not self._pass_scheduled:
+            elif uid not in self._throttled:
+                again = True
+        if again and not self._pass_scheduled:
             self._pass_scheduled = True
             asyncio.get_running_loop().call_soon(self._serve_deferred)
+
+    def refusal(self, uid: int, active: int, of_uid: int) -> bytes | None:
+        """The ``busy`` frame for one more connection from ``uid`` when ``active`` are open
+        (``of_uid`` of them its), counted; None when it may connect. Frames are built once
+        per (limit, uid): a refusal storm costs no encoding."""
+        lim = self.limits
+        if active >= lim.max_connections:
+            self.rejected += 1
+            key: tuple[int, ...] = (lim.max_connections,)
+        elif of_uid >= lim.max_connections_per_uid:
+            self.rejected_uid += 1
+            key = (lim.max_connections, lim.max_connections_per_uid, uid)
+        else:
+            return None
+        frame = self._refusals.get(key)
+        if frame is None:
+            if len(key) == 1:
+                msg = (f"too many connections (limit {lim.max_connections}); retry later")
+            else:
+                msg = (f"too many connections from uid {uid} (limit "
+                       f"{lim.max_connections_per_uid}: server.uid_connection_share of "
+                       "server.max_connections); close some or retry later")
+            if len(self._refusals) >= 1024:  # one per uid seen: bounded all the same
+                self._refusals.clear()
+            frame = self._refusals[key] = encode(error_reply(None, E_BUSY, msg))
+        return frame
+
+    def _accept_ready(self) -> None:
+        """Accept a batch of waiting connections; refuse those over a cap right here.
+
+        A refused connection costs accept, one getsockopt, one non-blocking send of a
+        pre-encoded ``busy`` frame and close: no transport, protocol or task. A uid that
+        reconnects in a loop (it is over its cap, so every attempt is refused) thus costs the
+        loop a few microseconds per attempt, in batches of ``ACCEPT_BATCH`` per pass, instead
+        of the ~100 µs of a full asyncio connection set up and torn down.
+        """
+        sock, loop = self._sock, self._loop
+        assert sock is not None and loop is not None
+        began = _perf()
+        self._tokens = min(REFUSAL_BURST_S,
+                           self._tokens + (began - self._tokens_at) * REFUSAL_CPU_SHARE)
+        self._tokens_at = began
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:
+                    log.warning("cannot accept connections: %s; retrying in %g s",
+                                exc.strerror, ACCEPT_RETRY_S)
+                    self._pause_accepting(ACCEPT_RETRY_S)
+                    return
+                continue  # ECONNABORTED and the like: that one connection is gone
+            uid = peer_uid(conn)
+            refusal = self.refusal(uid, self.active + self._adopting,
+                                   self.per_uid.get(uid, 0) + self._reserved.get(uid, 0))
+            if refusal is None:
+                conn.setblocking(False)
+                self._adopting += 1
+                self._reserved[uid] = self._reserved.get(uid, 0) + 1
+                loop.create_task(self._adopt(conn, uid))
+                self.charge(uid, ADMIT_COST_S)
+                if uid in self._throttled:  # over its window share: accept in the next window
+                    self._pause_accepting(UID_WINDOW_S)
+                    return
+                began = _perf()
+                continue
+            with contextlib.suppress(OSError):
+                conn.send(refusal, socket.MSG_DONTWAIT)
+            conn.close()
+            now = _perf()
+            self.charge(uid, now - began)
+            self._tokens -= now - began
+            began = now
+            if self._tokens < 0:  # refusals had their share of the loop: pause accepting
+                self.accept_pauses += 1
+                # (at most ACCEPT_PAUSE_MAX_S: one refusal stretched by preemption must not
+                # keep newcomers waiting long)
+                self._pause_accepting(min(-self._tokens / REFUSAL_CPU_SHARE,
+                                          ACCEPT_PAUSE_MAX_S))
+                return
+            if uid in self._throttled:  # over its window share: accept in the next window
+                self._pause_accepting(UID_WINDOW_S)
+                return
+            if not self.has_budget(uid):
+                return  # the rest in the next pass (the socket is still readable)
+
+    async def _adopt(self, conn: socket.socket, uid: int) -> None:
+        """Give an admitted connection its transport and protocol (``connection_made``)."""
+        loop = self._loop
+        assert loop is not None
+        made: list[_Connection] = []
+
+        def protocol() -> _Connection:
+            made.append(_Connection(self, admitted=uid))
+            return made[0]
+        try:
+            await loop.connect_accepted_socket(protocol, conn)
+        except Exception as exc:  # the peer went away in between, or we are closing
+            log.debug("accepted connection lost before it was set up: %r", exc)
+            conn.close()
+            if not made or made[0].admitted is not None:
+                self.admitted(uid)
+
+    def admitted(self, uid: int) -> None:
+        """An admitted connection is set up (or gone): it no longer holds a reservation."""
+        self._adopting -= 1
+        left = self._reserved.get(uid, 1) - 1
+        if left > 0:
+            self._reserved[uid] = left
+        else:
+            self._reserved.pop(uid, None)
+
+    def _pause_accepting(self, seconds: float) -> None:
+        """Leave waiting connections in the kernel's queue for ``seconds``."""
+        loop, sock = self._loop, self._sock
+        assert loop is not None and sock is not None
+        loop.remove_reader(sock.fileno())
+
+        def resume() -> None:
+            if self._sock is not None:
+                loop.add_reader(self._sock.fileno(), self._accept_ready)
+        loop.call_later(max(seconds, 0.001), resume)
 
     def counters(self) -> dict[str, int]:
         """For `status`: how often limits were enforced."""
         return {"rejected": self.rejected, "rejected_uid": self.rejected_uid,
                 "bad_frames": self.bad_frames, "timeouts": self.timeouts,
-                "yields": self.yields, **{f"heavy_{k}": v for k, v in self.pool.describe().items()}}
+                "yields": self.yields, "accept_pauses": self.accept_pauses,
+                "throttled": self.throttled,
+                **{f"heavy_{k}": v for k, v in self.pool.describe().items()}}
 
     async def start(self, sock: socket.socket,
                     spawn: Callable[[str, Callable[[], None]], Any] | None = None) -> None:
         loop = self._loop = asyncio.get_running_loop()
         self.pool.start(loop, spawn)
-        # backlog: connections accepted per wake-up; a connect storm waits in the kernel
-        # queue instead of stalling the loop with hundreds of accepts in one go
-        self._server = await loop.create_unix_server(lambda: _Connection(self), sock=sock,
-                                                     backlog=ACCEPT_BATCH)
+        self._sock = sock
+        sock.setblocking(False)
+        sock.listen(LISTEN_BACKLOG)  # again: a socket from systemd comes with its own backlog
+        loop.add_reader(sock.fileno(), self._accept_ready)
         self._sweeper = asyncio.create_task(self._sweep())
 
     async def _sweep(self) -> None:
@@ -504,12 +724,13 @@ class SocketServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
         self.pool.stop()
-        if self._server is not None:
-            self._server.close()
+        if self._sock is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.closing = True
                 conn.transport.close()
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        await asyncio.sleep(0)  # let the transports' close callbacks run

@@ -18,6 +18,7 @@ import logging
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +32,7 @@ Job = tuple[int, Callable[[], Any], Callable[[Any, BaseException | None], None]]
 class WorkPool:
     def __init__(self, queue_size: int = 16, workers: int = 1) -> None:
         self.queue_size = queue_size
-        self.per_uid = max(1, queue_size // 2)  # one uid never fills the whole queue
+        self.per_uid = max(1, queue_size // 8)  # one uid never fills much of the queue
         self.workers = workers
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._pending: dict[int, int] = {}  # uid → jobs queued or running (loop thread only)
@@ -40,6 +41,8 @@ class WorkPool:
         self.refused = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self.running = False
+        # on the loop, per job: (uid, seconds it ran); the server charges it to the uid's share
+        self.on_cost: Callable[[int, float], None] | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop, spawn: Callable[[str, Callable[[], None]],
                                                                     Any] | None = None) -> None:
@@ -73,7 +76,9 @@ class WorkPool:
         return True
 
     def _finish(self, uid: int, done: Callable[[Any, BaseException | None], None],
-                result: Any, error: BaseException | None) -> None:  # on the loop
+                result: Any, error: BaseException | None, seconds: float) -> None:  # on the loop
+        if self.on_cost is not None:
+            self.on_cost(uid, seconds)
         self.queued -= 1
         self.done += 1
         left = self._pending.get(uid, 1) - 1
@@ -91,14 +96,16 @@ class WorkPool:
             uid, fn, done = job
             result: Any = None
             error: BaseException | None = None
+            began = time.perf_counter()
             try:
                 result = fn()
             except Exception as exc:  # reported to the request, not fatal to the worker
                 error = exc
+            seconds = time.perf_counter() - began
             loop = self._loop
             if loop is not None and not loop.is_closed():
                 try:
-                    loop.call_soon_threadsafe(self._finish, uid, done, result, error)
+                    loop.call_soon_threadsafe(self._finish, uid, done, result, error, seconds)
                 except RuntimeError:  # loop closed during shutdown
                     return
 

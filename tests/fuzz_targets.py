@@ -33,10 +33,9 @@ from chronotickd.core.engine import Engine
 from chronotickd.core.measurement import Measurement
 from chronotickd.handlers import Handlers
 from chronotickd.publish import Publisher
+from chronotickd.sources import phc
 from chronotickd.sources.pmc_parse import (
-    PhcError,
     PmcParseError,
-    parse_phc_cmp,
     parse_pmc_status,
     pmc_failure,
 )
@@ -78,16 +77,23 @@ def fuzz_wire(data: bytes) -> None:
 
 
 def fuzz_pmc(data: bytes) -> None:
-    """pmc and phc_ctl output as the PTP source parses it."""
+    """pmc output as the PTP source parses it; the same bytes as the PHC ioctls' buffers."""
     text = data.decode("utf-8", "replace")
     with contextlib.suppress(PmcParseError):
         parse_pmc_status(text)
     pmc_failure(text)
-    try:
-        ns = parse_phc_cmp(text, "/dev/ptp0")
-        assert isinstance(ns, float)
-    except PhcError:
-        pass
+    for size, unpack, most in ((phc.EXTENDED_SIZE, phc.extended_triples, phc.PTP_MAX_SAMPLES),
+                               (phc.SYS_OFFSET_SIZE, phc.sys_offset_triples,
+                                phc.PTP_MAX_SAMPLES)):
+        buf = data[:size].ljust(size, b"\0")
+        triples = unpack(buf, most)
+        assert len(triples) == most and all(isinstance(v, int) for t in triples for v in t)
+        try:
+            got = phc.reading(phc.narrowest(triples), "fuzz")
+        except phc.PhcError:
+            assert all(t[2] < t[0] for t in triples)
+        else:
+            assert got.half_width_ns >= 0
 
 
 def fuzz_config(data: bytes) -> None:

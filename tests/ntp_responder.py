@@ -1,13 +1,19 @@
 """A small NTP server on loopback for fault injection: shifted time, Kiss-o'-Death, leap 3,
-spikes, silence. Answers NTPv4 client requests (mode 3) from a thread in the test process.
+spikes, silence, and hostile replies. Answers NTPv4 client requests (mode 3) from a thread in
+the test process.
 
 Reference time is the system clock plus ``shift`` seconds, so a test knows the truth exactly:
 with ``shift == 0`` the true offset is zero.
+
+Hostile replies go through one hook, ``Responder.mangle``: it maps the genuine reply (and the
+request) to the datagrams actually sent. ``HostileReplies`` is such a hook, each reply wrong in
+one way; ``HostileNtp`` is a responder that uses it (the one hostile server of the tests).
 """
 
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import struct
 import threading
@@ -99,3 +105,63 @@ def responder(shift: float = 0.0) -> Iterator[Responder]:
         yield r
     finally:
         r.stop()
+
+
+# -- hostile replies -----------------------------------------------------------------------------
+HOSTILE_MODES = ("truncated", "oversized", "bad_mode", "bad_version", "zero_transmit",
+                 "absurd_root", "garbage", "wrong_origin", "spoofed_port")
+
+
+class HostileReplies:
+    """A ``Responder.mangle`` hook: every reply wrong in one way, the ``modes`` in turn.
+
+    truncated (< 48 bytes), oversized (~900 bytes of garbage "extension fields"), bad_mode
+    (mode 3), bad_version (0), zero_transmit, absurd_root (root dispersion 0xFFFF s), garbage
+    (random bytes), wrong_origin (origin is not the client's transmit timestamp), spoofed_port
+    (the genuine reply, from another port: an off-path injector); not in the default cycle:
+    duplicate (the genuine reply twice: a replay whose first copy is good). ``sent`` counts
+    the replies per mode.
+    """
+
+    def __init__(self, modes: tuple[str, ...] = HOSTILE_MODES, seed: int = 5) -> None:
+        self.modes = modes
+        self.rng = random.Random(seed)
+        self.sent: dict[str, int] = {}
+        self._n = 0
+
+    def __call__(self, reply: bytes, request: bytes) -> list[tuple[bytes, bool]]:
+        mode = self.modes[self._n % len(self.modes)]
+        self._n += 1
+        self.sent[mode] = self.sent.get(mode, 0) + 1
+        rng = self.rng
+        if mode == "spoofed_port":
+            return [(reply, True)]
+        if mode == "duplicate":
+            return [(reply, False), (reply, False)]
+        out = {
+            "truncated": lambda: reply[: rng.randint(0, 47)],
+            "oversized": lambda: reply + rng.randbytes(900),
+            "bad_mode": lambda: bytes([reply[0] & ~7 | 3]) + reply[1:],
+            "bad_version": lambda: bytes([reply[0] & ~(7 << 3)]) + reply[1:],
+            "zero_transmit": lambda: reply[:40] + bytes(8),
+            "absurd_root": lambda: reply[:8] + b"\xff" * 4 + reply[12:],
+            "garbage": lambda: rng.randbytes(rng.choice([1, 47, 48, 68, 200])),
+            "wrong_origin": lambda: reply[:24] + rng.getrandbits(64).to_bytes(8, "big")
+            + reply[32:],
+        }[mode]()
+        return [(out, False)]
+
+
+class HostileNtp(Responder):
+    """A responder ``shift`` seconds off whose every reply is hostile (``HostileReplies``):
+    a reply a client wrongly accepts shows up as a lie."""
+
+    def __init__(self, shift: float = 10.0, modes: tuple[str, ...] = HOSTILE_MODES) -> None:
+        super().__init__(shift)
+        self.refid = b"EVIL"
+        self.hostile = HostileReplies(modes)
+        self.mangle = self.hostile
+
+    @property
+    def sent(self) -> dict[str, int]:
+        return self.hostile.sent

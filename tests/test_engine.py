@@ -224,6 +224,34 @@ def test_at_uses_later_measurements() -> None:
     assert ans.bound <= then.bound
 
 
+def test_at_fits_memoized_per_snapshot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flood of `at` queries near one instant costs one local fit, not one each (issue 14:
+    heavy work bounded in cost); the answers are the same, and a new snapshot starts afresh."""
+    from chronotickd.core import state as state_mod
+
+    e = Engine()
+    ms = list(samples(linear(0.001, 10e-6), 100, noise=40e-6, seed=5))
+    feed(e, iter(ms))
+    snap = e.snapshot(ms[-1].t)
+    fits: list[int] = []
+    real = state_mod.fit_line
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        fits.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(state_mod, "fit_line", counting)
+    t_past = ms[49].t + 1.0
+    first = snap.at(t_past)
+    n = len(fits)
+    assert n >= 1
+    again = [snap.at(t_past + i * 1e-3) for i in range(50)]
+    assert len(fits) == n
+    assert again[0] == first
+    e.snapshot(ms[-1].t + 1).at(t_past)
+    assert len(fits) == 2 * n
+
+
 def test_at_before_a_step_uses_the_old_offset() -> None:
     before = linear(0.001, 0.0)
     e = Engine()

@@ -1,4 +1,4 @@
-"""A hostile NTP server on loopback (tests/hostile.py ``HostileNtp``): malformed, truncated,
+"""A hostile NTP server on loopback (tests/ntp_responder.py ``HostileNtp``): malformed, truncated,
 oversized, spoofed and wrong-origin replies, all 10 s off. Next to an honest server, and then
 alone, the daemon keeps serving: every answer stays honest (the true offset is 0: both servers
 read this machine's clock), the bound widens once only the hostile one is left, nothing is
@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import time
 
-from hostile import HostileNtp
-from ntp_responder import responder
+from ntp_responder import HostileNtp, responder
 from support import daemon_process, wait_for
 
 from chronotick_client import Client

@@ -6,6 +6,7 @@ watchdog check it feeds; and the file-safety rules of item 6 (socket chmod, stat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import stat
@@ -99,6 +100,212 @@ def test_at_runs_off_the_loop_in_order_and_busy_when_full(tmp_path: Path) -> Non
         assert second["id"] == 2 and second["ok"]
         assert server.pool.refused == 1 and server.pool.done == 1
     serve(tmp_path, ServerLimits(heavy_queue=1), body)
+
+
+def test_refused_connections_cost_no_transport(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over its cap, a uid's connections are refused at accept with the `busy` frame: no
+    protocol object (transport, task) is made for them, so a reconnect loop stays cheap."""
+    made: list[int] = []
+    real_init = server_mod._Connection.__init__
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> None:
+        made.append(1)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(server_mod._Connection, "__init__", counting)
+
+    async def body(path: str, server: SocketServer) -> None:
+        held = [await asyncio.open_unix_connection(path) for _ in range(2)]
+        for i, (r, w) in enumerate(held):
+            w.write(frame({"v": 1, "id": i, "op": "now"}))
+            assert (await read_reply(r))["ok"]
+        for _ in range(30):
+            r, w = await asyncio.open_unix_connection(path)
+            reply = await read_reply(r)
+            assert reply["error"]["code"] == "busy"
+            assert "server.uid_connection_share" in reply["error"]["message"]
+            assert await read_reply(r) is None  # and closed
+            w.close()
+        assert server.rejected_uid == 30 and len(made) == 2
+    serve(tmp_path, ServerLimits(max_connections=8, uid_connection_share=0.25), body)
+
+
+def test_refusal_storm_pauses_accepting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refusals may take only a share of the loop: past it, accepting pauses (the storm waits
+    in the kernel's queue) and the connections already open are still answered."""
+    monkeypatch.setattr(server_mod, "REFUSAL_BURST_S", 1e-4)
+
+    async def body(path: str, server: SocketServer) -> None:
+        r, w = await asyncio.open_unix_connection(path)
+        stop = threading.Event()
+
+        def storm() -> None:
+            while not stop.is_set():
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    s.settimeout(1)
+                    with contextlib.suppress(OSError):
+                        s.connect(path)
+        t = threading.Thread(target=storm, daemon=True)
+        t.start()
+        try:
+            deadline = time.monotonic() + 5
+            while server.accept_pauses < 3 and time.monotonic() < deadline:
+                w.write(frame({"v": 1, "id": 1, "op": "now"}))
+                assert (await read_reply(r))["ok"]
+                await asyncio.sleep(0.01)
+        finally:
+            stop.set()
+            await asyncio.to_thread(t.join, 5)
+        assert server.accept_pauses >= 3 and server.rejected_uid > 0
+        assert server.limits.max_connections_per_uid == 1
+    serve(tmp_path, ServerLimits(max_connections=4, uid_connection_share=0.25), body)
+
+
+def test_busy_uid_gets_a_window_share_only_while_another_is_served(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A uid pipelining without pause is held to its share of each window while another uid
+    is being served, and is not held back at all when it is alone."""
+    order = [2000, 1000, 2000]  # flood, other, flood alone
+    at_accept, at_setup = iter(order), iter(order)
+
+    def fake_peer(sock: Any) -> Any:
+        return server_mod.Peer(1, next(at_setup), 1, ())
+
+    monkeypatch.setattr(server_mod, "peer_uid", lambda sock: next(at_accept))
+    monkeypatch.setattr(server_mod, "peer_credentials", fake_peer)
+    n = 30000
+    flood = b"".join(frame({"v": 1, "id": i, "op": "now"}) for i in range(n))
+
+    async def drain(r: asyncio.StreamReader) -> None:
+        for _ in range(n):
+            assert (await read_reply(r))["ok"]
+
+    async def body(path: str, server: SocketServer) -> None:
+        ra, wa = await asyncio.open_unix_connection(path)
+        rb, wb = await asyncio.open_unix_connection(path)
+        wa.write(flood)
+        reader = asyncio.create_task(drain(ra))
+        while not reader.done():
+            wb.write(frame({"v": 1, "id": 2, "op": "now"}))
+            assert (await read_reply(rb))["ok"]
+            await asyncio.sleep(0.001)
+        await reader
+        assert server.throttled > 0
+        wb.close()
+        wa.close()
+        await asyncio.sleep(0.05)
+        before = server.throttled
+        rc, wc = await asyncio.open_unix_connection(path)  # uid 2000, alone now
+        wc.write(flood)
+        await drain(rc)
+        assert server.throttled == before
+    serve(tmp_path, ServerLimits(), body)
+
+
+def test_busy_client_not_held_back_for_a_flood() -> None:
+    """The window share holds back a uid only when it used twice as much as any other: the
+    flood is held back; the other uid, busy too and served on while the flood waits, is not
+    (it would be, were the rule "the most", once it overtook the held-back flood)."""
+    class Loop:  # charge() only schedules; nothing needs to run here
+        def call_soon(self, *a: Any) -> None: ...
+        def call_later(self, *a: Any) -> None: ...
+
+    server = SocketServer(Handlers(Publisher(Engine().snapshot(0.0))))
+    server._loop = Loop()  # type: ignore[assignment]
+    limit = server_mod.UID_WINDOW_S * server_mod.UID_WINDOW_SHARE
+    server.charge(1000, 0.2 * limit)  # the client
+    server.charge(2000, 1.1 * limit)  # the flood: over the share, > 2x the client
+    assert server._throttled == {2000}
+    server.charge(1000, 1.3 * limit)  # the client, served on: 1.5x the share, < 2x the flood
+    assert server._throttled == {2000}
+    server.charge(3000, 0.1 * limit)
+    server.charge(1000, 1.0 * limit)  # now 2.5x the share and > 2x the flood's 1.1: held too
+    assert server._throttled == {1000, 2000}
+    alone = SocketServer(Handlers(Publisher(Engine().snapshot(0.0))))
+    alone._loop = Loop()  # type: ignore[assignment]
+    alone.charge(2000, 10 * limit)  # alone in the window: never held back
+    assert not alone._throttled
+
+
+def test_connection_churn_is_charged_to_its_uid(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A uid connecting and disconnecting in a loop below its cap (every connection admitted)
+    pays for the set-up: it is held to its window share while another uid is served."""
+    def uids() -> Any:
+        yield 1000  # the other uid's connection comes first
+        while True:
+            yield 2000
+
+    at_accept, at_setup = uids(), uids()
+    monkeypatch.setattr(server_mod, "peer_uid", lambda sock: next(at_accept))
+    monkeypatch.setattr(server_mod, "peer_credentials",
+                        lambda sock: server_mod.Peer(1, next(at_setup), 1, ()))
+
+    async def body(path: str, server: SocketServer) -> None:
+        rb, wb = await asyncio.open_unix_connection(path)
+        wb.write(frame({"v": 1, "id": 0, "op": "now"}))
+        assert (await read_reply(rb))["ok"]
+        stop = threading.Event()
+
+        def churn() -> None:
+            while not stop.is_set():
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    s.settimeout(1)
+                    with contextlib.suppress(OSError):
+                        s.connect(path)
+        t = threading.Thread(target=churn, daemon=True)
+        t.start()
+        try:
+            deadline = time.monotonic() + 5
+            while not server.throttled and time.monotonic() < deadline:
+                wb.write(frame({"v": 1, "id": 1, "op": "now"}))
+                assert (await read_reply(rb))["ok"]
+                await asyncio.sleep(0.001)
+        finally:
+            stop.set()
+            await asyncio.to_thread(t.join, 5)
+        assert server.throttled > 0 and server.rejected_uid == 0
+    serve(tmp_path, ServerLimits(max_connections=256, uid_connection_share=0.5), body)
+
+
+def test_client_waits_in_a_full_listen_queue(tmp_path: Path) -> None:
+    """chronotick_client's connect waits its turn while the daemon's listen queue is full (a
+    connect storm), up to its timeout, instead of failing at once with EAGAIN."""
+    from chronotick_client import Client
+    from chronotick_client.client import DaemonUnavailable
+
+    path = str(tmp_path / "q.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(0)
+    filler = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2)]
+    try:
+        filler[0].setblocking(False)
+        filler[0].connect(path)  # the queue holds one: now it is full
+        filler[1].setblocking(False)
+        with pytest.raises(BlockingIOError):
+            filler[1].connect(path)
+        timer = threading.Timer(0.3, lambda: listener.accept()[0].close())
+        timer.start()
+        began = time.monotonic()
+        sock = Client(path, timeout=3)._connect()
+        waited = time.monotonic() - began
+        sock.close()
+        timer.join()
+        assert 0.2 < waited < 3
+        # the client's own connection fills the queue now; nobody accepts: a clear error
+        # once the timeout has passed
+        with pytest.raises(BlockingIOError):
+            filler[1].connect(path)
+        began = time.monotonic()
+        with pytest.raises(DaemonUnavailable, match="connection queue stayed full"):
+            Client(path, timeout=0.3)._connect()
+        assert time.monotonic() - began >= 0.25
+    finally:
+        for s in filler:
+            s.close()
+        listener.close()
 
 
 def test_default_caller_is_unprivileged() -> None:

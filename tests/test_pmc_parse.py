@@ -1,4 +1,4 @@
-"""Parsers of pmc / phc_ctl output, on outputs recorded from the real tools (tests/data/ptp)."""
+"""Parsers of pmc output, on outputs recorded from the real tools (tests/data/ptp)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ from pathlib import Path
 import pytest
 
 from chronotickd.sources.pmc_parse import (
-    PhcError,
     PmcParseError,
     gm_accuracy_s,
-    parse_phc_cmp,
     parse_pmc,
     parse_pmc_status,
     pmc_failure,
@@ -129,29 +127,6 @@ def test_garbage_input() -> None:
     assert parse_pmc("\t\tmaster_offset 5\nrandom words\n") == []
     with pytest.raises(PmcParseError):
         parse_pmc_status("\tx seq 0 RESPONSE MANAGEMENT TIME_STATUS_NP\n\t\tgmPresent maybe\n")
-
-
-def test_phc_cmp_signs() -> None:
-    # fallback path prints PHC − system; PTP_SYS_OFFSET path prints system − PHC
-    assert parse_phc_cmp(text("phc_cmp_realtime_approx.txt")) == 45.0
-    assert parse_phc_cmp(text("synthetic_phc_cmp_exact.txt")) == 37_000_000_008.0
-    assert parse_phc_cmp("phc_ctl[1.0]: offset from CLOCK_REALTIME is -12ns\n") == 12.0
-
-
-@pytest.mark.parametrize("name, words", [
-    ("phc_no_phc.txt", "no PHC"),
-    ("phc_nodev.txt", "no PHC device"),
-])
-def test_phc_errors(name: str, words: str) -> None:
-    with pytest.raises(PhcError, match=words):
-        parse_phc_cmp(text(name), "/dev/ptp0")
-
-
-def test_phc_permission_and_empty() -> None:
-    with pytest.raises(PhcError, match="permission denied"):
-        parse_phc_cmp("phc_ctl[1.0]: cannot open /dev/ptp0: Permission denied\n", "/dev/ptp0")
-    with pytest.raises(PhcError, match="no offset"):
-        parse_phc_cmp("")
 
 
 def test_gm_accuracy_table() -> None:

@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 from support import cli, daemon_process
 
 
@@ -51,20 +52,21 @@ def test_ptp4l_not_running(tmp_path: Path) -> None:
         assert d.log().count("PTP source") == 1
 
 
-def test_no_phc(tmp_path: Path) -> None:
-    """phc_ctl runs only after pmc answered, so a fake pmc replays a recorded poll."""
+@pytest.mark.parametrize("device, words", [
+    ("/dev/ptp-none", "no PHC device /dev/ptp-none (ptp.phc_device)"),  # no such device
+    ("lo", "no PHC: interface 'lo' (ptp.phc_device) does not have a PHC"),  # real ethtool
+])
+def test_no_phc(tmp_path: Path, device: str, words: str) -> None:
+    """The PHC is read only after pmc answered, so a fake pmc replays a recorded poll; the
+    daemon reads the PHC itself: a missing device is one clear log line naming the key."""
     data = Path(__file__).parent / "data" / "ptp" / "slave_uncalibrated.txt"
     fake = tmp_path / "pmc"
     fake.write_text(f"#!/bin/sh\ncat '{data}'\n")
     fake.chmod(0o755)
-    phc = tmp_path / "phc_ctl"
-    phc.write_text("#!/bin/sh\necho 'phc_ctl[1.0]: interface eth9 does not have a PHC' >&2\n"
-                   "exit 255\n")
-    phc.chmod(0o755)
-    with daemon_process(ptp__enabled=True, ptp__pmc_path=str(fake), ptp__phc_ctl_path=str(phc),
-                        ptp__phc_device="eth9", ptp__poll_interval_s=0.2) as d:
-        row = wait_reason(d.socket, "no PHC")
+    with daemon_process(ptp__enabled=True, ptp__pmc_path=str(fake),
+                        ptp__phc_device=device, ptp__poll_interval_s=0.2) as d:
+        row = wait_reason(d.socket, words)
         assert row["state"] == "unusable"
         time.sleep(1.0)
-        assert d.log().count("no PHC") == 1
-
+        assert d.log().count("(ptp.phc_device)") == 1
+        assert d.log().count(words) == 1

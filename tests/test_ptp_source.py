@@ -1,4 +1,4 @@
-"""PtpSource logic with recorded pmc/phc_ctl outputs played back (no ptp4l needed)."""
+"""PtpSource logic with recorded pmc outputs played back and a fake PHC (no ptp4l needed)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from chronotickd.core.measurement import Measurement
-from chronotickd.sources.ptp import RECOVER_SYNCS, PtpSettings, PtpSource
+from chronotickd.sources.phc import PhcError, PhcReading
+from chronotickd.sources.ptp import PHC_READ_FLOOR_S, RECOVER_SYNCS, PtpSettings, PtpSource
 from chronotickd.sources.ptp_quality import GmPolicy
 
 DATA = Path(__file__).parent / "data" / "ptp"
@@ -31,18 +32,17 @@ def with_values(text: str, ingress_ns: int, offset_ns: int = -252, state: str | 
 
 
 class Fake:
-    """Clock + runner: each pmc call returns ``self.pmc_out``; phc_ctl ``self.phc_out``."""
+    """Clock + runner: each pmc call returns ``self.pmc_out``."""
 
     def __init__(self) -> None:
         self.now = T0
         self.pmc_out: str | Exception = ""
-        self.phc_out: str | Exception = ""
         self.calls: list[list[str]] = []
         self.got: list[Measurement] = []
 
     def run(self, argv: list[str], timeout: float) -> tuple[int, str]:
         self.calls.append(argv)
-        out = self.pmc_out if "pmc" in argv[0] else self.phc_out
+        out = self.pmc_out
         if isinstance(out, Exception):
             raise out
         return 0, out
@@ -171,35 +171,57 @@ def test_pmc_output_problems(fixture: str, words: str) -> None:
     assert src.describe()[0]["state"] == "unusable"
 
 
+class FakePhc:
+    """A PHC reader: PHC − system as given, or the error to raise."""
+
+    def __init__(self, minus_sys_ns: float = 0.0, half_width_ns: float = 0.0) -> None:
+        self.minus_sys_ns, self.half_width_ns = minus_sys_ns, half_width_ns
+        self.error: Exception | None = None
+        self.reads = 0
+
+    def read(self) -> PhcReading:
+        self.reads += 1
+        if self.error is not None:
+            raise self.error
+        return PhcReading(self.minus_sys_ns, self.half_width_ns, 0, "extended")
+
+    def close(self) -> None:
+        pass
+
+
 def test_phc_combination_and_tai_shift() -> None:
     f = Fake()
+    # PHC runs TAI: 37 s + 1 µs ahead of the system clock, read within ±200 ns
+    phc = FakePhc(37_000_001_000, 200)
     src = f.source(phc_device="/dev/ptp0")
-    # PHC runs TAI: 37 s + 1 µs ahead of the system clock (phc_ctl prints system − PHC)
-    f.phc_out = "phc_ctl[1.0]: offset from CLOCK_REALTIME is -37000001000ns\n"
+    src.phc = phc  # type: ignore[assignment]
     f.now += 1.0
     ingress = int((f.now + 37.000001 - 0.3) * 1e9)  # in PHC time
     f.pmc_out = with_values(LIVE, ingress, offset_ns=400, timescale=1)
     m = src.poll_once()
-    assert m is not None
+    assert m is not None and phc.reads == 1
     # reference − system = (PHC − system) − (PHC − master) − UTC offset = 1 µs − 400 ns
     assert m.offset == pytest.approx(600e-9, abs=1e-12)
     assert m.t == pytest.approx(f.now)
-    assert f.calls[-1] == ["phc_ctl", "-q", "/dev/ptp0", "cmp"]
-    # bound: + PHC read + 0.3 s × 100 ppm extrapolation
-    assert m.bound == pytest.approx(1294e-9 + 30e-6 + 5e-6 + 0.3 * 100e-6, rel=1e-3)
+    assert all("phc_ctl" not in argv[0] for argv in f.calls)  # no subprocess for the PHC
+    # bound: + the reading's half width and its floor + 0.3 s × 100 ppm extrapolation
+    assert m.bound == pytest.approx(1294e-9 + 30e-6 + 200e-9 + PHC_READ_FLOOR_S
+                                    + 0.3 * 100e-6, rel=1e-3)
 
 
-@pytest.mark.parametrize("phc_out, words", [
-    ((DATA / "phc_no_phc.txt").read_text(), "no PHC"),
-    ((DATA / "phc_nodev.txt").read_text(), "no PHC device"),
-    (FileNotFoundError(2, "x"), "phc_ctl not found"),
-])
-def test_phc_errors_mark_unusable(phc_out: str | Exception, words: str) -> None:
+@pytest.mark.parametrize("key", ["phc-missing", "phc-perm", "phc-none"])
+def test_phc_errors_mark_unusable(key: str, caplog: pytest.LogCaptureFixture) -> None:
     f = Fake()
     src = f.source(phc_device="/dev/ptp0")
-    f.phc_out = phc_out
-    assert f.sync(src) is None
-    assert words in (src.health()[src.name] or "")
+    phc = FakePhc()
+    phc.error = PhcError(key, f"{key} for /dev/ptp0 (ptp.phc_device)")
+    src.phc = phc  # type: ignore[assignment]
+    with caplog.at_level(logging.WARNING, "chronotickd.ptp"):
+        for _ in range(3):
+            assert f.sync(src) is None
+    assert "ptp.phc_device" in (src.health()[src.name] or "")
+    assert [r.getMessage() for r in caplog.records].count(
+        f"PTP source {src.name} unusable: {key} for /dev/ptp0 (ptp.phc_device)") == 1
 
 
 def test_default_untraceable_grandmaster_costs_a_second() -> None:

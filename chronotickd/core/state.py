@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from chronotickd.core.estimator import FitConfig, LineFit, fit_line
 from chronotickd.core.leap import Leap, correction
@@ -109,6 +110,11 @@ class ClockState:
     realtime: RealtimeMap = field(default_factory=RealtimeMap, repr=False)
     leaps: tuple[Leap, ...] = ()
     epoch_ns: int = field(init=False, default=0, repr=False)
+    # ``at``'s local fits, memoized per snapshot: (lo, hi) → LineFit | None, "times" → the
+    # history's times. A fit depends only on fields of this immutable snapshot, so the cache
+    # is exact; it holds at most one entry per window of the history. Queries for nearby
+    # system times (the usual case, and any flood of them) then cost a lookup, not a fit.
+    _fits: dict[Any, Any] = field(init=False, default_factory=dict, repr=False, compare=False)
 
     # -- queries -------------------------------------------------------------------------
     def _bound(self, fit: LineFit, t: float, last: float) -> float:
@@ -225,7 +231,9 @@ class ClockState:
         hist = self.history
         if not hist:
             return None
-        times = [m.t for m in hist]
+        times = self._fits.get("times")
+        if times is None:
+            times = self._fits["times"] = [m.t for m in hist]
         k = bisect.bisect_right(self.steps, t)
         lo = bisect.bisect_left(times, self.steps[k - 1]) if k else 0
         hi = bisect.bisect_left(times, self.steps[k]) if k < len(self.steps) else len(hist)
@@ -249,7 +257,12 @@ class ClockState:
         lo = max(seg_lo, i - window // 2)
         hi = min(seg_hi, lo + window)
         lo = max(seg_lo, hi - window)
-        local = fit_line(hist[lo:hi], self.fit_config, prior_freq=self.fit.freq)
+        key = (lo, hi)
+        if key in self._fits:
+            local = self._fits[key]
+        else:
+            local = self._fits[key] = fit_line(hist[lo:hi], self.fit_config,
+                                               prior_freq=self.fit.freq)
         if local is None:
             return None
         nearest = min(abs(t - times[j]) for j in range(max(lo, i - 1), min(hi, i + 1)))

@@ -1,4 +1,4 @@
-"""Pure parsers for linuxptp's ``pmc`` and ``phc_ctl`` text output (no I/O, no clock).
+"""Pure parsers for linuxptp's ``pmc`` text output (no I/O, no clock).
 
 ``pmc -u -b 0 'GET TIME_STATUS_NP' ...`` prints, per reply::
 
@@ -6,10 +6,7 @@
     \t\t<field>  <value>
     ...
 
-and ``phc_ctl DEV cmp`` prints ``offset from CLOCK_REALTIME is <N>ns`` (PTP_SYS_OFFSET path,
-N = system − PHC) or ``... is approximately <N>ns`` (clock_gettime fallback, N = PHC −
-system: linuxptp 3.1's two code paths use opposite signs, see ``phc_ctl.c`` ``do_cmp`` and
-``sysoff.c`` ``sysoff_estimate``). ``parse_phc_cmp`` returns PHC − system either way.
+(The PHC itself is read directly, read-only: chronotickd/sources/phc.py, not phc_ctl.)
 
 Everything here is tested on outputs recorded from the real tools (tests/data/ptp/).
 """
@@ -40,9 +37,6 @@ _HEADER = re.compile(
     r"^\t(?P<port>\S+) seq (?P<seq>\d+) (?P<action>[A-Z_]+) (?P<kind>MANAGEMENT(?:_ERROR_STATUS)?)"
     r"(?: (?P<tlv>[A-Z0-9_]+))?\s*$")
 _FIELD = re.compile(r"^\t\t(?P<key>\S+)(?:\s+(?P<value>.*?))?\s*$")
-_PHC_CMP = re.compile(
-    r"offset from CLOCK_REALTIME is (?P<approx>approximately )?(?P<ns>[-+]?\d+)\s*ns")
-
 
 class PmcParseError(ValueError):
     """pmc printed something this parser cannot trust (names the field and the text)."""
@@ -230,7 +224,7 @@ def gm_accuracy_s(code: int | None, unknown_s: float) -> float:
     return unknown_s  # reserved / profile-specific codes
 
 
-# -- pmc / phc_ctl failures -----------------------------------------------------------------
+# -- pmc failures ---------- -----------------------------------------------------------------
 def pmc_failure(text: str) -> str | None:
     """A one-line reason when pmc's output says it could not talk to ptp4l, else None."""
     low = text.lower()
@@ -248,26 +242,3 @@ def _first_error_line(text: str) -> str:
         if s and not s.startswith("sending:") and not line.startswith("\t"):
             return re.sub(r"^\w+\[[\d.]+\]:\s*", "", s)
     return text.strip()[:120]
-
-
-class PhcError(ValueError):
-    """phc_ctl did not give an offset; the message says why and what to do."""
-
-
-def parse_phc_cmp(text: str, device: str = "") -> float:
-    """PHC − system clock in ns from ``phc_ctl DEV cmp`` output (sign-normalised)."""
-    m = _PHC_CMP.search(text)
-    if m:
-        ns = float(m["ns"])
-        return ns if m["approx"] else -ns
-    low = text.lower()
-    what = _first_error_line(text) if text.strip() else "no output"
-    if "does not have a phc" in low:
-        raise PhcError(f"no PHC: {what}; use software timestamping (leave ptp.phc_device "
-                       "empty) or name the NIC's /dev/ptpN")
-    if "no such device" in low or "no such file" in low or "unknown clock" in low:
-        raise PhcError(f"no PHC device {device or ''}: {what}; check ptp.phc_device")
-    if "permission denied" in low or "operation not permitted" in low:
-        raise PhcError(f"permission denied reading {device or 'the PHC'}: {what}; grant the "
-                       "daemon read access to the /dev/ptpN device")
-    raise PhcError(f"phc_ctl cmp gave no offset: {what}")

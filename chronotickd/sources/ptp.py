@@ -1,4 +1,4 @@
-"""PTP source: reads ptp4l's view of its master through linuxptp's ``pmc`` (and ``phc_ctl``).
+"""PTP source: reads ptp4l's view of its master through linuxptp's ``pmc`` (and the PHC).
 
 Runs in its own thread; every ``poll_interval_s`` it runs::
 
@@ -6,8 +6,10 @@ Runs in its own thread; every ``poll_interval_s`` it runs::
         'GET PARENT_DATA_SET' 'GET TIME_PROPERTIES_DATA_SET'
 
 as a subprocess with a timeout (request serving never waits on it), and, when
-``ptp.phc_device`` is set, ``phc_ctl DEV cmp``. One new Sync (a new ``ingress_time``) gives
-one ``Measurement(kind="ptp")``.
+``ptp.phc_device`` is set, reads the PHC against the system clock itself, through a read-only
+descriptor (chronotickd/sources/phc.py: PTP_SYS_OFFSET_EXTENDED, PTP_SYS_OFFSET or
+clock_gettime; phc_ctl is not used: it opens the PHC read-write). One new Sync (a new
+``ingress_time``) gives one ``Measurement(kind="ptp")``.
 
 Offsets (our convention: ``offset = reference − system``; ptp4l's ``master_offset`` is
 ``own clock − master``):
@@ -17,11 +19,11 @@ Offsets (our convention: ``offset = reference − system``; ptp4l's ``master_off
   ``t = ingress_time``.
 - PHC: ``offset = (PHC − system) − master_offset − UTC shift`` where the shift is the
   master's ``currentUtcOffset`` when it runs the PTP (TAI) timescale; ``t`` is the system
-  time of the ``phc_ctl`` reading.
+  time of the PHC reading.
 
 Time base (chronotickd/core/timebase.py): ptp4l's offsets are against REALTIME (at the Sync's
-ingress, or at the ``phc_ctl`` reading). They become θ = reference − (raw + epoch) by adding δ
-read by the source: the raw/real pair around the ``phc_ctl`` call, or for ingress the δ of this
+ingress, or at the PHC reading). They become θ = reference − (raw + epoch) by adding δ
+read by the source: the raw/real pair around the PHC reading, or for ingress the δ of this
 poll and the previous one (the ingress lies between them); a δ change between the two reads
 widens the bound by half of it. Leap announcements (leap61/leap59) travel in the measurement.
 
@@ -52,13 +54,12 @@ from typing import Any
 from chronotickd.core.measurement import Measurement
 from chronotickd.core.timebase import ClockReading
 from chronotickd.sources import clocks
+from chronotickd.sources.phc import PhcReader
 from chronotickd.sources.pmc_parse import (
     ACCURACY_UNKNOWN,
     MEASURING_STATES,
-    PhcError,
     PmcParseError,
     PtpStatus,
-    parse_phc_cmp,
     parse_pmc_status,
     pmc_failure,
 )
@@ -73,7 +74,7 @@ STALE_FLOOR_S = 1.0  # ... and never less than this
 SPREAD_WINDOW = 16  # recent offsets whose spread enters the bound
 SPREAD_K = 3.0  # multiplier on the spread's robust standard deviation
 JITTER_PRIOR_S = 10e-6  # spread assumed before 4 offsets are known (software timestamping)
-PHC_READ_S = 5e-6  # uncertainty of one phc_ctl cmp reading (phc_ctl does not print it)
+PHC_READ_FLOOR_S = 100e-9  # added to a PHC reading's own half width (timestamp granularity)
 PHC_FREE_PPM = 100.0  # frequency error of an undisciplined PHC, for ingress→read extrapolation
 # TAI − UTC since 2017-01-01. A master that does not vouch for its currentUtcOffset
 # (currentUtcOffsetValid 0) gets no less than this, ptp4l's own rule for its default
@@ -97,7 +98,7 @@ class PtpSettings:
     phc_device: str = ""
     poll_interval_s: float = 2.0
     pmc_path: str = "pmc"
-    phc_ctl_path: str = "phc_ctl"
+    phc_ctl_path: str = "phc_ctl"  # unused (the PHC is read directly); old configs name it
     timeout_s: float = 1.0
     gm_policy: GmPolicy = field(default_factory=GmPolicy)  # grandmaster quality allowances
     pmc_local: str = ""  # pmc's reply socket (-i); empty: pmc's default /var/run/pmc.PID
@@ -155,8 +156,12 @@ class PtpSource:
         exists: Callable[[str], bool] = os.path.exists,
         epoch: float | None = None,
         read_clock: Callable[[], ClockReading] | None = None,
+        phc: PhcReader | None = None,
     ) -> None:
         self.settings = settings
+        # the PHC, opened (read-only) on first use; injectable for tests
+        self.phc = phc or (PhcReader(settings.phc_device) if settings.phc_device else None)
+        self._phc_read_s = 0.0  # half width of the last PHC reading
         # the engine's (the daemon passes it; alone: this host's, or 0 for an injected
         # clock): θ = reference − (raw + epoch)
         self.epoch = epoch if epoch is not None else (
@@ -197,6 +202,8 @@ class PtpSource:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2 * self.settings.timeout_s + 1)
+        if self.phc is not None:
+            self.phc.close()
 
     def warmup_progress(self) -> float:
         return 1.0
@@ -276,31 +283,20 @@ class PtpSource:
 
     def _phc_minus_sys(self) -> tuple[float, ClockReading, ClockReading] | None:
         """(PHC − system in s, clocks before and after the reading) or None after marking
-        unusable."""
-        s = self.settings
+        unusable (one log line per kind of problem, naming ``ptp.phc_device``)."""
+        assert self.phc is not None
         before = self.read_clock()
         try:
-            _rc, out = self.runner([s.phc_ctl_path, "-q", s.phc_device, "cmp"], s.timeout_s)
-        except FileNotFoundError:
-            self._fail("phc-missing", f"phc_ctl not found ({s.phc_ctl_path}): install linuxptp "
-                                      "or set ptp.phc_ctl_path")
-            return None
-        except subprocess.TimeoutExpired:
-            self._fail("phc-timeout", f"phc_ctl gave no answer within {s.timeout_s:g} s")
-            return None
-        except OSError as exc:
-            self._fail("phc-exec", f"cannot run {s.phc_ctl_path}: {exc.strerror or exc}")
+            got = self.phc.read()
+        except OSError as exc:  # PhcError: says what and which key
+            self._fail(getattr(exc, "key", "phc-read"), str(exc))
             return None
         after = self.read_clock()
-        try:
-            ns = parse_phc_cmp(out, s.phc_device)
-        except PhcError as exc:
-            self._fail("phc-" + str(exc).split(":")[0], str(exc))
-            return None
-        return ns * 1e-9, before, after
+        self._phc_read_s = got.half_width_ns * 1e-9 + PHC_READ_FLOOR_S
+        return got.phc_minus_sys_ns * 1e-9, before, after
 
     def poll_once(self) -> Measurement | None:
-        """One pmc (+ phc_ctl) round; feeds and returns a measurement when a new Sync came."""
+        """One pmc (+ PHC) round; feeds and returns a measurement when a new Sync came."""
         self.polls += 1
         status = self._pmc()
         if status is None:
@@ -328,7 +324,7 @@ class PtpSource:
                     f" ({quality.reason})" if quality.reason else "")
         self.quality = quality
         phc = None
-        if self.settings.phc_device:
+        if self.phc is not None:
             phc = self._phc_minus_sys()
             if phc is None:
                 return None
@@ -374,7 +370,8 @@ class PtpSource:
         ``meanPathDelay`` (PTP assumes symmetric paths; the worst asymmetry puts all the delay
         one way, an error of up to the one-way mean) + what the grandmaster's word is worth
         (its clockAccuracy, widened for holdover or missing traceability: ptp_quality) + 3 ×
-        the robust spread of recent offsets + with a PHC: the PHC read uncertainty, the
+        the robust spread of recent offsets + with a PHC: the PHC read uncertainty (half the
+        narrowest reading's width), the
         ingress→read extrapolation at ``PHC_FREE_PPM`` and, when ptp4l's servo steers the PHC
         (SLAVE), the |master_offset| it may already have removed.
         """
@@ -384,7 +381,7 @@ class PtpSource:
         spread = SPREAD_K * (jitter if jitter is not None else JITTER_PRIOR_S)
         b = delay + accuracy + spread
         if phc_read:
-            b += PHC_READ_S + ingress_age * PHC_FREE_PPM * 1e-6
+            b += self._phc_read_s + ingress_age * PHC_FREE_PPM * 1e-6
             if status.port_state == "SLAVE":
                 b += abs(status.master_offset_ns or 0) * 1e-9
         return b

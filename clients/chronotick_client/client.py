@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import socket
+import struct
 import threading
 import time
 from typing import Any
@@ -88,15 +89,26 @@ class Client:
 
     def _connect(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
+        # A blocking connect bounded by SO_SNDTIMEO, not Python's timeout mode: on a Unix
+        # socket a non-blocking connect fails at once with EAGAIN while the daemon's listen
+        # queue is full (a connect storm from another user fills it), whereas a blocking one
+        # waits its turn in the kernel's queue of connectors, up to the timeout.
+        sec = max(self.timeout, 0.001)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                        struct.pack("ll", int(sec), int(sec % 1 * 1e6)))
         try:
             sock.connect(self.path)
         except FileNotFoundError:
             sock.close()
             raise DaemonUnavailable(self.path, "no such socket") from None
+        except BlockingIOError:
+            sock.close()
+            raise DaemonUnavailable(self.path, f"its connection queue stayed full for "
+                                    f"{self.timeout:g} s (overloaded?)") from None
         except OSError as exc:
             sock.close()
             raise DaemonUnavailable(self.path, exc.strerror or str(exc)) from None
+        sock.settimeout(self.timeout)
         return sock
 
     def _recv_exact(self, sock: socket.socket, n: int) -> bytes:
