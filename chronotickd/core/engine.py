@@ -26,6 +26,7 @@ import numpy as np
 
 from chronotickd.core.crosscheck import Disagreement, Estimate, cross_check
 from chronotickd.core.estimator import FitConfig, LineFit, fast_median, fit_arrays, fit_line
+from chronotickd.core.experts import Aggregator, ExpertConfig, widen
 from chronotickd.core.leap import Leap, leap_seconds, next_midnight
 from chronotickd.core.measurement import Measurement
 from chronotickd.core.state import KERNEL_UNSYNC_MAXERROR_S, ClockState, TrackSummary
@@ -59,6 +60,20 @@ class EngineConfig:
     step_false_rate: float = 1e-4  # tolerated chance that a run of outliers is not a step
     step_confirm_max: int = 8  # never wait for more agreeing outliers than this
     failover_floor_s: float = 10.0  # silence (s) before selection moves on, at least
+    # -- issue 13 (``v1()`` switches all of these off) --
+    # online aggregation of experts (core/experts.py); None serves the best robust fit alone
+    experts: ExpertConfig | None = field(default_factory=ExpertConfig)
+    # at polls this far apart or more, two agreeing outliers confirm a step (see
+    # Track.step_confirm); None keeps ``step_confirm`` at every poll interval
+    step_long_gap_s: float | None = 256.0
+    # before ``min_samples`` a track's fit is still the best estimate there is: serve it with
+    # its own (wide) bound, status unsynchronized, instead of the uncorrected clock
+    serve_collecting: bool = True
+
+    @classmethod
+    def v1(cls) -> EngineConfig:
+        """The engine as it was before issue 13 (replay baseline ``engine-v1``)."""
+        return cls(experts=None, step_long_gap_s=None, serve_collecting=False)
 
 
 class Track:
@@ -100,6 +115,12 @@ class Track:
         self.cand_score: dict[int, float] = {}
         self.window = self.windows[-1]
         self._gap = 0.0
+        self.served: LineFit | None = None  # the experts' combination (or ``base_fit``)
+        self.agg: Aggregator | None = (
+            Aggregator(cfg.experts, tuple(f"line-{w}" for w in self.windows))
+            if cfg.experts is not None else None)
+        self.last_residual = 0.0  # last measurement − served prediction (the poll policy's)
+        self.last_scale = 0.0  # the noise scale that residual is judged against
 
     def _threshold(self, fit: LineFit, m: Measurement) -> float:
         spread = math.hypot(fit.stddev(m.t), fit.sigma)
@@ -109,6 +130,11 @@ class Track:
     def step_confirm(self) -> int:
         """Agreeing consecutive outliers needed to call a step at the current outlier rate."""
         need = self.cfg.step_confirm
+        long_gap = self.cfg.step_long_gap_s
+        if long_gap is not None and self._gap >= long_gap:
+            # waiting costs (need − 1) polls of wrong answers, at long polls most of the error
+            # budget, while a false step needs two wrong offsets that agree with each other
+            need = min(need, 2)
         r = self.outlier_rate
         if 0.0 < r < 1.0:
             need = max(need, math.ceil(math.log(self.cfg.step_false_rate) / math.log(r)))
@@ -124,6 +150,10 @@ class Track:
         """Take one measurement; returns ``accepted``, ``outlier`` or ``step``."""
         self.last = m
         fit = self.base_fit
+        served = self.served
+        if served is not None:
+            self.last_residual = m.offset - served.predict(m.t)
+            self.last_scale = max(served.sigma, self.cfg.fit.noise_floor_s)
         if fit is not None and len(self.samples) >= self.cfg.min_samples:
             residual = m.offset - fit.predict(m.t)
             if abs(residual) > self._threshold(fit, m):
@@ -135,7 +165,7 @@ class Track:
                 if len(self.pending) < need or not self._pending_agree(fit, need):
                     self.pending = self.pending[-need:]
                     self.outliers += 1
-                    self.fit = self._in_doubt(fit)
+                    self.fit = self._in_doubt(served if served is not None else fit)
                     return "outlier"
                 self.prior_freq = fit.freq
                 confirmed = self.pending[-need:]  # not an older lone spike
@@ -147,6 +177,8 @@ class Track:
                 self.step_times.append(confirmed[0].t)
                 self.run = 0
                 self.cand_score.clear()
+                if self.agg is not None:
+                    self.agg.reset()
                 self._refit()
                 return "step"
         self.pending.clear()
@@ -155,6 +187,8 @@ class Track:
         self.run = 0
         self._note(False)
         self._score(m)
+        if self.agg is not None and served is not None:
+            self._learn(m, served)
         self.samples.append(m)
         self.history.append(m)
         self._refit()
@@ -198,7 +232,29 @@ class Track:
             self.window = max(w for w, s in scored.items() if s <= best * 1.02)
         else:
             self.window = self.windows[-1]
-        self.base_fit = self.fit = fits[self.window]
+        self.base_fit = self.fit = self.served = fits[self.window]
+        agg = self.agg
+        if agg is not None and self.fit is not None:
+            longest = fits[self.windows[-1]]
+            line = agg.propose([fits[w] for w in self.windows], t, y,
+                               longest.freq if longest is not None else 0.0)
+            if line is not None:
+                self.fit = self.served = widen(self.fit, line, self.cfg.confidence_k,
+                                               agg.calibration())
+
+    def _learn(self, m: Measurement, served: LineFit) -> None:
+        """Score the experts on an accepted measurement they have not seen, and note by how
+        much the served bound (before this measurement) certainly missed: its interval and
+        the measurement's own did not overlap."""
+        agg = self.agg
+        assert agg is not None
+        longest = self.cand_fits.get(self.windows[-1])
+        noise = longest.sigma if longest is not None and longest.n >= 8 else served.sigma
+        agg.score(m.t, m.offset, max(noise, self.cfg.fit.noise_floor_s))
+        age = max(0.0, m.t - served.t_last)
+        bound = (served.systematic + self.cfg.confidence_k * served.bound_stddev(m.t)
+                 + self.cfg.max_drift_ppm * 1e-6 * age)
+        agg.note_miss(abs(m.offset - served.predict(m.t)) - m.bound - bound)
 
     def _in_doubt(self, fit: LineFit) -> LineFit:
         """The fit to serve while a run of outliers is unresolved.
@@ -241,7 +297,14 @@ class Track:
         return spread < 0.5 * min(abs(r) for r in res) + 2 * self.cfg.outlier_floor_s
 
     def usable(self) -> bool:
-        return self.fit is not None and len(self.samples) >= self.cfg.min_samples
+        """A fit on ``min_samples`` measurements, or (issue 13) on the agreeing run that
+        confirmed a step: the frequency carries over from before it, so two samples place
+        the line."""
+        n = len(self.samples)
+        if self.fit is None:
+            return False
+        return n >= self.cfg.min_samples or (self.cfg.serve_collecting and self.steps > 0
+                                             and n >= 2)
 
     def typical_gap(self) -> float:
         """Median spacing of the window's samples (cached at each refit)."""
@@ -476,6 +539,16 @@ class Engine:
                 restored=True,
                 **common,
             )
+        if self.cfg.serve_collecting:
+            collecting = [t for t in self.tracks.values()
+                          if t.fit is not None and t.name not in self.unusable]
+            if collecting:
+                # fewer than min_samples: still the best estimate there is, with its own wide
+                # bound (a 1–2 sample fit knows no frequency: 100 ppm), status unsynchronized
+                track = min(collecting, key=lambda t: self._bound_now(t, now))
+                return ClockState(fit=self._cover_pending(track), source=track.kind,
+                                  max_drift=self.cfg.max_drift_ppm * 1e-6, stale_after=0.0,
+                                  collecting=True, **common)
         return ClockState(fit=None, source="system", max_drift=0.0, stale_after=0.0, **common)
 
     def _cross_check(self, chosen: Track, now: float) -> Disagreement | None:

@@ -1,0 +1,258 @@
+"""Online aggregation of simple estimators ("experts") of one track's offset. Pure arithmetic.
+
+Why: no single estimator is best on every clock. A long robust line wins where the frequency
+is steady, a short one where it wanders, a median of the last few samples where the host is
+already disciplined (no learnable drift, noise that reverts to the mean), the last sample
+right after a change, zero where another daemon keeps the clock on time. Which one applies is
+not known in advance and changes with time, so the track keeps all of them and weighs each by
+how well it *predicted* measurements it had not seen yet:
+
+- After every accepted measurement each expert proposes a line
+  ``offset(t) = level + freq·(t − t_anchor)``. When the next accepted measurement arrives,
+  each expert's error there is its loss: the horizon is the real poll gap, the longest age a
+  query sees before the next refit, so experts are judged where their errors are largest.
+- The weights are a Bayesian posterior over "which expert is right", with the measurement
+  noise as the likelihood: ``w ∝ exp(−Σ e²/(2σ²))`` where σ is the track's robust noise scale.
+  That is exponentially weighted aggregation at the learning rate that is right when the
+  noise is Gaussian: large errors (in noise units) decide fast, errors the noise hides decide
+  slowly. Two things keep it robust and adaptive: each loss is clipped at ``clip_k`` noise
+  scales (one bad sample cannot decide), old losses fade (``discount``), and a *fixed share*
+  of the mass is spread evenly after each update, so an expert that was bad for hours regains
+  weight within a few polls when the regime changes (Herbster & Warmuth's tracking of the best
+  expert: the loss stays close to the best expert's of each period).
+- The combination is the weighted mean of the experts' lines (itself a line, so queries stay
+  arithmetic on published state).
+
+The combination never narrows the promise: ``widen`` returns the track's robust fit moved to
+the combined line, its bound grown by the distance between the two lines (wherever the robust
+fit's interval held the truth, the combined one does too), plus a calibration term from the
+combined estimate's own realized misses (``Aggregator.calibration``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from chronotickd.core.estimator import LineFit, fast_median
+
+# (kind, k): "zero" = the system clock as it is (right where another daemon already keeps it
+# on time), "hold" = the last sample, "median" = median of the last k, "median-slope" =
+# median level of the last k after removing the longest robust fit's slope, "linear" = least
+# squares line over the last k, "theil-sen" = Theil–Sen line over the last k. The track's own
+# robust fits (one per candidate window) are experts too (``line-W``).
+DEFAULT_EXPERTS: tuple[tuple[str, int], ...] = (
+    ("zero", 0),
+    ("hold", 1),
+    ("median", 4),
+    ("median", 8),
+    ("median", 16),
+    ("median", 32),
+    ("median-slope", 8),
+    ("median-slope", 16),
+    ("linear", 16),
+    ("theil-sen", 16),
+    ("theil-sen", 32),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ExpertConfig:
+    """Knobs of the aggregation (fixed; docs/results.md shows what they give)."""
+
+    experts: tuple[tuple[str, int], ...] = DEFAULT_EXPERTS
+    # 0.5 on squared errors in noise units is the Gaussian likelihood (Bayes)
+    eta: float = 0.5
+    discount: float = 1.0 / 64.0  # each scored poll, old losses fade by this share
+    share: float = 0.01  # fixed share: mass spread evenly after each update
+    clip_k: float = 6.0  # per-poll loss clipped at clip_k² (errors beyond clip_k noise scales)
+    calib_window: int = 256  # realized misses remembered for the calibration term
+    calib_quantile: float = 0.995  # the share of realized misses the extra width covers
+    # head start (in loss units) of the track's own robust lines before anything is scored:
+    # the classical estimate is served until the others earn their weight
+    prior_loss: float = 8.0
+    # experts below this share of the leader's weight are left out of the combination: the
+    # fixed share keeps them learnable, but their floor of mass must not bias the estimate
+    # (an expert 0.4 s off at 1/1000 of the mass moves it by 400 µs)
+    keep_ratio: float = 0.05
+
+
+Line = tuple[float, float, float]  # (t_anchor, level, freq)
+
+
+def at(line: Line, t: float) -> float:
+    """The line's offset at ``t``."""
+    return line[1] + line[2] * (t - line[0])
+
+
+def theil_sen_line(t: np.ndarray, y: np.ndarray) -> Line:
+    """Median of pairwise slopes, median intercept, anchored at the newest sample."""
+    n = len(t)
+    if n < 3:
+        return (float(t[-1]), float(y[-1]), 0.0)
+    i, j = _pairs(n)
+    dt = t[j] - t[i]
+    ok = dt > 0
+    freq = fast_median((y[j] - y[i])[ok] / dt[ok]) if ok.any() else 0.0
+    t0 = float(t[-1])
+    return (t0, fast_median(y - freq * (t - t0)), freq)
+
+
+def linear_line(t: np.ndarray, y: np.ndarray) -> Line:
+    """Least squares line (the mean below 3 samples), anchored at the newest sample."""
+    t0 = float(t[-1])
+    if len(t) < 3:
+        return (t0, float(y.mean()), 0.0)
+    dt = t - t.mean()
+    sxx = float(dt.dot(dt))
+    freq = float(dt.dot(y)) / sxx if sxx > 0 else 0.0
+    return (t0, float(y.mean()) + freq * (t0 - float(t.mean())), freq)
+
+
+_PAIR_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    p = _PAIR_CACHE.get(n)
+    if p is None:
+        p = _PAIR_CACHE[n] = np.triu_indices(n, 1)
+    return p
+
+
+class Aggregator:
+    """Weights, losses and the combined line of one track's experts."""
+
+    def __init__(self, cfg: ExpertConfig, line_names: tuple[str, ...]) -> None:
+        self.cfg = cfg
+        self.names: list[str] = [*line_names, *(f"{k}-{n}" if n > 1 else k
+                                                for k, n in cfg.experts)]
+        self.n_lines = len(line_names)
+        self.misses: deque[float] = deque(maxlen=cfg.calib_window)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what was learned (a step of the clock: a new regime)."""
+        n = len(self.names)
+        self.loss = np.full(n, self.cfg.prior_loss)
+        self.loss[: self.n_lines] = 0.0
+        self.weights = self._normalize(self.loss)
+        self.lines: list[Line | None] = [None] * n
+        self.scored = 0
+
+    def _normalize(self, loss: np.ndarray) -> np.ndarray:
+        w = np.exp(-self.cfg.eta * (loss - loss.min()))
+        w /= w.sum()
+        return (1.0 - self.cfg.share) * w + self.cfg.share / len(w)
+
+    # -- learning ------------------------------------------------------------------------
+    def score(self, t: float, y: float, scale: float) -> None:
+        """A new accepted measurement ``(t, y)`` the current lines have not seen; ``scale`` is
+        the measurement noise (s) the errors are judged against."""
+        cfg = self.cfg
+        seen = [i for i, ln in enumerate(self.lines) if ln is not None]
+        if not seen:
+            return
+        s = max(scale, 1e-9)
+        loss = np.empty(len(self.lines))
+        for i, ln in enumerate(self.lines):
+            if ln is not None:
+                e = (y - at(ln, t)) / s
+                loss[i] = min(e * e, cfg.clip_k * cfg.clip_k)
+        # an expert with no prediction yet is charged the mean of the others'
+        missing = [i for i, ln in enumerate(self.lines) if ln is None]
+        if missing:
+            loss[missing] = loss[seen].mean()
+        self.loss = (1.0 - cfg.discount) * self.loss + loss
+        self.weights = self._normalize(self.loss)
+        self.scored += 1
+
+    def note_miss(self, excess: float) -> None:
+        """How far (s) the truth certainly lay outside the served bound at a measurement: its
+        own interval and the served one did not overlap by this much (≤ 0: no miss)."""
+        self.misses.append(excess)
+
+    def calibration(self) -> float:
+        """Extra half-width (s) the served bound needs so that realized misses stay rarer
+        than ``1 − calib_quantile``: that quantile of the remembered excesses (0 while misses
+        are rarer than that)."""
+        if not self.misses:
+            return 0.0
+        a = np.fromiter(self.misses, float, len(self.misses))
+        q = float(np.quantile(a, self.cfg.calib_quantile))
+        return max(0.0, q)
+
+    # -- proposing -----------------------------------------------------------------------
+    def propose(self, fits: list[LineFit | None], t: np.ndarray, y: np.ndarray,
+                slope: float) -> Line | None:
+        """Refresh every expert's line from the window (oldest first) and return the
+        weighted combination. ``fits`` are the track's robust candidate fits in
+        ``line_names`` order; ``slope`` is the longest fit's frequency (de-sloped levels)."""
+        n = len(t)
+        if n == 0:
+            return None
+        t_last = float(t[-1])
+        lines = self.lines
+        for i, f in enumerate(fits):
+            lines[i] = None if f is None else (f.t_ref, f.offset_ref, f.freq)
+        i = self.n_lines
+        for kind, k in self.cfg.experts:
+            tk, yk = t[-k:], y[-k:]
+            if kind == "zero":
+                lines[i] = (t_last, 0.0, 0.0)
+            elif kind == "hold":
+                lines[i] = (t_last, float(y[-1]), 0.0)
+            elif kind == "median":
+                lines[i] = (t_last, fast_median(yk), 0.0)
+            elif kind == "median-slope":
+                lines[i] = (t_last, fast_median(yk - slope * (tk - t_last)), slope)
+            elif kind == "linear":
+                lines[i] = linear_line(tk, yk)
+            elif kind == "theil-sen":
+                lines[i] = theil_sen_line(tk, yk)
+            else:
+                raise ValueError(f"unknown expert kind {kind!r}")
+            i += 1
+        w = self.weights
+        keep = self.cfg.keep_ratio * float(max(w[j] for j, ln in enumerate(lines)
+                                               if ln is not None))
+        ws = 0.0
+        level = 0.0
+        freq = 0.0
+        for j, ln in enumerate(lines):
+            if ln is None or w[j] < keep:
+                continue
+            ws += w[j]
+            level += w[j] * at(ln, t_last)
+            freq += w[j] * ln[2]
+        return (t_last, level / ws, freq / ws)
+
+    def top(self, n: int = 3) -> list[tuple[str, float]]:
+        """The ``n`` heaviest experts and their weights (for status and the bench)."""
+        order = np.argsort(-self.weights)[:n]
+        return [(self.names[i], float(self.weights[i])) for i in order]
+
+
+def widen(base: LineFit, line: Line, confidence_k: float, extra: float = 0.0) -> LineFit:
+    """``base`` re-centred on ``line`` with a bound that holds wherever ``base``'s did.
+
+    With d(t) = line(t) − base(t) = Δo + Δf·(t − t_ref): the served bound
+    ``systematic + k·sqrt(vo + vf·dt²)`` must be at least base's bound + |d(t)| for every t.
+    |Δo| goes into the systematic part; Δf into the variances via
+    (a + b)² ≤ (1 + λ)a² + (1 + 1/λ)b², λ chosen where it is tight for large dt.
+    """
+    t_ref = base.t_ref
+    d_off = at(line, t_ref) - base.offset_ref
+    d_freq = line[2] - base.freq
+    vo = base.var_offset if base.serve_var_offset is None else base.serve_var_offset
+    vf = base.var_freq if base.serve_var_freq is None else base.serve_var_freq
+    if d_freq != 0.0 and confidence_k > 0:
+        b = abs(d_freq) / confidence_k
+        lam = min(1.0, max(0.05, b / math.sqrt(vf))) if vf > 0 else 1.0
+        vo = (1.0 + lam) * vo
+        vf = (1.0 + lam) * vf + (1.0 + 1.0 / lam) * b * b
+    return replace(base, offset_ref=base.offset_ref + d_off, freq=line[2],
+                   systematic=base.systematic + abs(d_off) + max(0.0, extra),
+                   serve_var_offset=vo, serve_var_freq=vf)
