@@ -165,7 +165,7 @@ def _irls(
     # without one, any slope beats none (fit_arrays reports its uncertainty honestly)
     use_slope = len(t) >= cfg.min_samples_for_slope or prior_freq is None
     freq = prior_freq or 0.0
-    if use_slope and len(t) >= 3:
+    if use_slope and len(t) >= 2:  # two samples: their own slope (the only pair)
         freq = _theil_sen(t, y)
     # robust start: weighted-median intercept, MAD scale, robust weights from those residuals
     t_ref = float((w0 * t).sum() / w0.sum())
