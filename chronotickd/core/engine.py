@@ -69,11 +69,15 @@ class EngineConfig:
     # before ``min_samples`` a track's fit is still the best estimate there is: serve it with
     # its own (wide) bound, status unsynchronized, instead of the uncorrected clock
     serve_collecting: bool = True
+    # the estimate is void after ``void_after_s`` or this many typical poll gaps, whichever
+    # is longer (at 1024 s polls one hour is three missed replies); None: ``void_after_s``
+    void_after_polls: float | None = 6.0
 
     @classmethod
     def v1(cls) -> EngineConfig:
         """The engine as it was before issue 13 (replay baseline ``engine-v1``)."""
-        return cls(experts=None, step_long_gap_s=None, serve_collecting=False)
+        return cls(experts=None, step_long_gap_s=None, serve_collecting=False,
+                   void_after_polls=None)
 
 
 class Track:
@@ -250,7 +254,12 @@ class Track:
         assert agg is not None
         longest = self.cand_fits.get(self.windows[-1])
         noise = longest.sigma if longest is not None and longest.n >= 8 else served.sigma
-        agg.score(m.t, m.offset, max(noise, self.cfg.fit.noise_floor_s))
+        typical = self.samples[-1].delay if self.samples else m.delay
+        if len(self.samples) >= 3:
+            typical = fast_median(np.fromiter((x.delay for x in self.samples), float,
+                                              len(self.samples)))
+        agg.score(m.t, m.offset, max(noise, self.cfg.fit.noise_floor_s),
+                  max(0.0, m.delay - typical) / 2.0)
         age = max(0.0, m.t - served.t_last)
         bound = (served.systematic + self.cfg.confidence_k * served.bound_stddev(m.t)
                  + self.cfg.max_drift_ppm * 1e-6 * age)
@@ -439,6 +448,12 @@ class Engine:
     def _stale_after(self, track: Track) -> float:
         return max(self.cfg.stale_after_s, 4.0 * track.typical_gap())
 
+    def _void_after(self, track: Track) -> float:
+        polls = self.cfg.void_after_polls
+        if polls is None:
+            return self.cfg.void_after_s
+        return max(self.cfg.void_after_s, polls * track.typical_gap())
+
     def _bound_now(self, track: Track, now: float) -> float:
         fit = track.fit
         assert fit is not None
@@ -520,6 +535,7 @@ class Engine:
                 extra = disagreement.cover - self._bound_now(chosen, now)
                 if extra > 0:
                     fit = replace(fit, systematic=fit.systematic + extra)
+            common["void_after_s"] = self._void_after(chosen)
             return ClockState(
                 fit=fit,
                 disagreement=disagreement.describe() if disagreement else "",

@@ -140,7 +140,9 @@ class Aggregator:
         self.loss[: self.n_lines] = 0.0
         self.weights = self._normalize(self.loss)
         self.lines: list[Line | None] = [None] * n
+        self.combined: Line | None = None
         self.scored = 0
+        self.var = 0.0  # EWMA of the combined estimate's squared prediction error (s²)
 
     def _normalize(self, loss: np.ndarray) -> np.ndarray:
         w = np.exp(-self.cfg.eta * (loss - loss.min()))
@@ -148,14 +150,24 @@ class Aggregator:
         return (1.0 - self.cfg.share) * w + self.cfg.share / len(w)
 
     # -- learning ------------------------------------------------------------------------
-    def score(self, t: float, y: float, scale: float) -> None:
-        """A new accepted measurement ``(t, y)`` the current lines have not seen; ``scale`` is
-        the measurement noise (s) the errors are judged against."""
+    def score(self, t: float, y: float, scale: float, excess: float = 0.0) -> None:
+        """A new accepted measurement ``(t, y)`` the current lines have not seen.
+
+        Errors are judged against the predictive spread: the combined estimate's own realized
+        squared error (EWMA; ``scale``, the fit's noise, until there is one), plus
+        ``excess`` (s), this measurement's own extra uncertainty (half its delay above the
+        typical), so a sample that queued long decides less."""
         cfg = self.cfg
         seen = [i for i, ln in enumerate(self.lines) if ln is not None]
         if not seen:
             return
-        s = max(scale, 1e-9)
+        floor = max(scale, 1e-9) ** 2
+        var = self.var if self.scored >= 8 else max(self.var, floor)
+        s = math.sqrt(max(var, 0.25 * floor) + excess * excess)
+        if self.combined is not None:
+            e = y - at(self.combined, t)
+            e2 = min(e * e, cfg.clip_k * cfg.clip_k * s * s)
+            self.var = e2 if self.scored == 0 else self.var + cfg.discount * (e2 - self.var)
         loss = np.empty(len(self.lines))
         for i, ln in enumerate(self.lines):
             if ln is not None:
@@ -227,7 +239,8 @@ class Aggregator:
             ws += w[j]
             level += w[j] * at(ln, t_last)
             freq += w[j] * ln[2]
-        return (t_last, level / ws, freq / ws)
+        self.combined = (t_last, level / ws, freq / ws)
+        return self.combined
 
     def top(self, n: int = 3) -> list[tuple[str, float]]:
         """The ``n`` heaviest experts and their weights (for status and the bench)."""
