@@ -69,7 +69,7 @@ def test_engine_serves_a_level_on_a_disciplined_host_and_a_line_on_a_drifting_on
     alone (the old engine); on a drifting clock it stays with the lines."""
     rng = np.random.default_rng(3)
     eng = Engine()
-    old = Engine(EngineConfig(experts=None))
+    old = Engine(EngineConfig.v1())
     errs, errs_old = [], []
     for i in range(400):
         t = i * 64.0
@@ -91,6 +91,61 @@ def test_engine_serves_a_level_on_a_disciplined_host_and_a_line_on_a_drifting_on
         t = i * 64.0
         eng.add(Measurement(t, 20e-6 * t + rng.normal(0, 10e-6), 1e-3, 5e-4))
     assert eng.tracks["ntp"].agg.top(1)[0][0] in (  # type: ignore[union-attr]
-        "line-8", "line-16", "line-32", "line-64", "theil-sen-32", "median-slope-8",
-        "median-slope-16")
+        "line-8", "line-16", "line-32", "line-64", "theil-sen-16", "theil-sen-32",
+        "median-slope-8", "median-slope-16", "linear-16")
     assert abs(eng.snapshot(t).query(t + 64).offset - 20e-6 * (t + 64)) < 50e-6
+
+
+def test_a_far_off_expert_kept_alive_by_the_share_does_not_bias_the_estimate() -> None:
+    """Fixed share leaves every expert some mass; one 0.4 s away (zero on a drifting clock)
+    must not pull the combination by its share of it."""
+    cfg = ExpertConfig(experts=(("zero", 0), ("theil-sen", 16)))
+    agg = Aggregator(cfg, ())
+    _run(agg, lambda t: 0.4 + 20e-6 * t, 100, noise=10e-6)
+    assert _weight(agg, "zero") > 0  # still learnable
+    t = 100 * 64.0
+    line = agg.combined
+    assert line is not None
+    assert abs(line[1] + line[2] * (t - line[0]) - (0.4 + 20e-6 * t)) < 20e-6
+
+
+def test_collecting_track_serves_its_fit_unsynchronized() -> None:
+    """Before min_samples the first measurements are still the best estimate there is: served
+    with their own (wide) bound, status unsynchronized; the old engine served nothing."""
+    from chronotickd.core.measurement import Status
+
+    for cfg, served in ((EngineConfig(), True), (EngineConfig.v1(), False)):
+        eng = Engine(cfg)
+        eng.add(Measurement(0.0, 5e-3, 1e-3, 5e-4))
+        eng.add(Measurement(256.0, 5e-3 + 20e-6 * 256, 1e-3, 5e-4))
+        ans = eng.snapshot(256.0).query(300.0)
+        assert ans.status is Status.UNSYNCHRONIZED
+        if served:
+            truth = 5e-3 + 20e-6 * 300
+            assert abs(ans.offset - truth) < 1e-6  # two samples: their own line
+            assert abs(ans.offset - truth) <= ans.bound < 1.0
+        else:
+            assert ans.offset == 0.0
+
+
+def test_two_agreeing_outliers_confirm_a_step_at_long_polls() -> None:
+    def run(cfg: EngineConfig) -> list[str]:
+        eng = Engine(cfg)
+        out = []
+        for i in range(20):
+            t = i * 1024.0
+            y = 1e-3 + (5e-3 if i >= 12 else 0.0)
+            out.append(eng.add(Measurement(t, y + (1e-5 if i % 2 else -1e-5), 1e-3, 5e-4)))
+        return out
+
+    assert run(EngineConfig())[12:14] == ["outlier", "step"]
+    assert run(EngineConfig.v1())[12:15] == ["outlier", "outlier", "step"]
+
+
+def test_estimate_is_void_after_six_poll_gaps_not_one_hour_at_long_polls() -> None:
+    for cfg, void in ((EngineConfig(), 6 * 1024.0), (EngineConfig.v1(), 3600.0)):
+        eng = Engine(cfg)
+        for i in range(10):
+            eng.add(Measurement(i * 1024.0, 1e-3, 1e-3, 5e-4))
+        state = eng.snapshot(9 * 1024.0)
+        assert state.void_after_s == void

@@ -125,6 +125,7 @@ class Track:
             if cfg.experts is not None else None)
         self.last_residual = 0.0  # last measurement − served prediction (the poll policy's)
         self.last_scale = 0.0  # the noise scale that residual is judged against
+        self.last_delay = 0.0  # median delay of the window (cached at each refit)
 
     def _threshold(self, fit: LineFit, m: Measurement) -> float:
         spread = math.hypot(fit.stddev(m.t), fit.sigma)
@@ -157,7 +158,8 @@ class Track:
         served = self.served
         if served is not None:
             self.last_residual = m.offset - served.predict(m.t)
-            self.last_scale = max(served.sigma, self.cfg.fit.noise_floor_s)
+            excess = max(0.0, m.delay - self.last_delay) / 2.0 if self.last_delay else 0.0
+            self.last_scale = math.hypot(max(served.sigma, self.cfg.fit.noise_floor_s), excess)
         if fit is not None and len(self.samples) >= self.cfg.min_samples:
             residual = m.offset - fit.predict(m.t)
             if abs(residual) > self._threshold(fit, m):
@@ -237,33 +239,37 @@ class Track:
         else:
             self.window = self.windows[-1]
         self.base_fit = self.fit = self.served = fits[self.window]
+        self.last_delay = fast_median(d)  # the typical delay a new sample is judged against
         agg = self.agg
         if agg is not None and self.fit is not None:
             longest = fits[self.windows[-1]]
             line = agg.propose([fits[w] for w in self.windows], t, y,
                                longest.freq if longest is not None else 0.0)
             if line is not None:
-                self.fit = self.served = widen(self.fit, line, self.cfg.confidence_k,
-                                               agg.calibration())
+                moved = widen(self.fit, line, self.cfg.confidence_k)
+                gap = max(self._gap, 1.0)
+                at_gap = (moved.systematic + self.cfg.confidence_k
+                          * moved.bound_stddev(moved.t_last + gap)
+                          + self.cfg.max_drift_ppm * 1e-6 * gap)
+                extra = agg.calibration(at_gap)
+                self.fit = self.served = (replace(moved, systematic=moved.systematic + extra)
+                                          if extra > 0 else moved)
 
     def _learn(self, m: Measurement, served: LineFit) -> None:
         """Score the experts on an accepted measurement they have not seen, and note by how
-        much the served bound (before this measurement) certainly missed: its interval and
-        the measurement's own did not overlap."""
+        much it fell outside the bound served before it (the calibration term)."""
         agg = self.agg
         assert agg is not None
         longest = self.cand_fits.get(self.windows[-1])
         noise = longest.sigma if longest is not None and longest.n >= 8 else served.sigma
-        typical = self.samples[-1].delay if self.samples else m.delay
-        if len(self.samples) >= 3:
-            typical = fast_median(np.fromiter((x.delay for x in self.samples), float,
-                                              len(self.samples)))
         agg.score(m.t, m.offset, max(noise, self.cfg.fit.noise_floor_s),
-                  max(0.0, m.delay - typical) / 2.0)
+                  max(0.0, m.delay - self.last_delay) / 2.0, (self.last_delay / 2.0) ** 2)
         age = max(0.0, m.t - served.t_last)
         bound = (served.systematic + self.cfg.confidence_k * served.bound_stddev(m.t)
                  + self.cfg.max_drift_ppm * 1e-6 * age)
-        agg.note_miss(abs(m.offset - served.predict(m.t)) - m.bound - bound)
+        # the measurement stands in for the truth (its noise makes this conservative): how far
+        # outside the bound served before it did it fall?
+        agg.note_miss(m.offset - served.predict(m.t), bound)
 
     def _in_doubt(self, fit: LineFit) -> LineFit:
         """The fit to serve while a run of outliers is unresolved.

@@ -70,7 +70,7 @@ class ExpertConfig:
     share: float = 0.01  # fixed share: mass spread evenly after each update
     clip_k: float = 6.0  # per-poll loss clipped at clip_k² (errors beyond clip_k noise scales)
     calib_window: int = 256  # realized misses remembered for the calibration term
-    calib_quantile: float = 0.995  # the share of realized misses the extra width covers
+    calib_quantile: float = 0.99  # the share of realized misses the extra width covers
     # head start (in loss units) of the track's own robust lines before anything is scored:
     # the classical estimate is served until the others earn their weight
     prior_loss: float = 8.0
@@ -78,6 +78,7 @@ class ExpertConfig:
     # fixed share keeps them learnable, but their floor of mass must not bias the estimate
     # (an expert 0.4 s off at 1/1000 of the mass moves it by 400 µs)
     keep_ratio: float = 0.05
+    warmup: int = 8  # scores before the realized spread alone judges the errors
 
 
 Line = tuple[float, float, float]  # (t_anchor, level, freq)
@@ -131,6 +132,7 @@ class Aggregator:
                                                 for k, n in cfg.experts)]
         self.n_lines = len(line_names)
         self.misses: deque[float] = deque(maxlen=cfg.calib_window)
+        self.errors: deque[float] = deque(maxlen=cfg.calib_window)
         self.reset()
 
     def reset(self) -> None:
@@ -150,20 +152,27 @@ class Aggregator:
         return (1.0 - self.cfg.share) * w + self.cfg.share / len(w)
 
     # -- learning ------------------------------------------------------------------------
-    def score(self, t: float, y: float, scale: float, excess: float = 0.0) -> None:
+    def score(self, t: float, y: float, scale: float, excess: float = 0.0,
+              prior_var: float = 0.0) -> None:
         """A new accepted measurement ``(t, y)`` the current lines have not seen.
 
         Errors are judged against the predictive spread: the combined estimate's own realized
         squared error (EWMA; ``scale``, the fit's noise, until there is one), plus
         ``excess`` (s), this measurement's own extra uncertainty (half its delay above the
-        typical), so a sample that queued long decides less."""
+        typical), so a sample that queued long decides less. For the first ``warmup`` scores
+        the spread is at least ``prior_var`` (s²; the engine passes the square of the typical
+        half round trip, the measurement's own a-priori uncertainty): a few lucky samples
+        must not hand the estimate to an expert."""
         cfg = self.cfg
         seen = [i for i, ln in enumerate(self.lines) if ln is not None]
         if not seen:
             return
         floor = max(scale, 1e-9) ** 2
-        var = self.var if self.scored >= 8 else max(self.var, floor)
-        s = math.sqrt(max(var, 0.25 * floor) + excess * excess)
+        if self.scored < self.cfg.warmup:  # too few errors to know the spread: be modest
+            var = max(self.var, floor, prior_var)
+        else:
+            var = max(self.var, 0.25 * floor)
+        s = math.sqrt(var + excess * excess)
         if self.combined is not None:
             e = y - at(self.combined, t)
             e2 = min(e * e, cfg.clip_k * cfg.clip_k * s * s)
@@ -181,20 +190,25 @@ class Aggregator:
         self.weights = self._normalize(self.loss)
         self.scored += 1
 
-    def note_miss(self, excess: float) -> None:
-        """How far (s) the truth certainly lay outside the served bound at a measurement: its
-        own interval and the served one did not overlap by this much (≤ 0: no miss)."""
-        self.misses.append(excess)
+    def note_miss(self, error: float, bound: float) -> None:
+        """A new measurement's distance (s) from the prediction served before it, and that
+        prediction's bound there. The measurement's noise makes both an over-estimate of the
+        truth's: conservative."""
+        self.errors.append(abs(error))
+        self.misses.append(abs(error) - bound)
 
-    def calibration(self) -> float:
-        """Extra half-width (s) the served bound needs so that realized misses stay rarer
-        than ``1 − calib_quantile``: that quantile of the remembered excesses (0 while misses
-        are rarer than that)."""
+    def calibration(self, bound_at_gap: float) -> float:
+        """Extra half-width (s) the served bound needs to cover the combined estimate's own
+        realized errors: the ``calib_quantile`` of how far measurements fell outside the
+        bounds served before them, and at least what lifts the bound one poll gap ahead
+        (``bound_at_gap``) to that quantile of the realized errors at the poll horizon (with
+        few polls, the largest seen). 0 while the bound already covers both."""
         if not self.misses:
             return 0.0
+        q = self.cfg.calib_quantile
         a = np.fromiter(self.misses, float, len(self.misses))
-        q = float(np.quantile(a, self.cfg.calib_quantile))
-        return max(0.0, q)
+        e = np.fromiter(self.errors, float, len(self.errors))
+        return max(0.0, float(np.quantile(a, q)), float(np.quantile(e, q)) - bound_at_gap)
 
     # -- proposing -----------------------------------------------------------------------
     def propose(self, fits: list[LineFit | None], t: np.ndarray, y: np.ndarray,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from chronotickd.core.measurement import Measurement
-from chronotickd.core.poll_policy import PollConfig, PollPolicy
+from chronotickd.core.poll_policy import OUTCOMES, PollConfig, PollPolicy
 from chronotickd.replay.methods import make_method
 from chronotickd.replay.metrics import score
 from chronotickd.replay.trace import Trace
@@ -60,7 +60,9 @@ def replay_adaptive(trace: Trace, method: str = "engine",
                 next_poll = policy.on_result(ti, "no_reply")
                 continue
             observe(Measurement.from_ntp(ti, o, float(delay[i])))
-            verdict = getattr(m_obj, "last_verdict", "") or "accepted"
+            verdict = getattr(m_obj, "last_verdict", "")
+            if verdict not in OUTCOMES:  # e.g. a measurement set aside near a leap
+                verdict = "accepted"
             res, scale = feedback() if feedback is not None else (0.0, 0.0)
             next_poll = policy.on_result(ti, verdict, res, scale)
         else:
