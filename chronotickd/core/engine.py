@@ -251,7 +251,7 @@ class Track:
                 at_gap = (moved.systematic + self.cfg.confidence_k
                           * moved.bound_stddev(moved.t_last + gap)
                           + self.cfg.max_drift_ppm * 1e-6 * gap)
-                extra = agg.calibration(at_gap)
+                extra = (agg.calibration() - 1.0) * at_gap
                 self.fit = self.served = (replace(moved, systematic=moved.systematic + extra)
                                           if extra > 0 else moved)
 
@@ -263,7 +263,7 @@ class Track:
         longest = self.cand_fits.get(self.windows[-1])
         noise = longest.sigma if longest is not None and longest.n >= 8 else served.sigma
         agg.score(m.t, m.offset, max(noise, self.cfg.fit.noise_floor_s),
-                  max(0.0, m.delay - self.last_delay) / 2.0, (self.last_delay / 2.0) ** 2)
+                  max(0.0, m.delay - self.last_delay) / 2.0)
         age = max(0.0, m.t - served.t_last)
         bound = (served.systematic + self.cfg.confidence_k * served.bound_stddev(m.t)
                  + self.cfg.max_drift_ppm * 1e-6 * age)

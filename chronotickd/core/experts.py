@@ -131,8 +131,7 @@ class Aggregator:
         self.names: list[str] = [*line_names, *(f"{k}-{n}" if n > 1 else k
                                                 for k, n in cfg.experts)]
         self.n_lines = len(line_names)
-        self.misses: deque[float] = deque(maxlen=cfg.calib_window)
-        self.errors: deque[float] = deque(maxlen=cfg.calib_window)
+        self.misses: deque[float] = deque(maxlen=cfg.calib_window)  # error / bound ratios
         self.reset()
 
     def reset(self) -> None:
@@ -152,31 +151,27 @@ class Aggregator:
         return (1.0 - self.cfg.share) * w + self.cfg.share / len(w)
 
     # -- learning ------------------------------------------------------------------------
-    def score(self, t: float, y: float, scale: float, excess: float = 0.0,
-              prior_var: float = 0.0) -> None:
+    def score(self, t: float, y: float, scale: float, excess: float = 0.0) -> None:
         """A new accepted measurement ``(t, y)`` the current lines have not seen.
 
         Errors are judged against the predictive spread: the combined estimate's own realized
-        squared error (EWMA; ``scale``, the fit's noise, until there is one), plus
+        squared error (EWMA), at least a quarter of ``scale``² (the fit's noise), plus
         ``excess`` (s), this measurement's own extra uncertainty (half its delay above the
-        typical), so a sample that queued long decides less. For the first ``warmup`` scores
-        the spread is at least ``prior_var`` (s²; the engine passes the square of the typical
-        half round trip, the measurement's own a-priori uncertainty): a few lucky samples
-        must not hand the estimate to an expert."""
+        typical), so a sample that queued long decides less. The first ``warmup`` scores
+        only start that spread: a few samples (with no outlier test yet) must not hand the
+        estimate to an expert that got lucky on them; the robust lines serve meanwhile."""
         cfg = self.cfg
         seen = [i for i, ln in enumerate(self.lines) if ln is not None]
-        if not seen:
+        if not seen or self.combined is None:
             return
+        self.scored += 1
         floor = max(scale, 1e-9) ** 2
-        if self.scored < self.cfg.warmup:  # too few errors to know the spread: be modest
-            var = max(self.var, floor, prior_var)
-        else:
-            var = max(self.var, 0.25 * floor)
-        s = math.sqrt(var + excess * excess)
-        if self.combined is not None:
-            e = y - at(self.combined, t)
-            e2 = min(e * e, cfg.clip_k * cfg.clip_k * s * s)
-            self.var = e2 if self.scored == 0 else self.var + cfg.discount * (e2 - self.var)
+        e = y - at(self.combined, t)
+        if self.scored <= cfg.warmup:
+            self.var = max(self.var, floor) if self.scored < cfg.warmup else max(e * e, floor)
+            return
+        s = math.sqrt(max(self.var, 0.25 * floor) + excess * excess)
+        self.var += cfg.discount * (min(e * e, cfg.clip_k * cfg.clip_k * s * s) - self.var)
         loss = np.empty(len(self.lines))
         for i, ln in enumerate(self.lines):
             if ln is not None:
@@ -188,27 +183,23 @@ class Aggregator:
             loss[missing] = loss[seen].mean()
         self.loss = (1.0 - cfg.discount) * self.loss + loss
         self.weights = self._normalize(self.loss)
-        self.scored += 1
 
     def note_miss(self, error: float, bound: float) -> None:
         """A new measurement's distance (s) from the prediction served before it, and that
-        prediction's bound there. The measurement's noise makes both an over-estimate of the
-        truth's: conservative."""
-        self.errors.append(abs(error))
-        self.misses.append(abs(error) - bound)
+        prediction's bound there. The measurement's noise makes the distance an over-estimate
+        of the truth's: conservative."""
+        if bound > 0:
+            self.misses.append(abs(error) / bound)
 
-    def calibration(self, bound_at_gap: float) -> float:
-        """Extra half-width (s) the served bound needs to cover the combined estimate's own
-        realized errors: the ``calib_quantile`` of how far measurements fell outside the
-        bounds served before them, and at least what lifts the bound one poll gap ahead
-        (``bound_at_gap``) to that quantile of the realized errors at the poll horizon (with
-        few polls, the largest seen). 0 while the bound already covers both."""
+    def calibration(self) -> float:
+        """How much the served bound must grow (a factor ≥ 1) to cover the combined estimate's
+        own realized errors: the ``calib_quantile`` of realized error / bound served (with few
+        polls, the largest seen). As a ratio, errors made while the bound was honestly wide
+        (the first samples) do not inflate it later."""
         if not self.misses:
-            return 0.0
-        q = self.cfg.calib_quantile
+            return 1.0
         a = np.fromiter(self.misses, float, len(self.misses))
-        e = np.fromiter(self.errors, float, len(self.errors))
-        return max(0.0, float(np.quantile(a, q)), float(np.quantile(e, q)) - bound_at_gap)
+        return max(1.0, float(np.quantile(a, self.cfg.calib_quantile)))
 
     # -- proposing -----------------------------------------------------------------------
     def propose(self, fits: list[LineFit | None], t: np.ndarray, y: np.ndarray,
