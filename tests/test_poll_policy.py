@@ -74,3 +74,39 @@ def test_a_step_asks_for_a_burst() -> None:
 def test_rejects_unknown_outcome() -> None:
     with pytest.raises(ValueError, match="outcome"):
         PollPolicy(CFG).on_result(0.0, "maybe")
+
+
+def test_judged_polling_backs_off_only_to_a_quarter_of_maxpoll_when_nobody_answers() -> None:
+    p = PollPolicy(CFG)
+    _run(p, 60, "accepted", 0.1)  # judged: lengthened to maxpoll
+    _run(p, 2, "accepted", 2.0, now=1e5)  # shortened to 256
+    gaps = _run(p, 6, "no_reply", 0.0, now=2e5)
+    assert max(gaps) == 256.0  # not 1024: an outage's end is seen within minutes
+    plain = PollPolicy(CFG)  # chrony's back-off without the engine's judgement
+    now, gaps = 0.0, []
+    for _ in range(12):
+        nxt = plain.on_result(now, "no_reply")
+        gaps.append(nxt - now)
+        now = nxt
+    assert max(gaps) == 1024.0
+
+
+def test_replay_polls_when_the_policy_asks_and_counts_every_request() -> None:
+    """Method-chosen poll times on a dense trace: the first row at or after the requested
+    time is polled; a row without a reply is a poll that got none."""
+    import numpy as np
+
+    from chronotickd.replay.adaptive import replay_adaptive
+    from chronotickd.replay.trace import Trace
+
+    t = np.arange(0.0, 4000.0, 2.0)
+    truth = 1e-3 + 5e-6 * t
+    offset = truth.copy()
+    offset[(t > 1000) & (t < 1400)] = np.nan  # an outage
+    tr = Trace("dense", t, offset, np.full(len(t), 1e-3), truth, "true_offset")
+    run = replay_adaptive(tr, "engine", PollConfig(minpoll_s=16, maxpoll_s=1024))
+    polled = t[run.polled]
+    assert list(polled[:5]) == [0.0, 2.0, 4.0, 6.0, 22.0]  # the burst, then minpoll
+    assert run.polls == len(polled) < len(t) / 8
+    assert np.isnan(offset[run.polled]).any()  # polls during the outage are counted
+    assert run.metrics["coverage"] >= 0.99 and run.metrics["mae_s"] < 20e-6

@@ -458,7 +458,10 @@ class Engine:
         polls = self.cfg.void_after_polls
         if polls is None:
             return self.cfg.void_after_s
-        return max(self.cfg.void_after_s, polls * track.typical_gap())
+        gap = track.typical_gap()
+        if len(track.samples) >= 2:  # an adaptive poll interval lengthens faster than the median
+            gap = max(gap, track.samples[-1].t - track.samples[-2].t)
+        return max(self.cfg.void_after_s, polls * gap)
 
     def _bound_now(self, track: Track, now: float) -> float:
         fit = track.fit

@@ -21,7 +21,9 @@ times 3 it is judged against; the replay bench and the engine's ``poll_feedback`
   it (the clock wandered more than this interval allows), never below ``minpoll_s``;
 - *confirm a suspected step at once*: an outlier at an interval of ``burst_after_s`` or more
   asks for a burst (at long polls waiting for the next poll to decide costs a whole interval
-  of wrong answers), and halves the interval.
+  of wrong answers), and halves the interval;
+- *no reply* backs off to at most ``maxpoll_s`` / 4 (the estimate ages while nobody answers;
+  the end of an outage is seen within minutes, not after the estimate has gone void).
 Without that judgement (``bound_s`` = 0) the behaviour is chrony's, above.
 """
 
@@ -52,6 +54,7 @@ class PollPolicy:
         self._interval = cfg.minpoll_s
         self._burst_left = max(0, cfg.burst - 1)  # the first poll happens at once
         self._good_run = 0
+        self._judged = False  # the caller passes the engine's judgement (adaptive rules)
 
     def on_result(self, now: float, outcome: str, residual_s: float = 0.0,
                   bound_s: float = 0.0) -> float:
@@ -72,6 +75,8 @@ class PollPolicy:
         if self._burst_left > 0:
             self._burst_left -= 1
             return now + cfg.burst_interval_s
+        if bound_s > 0:
+            self._judged = True
         if bound_s > 0 and outcome in ("accepted", "outlier"):
             return self._adapt(now, outcome, abs(residual_s) / bound_s)
         if outcome == "accepted":
@@ -81,7 +86,10 @@ class PollPolicy:
                 self._interval = min(cfg.maxpoll_s, self._interval * 2)
         elif outcome == "no_reply":
             self._good_run = 0
-            self._interval = min(cfg.maxpoll_s, self._interval * 2)
+            # judged polling backs off only to a quarter of maxpoll: the estimate ages while
+            # the server is silent, and the end of an outage should be seen within minutes
+            cap = max(cfg.minpoll_s, cfg.maxpoll_s / 4) if self._judged else cfg.maxpoll_s
+            self._interval = max(self._interval, min(cap, self._interval * 2))
         return now + self._interval
 
     def _adapt(self, now: float, outcome: str, ratio: float) -> float:
