@@ -11,11 +11,11 @@ how well it *predicted* measurements it had not seen yet:
   ``offset(t) = level + freq·(t − t_anchor)``. When the next accepted measurement arrives,
   each expert's error there is its loss: the horizon is the real poll gap, the longest age a
   query sees before the next refit, so experts are judged where their errors are largest.
-- The weights are a Bayesian posterior over "which expert is right", with the measurement
-  noise as the likelihood: ``w ∝ exp(−Σ e²/(2σ²))`` where σ is the track's robust noise scale.
-  That is exponentially weighted aggregation at the learning rate that is right when the
-  noise is Gaussian: large errors (in noise units) decide fast, errors the noise hides decide
-  slowly. Two things keep it robust and adaptive: each loss is clipped at ``clip_k`` noise
+- The weights are exponentially weighted, like a Bayesian posterior over "which expert is
+  right": ``w ∝ exp(−η Σ e²/s²)`` where s is the predictive spread (the combined estimate's
+  realized error, plus the sample's own excess delay). Large errors (in those units) decide
+  fast, errors the noise hides decide slowly; the first ``warmup`` scores only measure the
+  spread, and the track's robust lines serve meanwhile. Two things keep it robust and adaptive: each loss is clipped at ``clip_k`` noise
   scales (one bad sample cannot decide), old losses fade (``discount``), and a *fixed share*
   of the mass is spread evenly after each update, so an expert that was bad for hours regains
   weight within a few polls when the regime changes (Herbster & Warmuth's tracking of the best
@@ -64,8 +64,10 @@ class ExpertConfig:
     """Knobs of the aggregation (fixed; docs/results.md shows what they give)."""
 
     experts: tuple[tuple[str, int], ...] = DEFAULT_EXPERTS
-    # 0.5 on squared errors in noise units is the Gaussian likelihood (Bayes)
-    eta: float = 0.5
+    # learning rate on squared errors in units of the predictive spread; 0.5 would be the
+    # Gaussian likelihood if the spread were the noise alone, but it is the combined
+    # estimate's realized error (prediction error included, so larger): twice that rate
+    eta: float = 1.0
     discount: float = 1.0 / 64.0  # each scored poll, old losses fade by this share
     share: float = 0.01  # fixed share: mass spread evenly after each update
     clip_k: float = 6.0  # per-poll loss clipped at clip_k² (errors beyond clip_k noise scales)
@@ -73,7 +75,7 @@ class ExpertConfig:
     calib_quantile: float = 0.99  # the share of realized misses the extra width covers
     # head start (in loss units) of the track's own robust lines before anything is scored:
     # the classical estimate is served until the others earn their weight
-    prior_loss: float = 8.0
+    prior_loss: float = 3.0
     # experts below this share of the leader's weight are left out of the combination: the
     # fixed share keeps them learnable, but their floor of mass must not bias the estimate
     # (an expert 0.4 s off at 1/1000 of the mass moves it by 400 µs)
@@ -233,6 +235,9 @@ class Aggregator:
                 raise ValueError(f"unknown expert kind {kind!r}")
             i += 1
         w = self.weights
+        if self.scored <= self.cfg.warmup:  # nothing learned yet: the robust lines alone
+            w = np.zeros(len(lines))
+            w[: self.n_lines] = 1.0
         keep = self.cfg.keep_ratio * float(max(w[j] for j, ln in enumerate(lines)
                                                if ln is not None))
         ws = 0.0
