@@ -1,4 +1,6 @@
-"""Turn ``bench_accuracy.py --json`` output into docs/accuracy.md and its figures.
+"""Turn ``bench_accuracy.py --json`` output into docs/accuracy.md, its figures, and the
+accuracy-matrix block of docs/results.md (between the ``accuracy-matrix`` markers; the replay
+results generator keeps that block when it rewrites the file).
 
     python benchmarks/accuracy_report.py docs/accuracy.json  # docs/accuracy.md, docs/img/acc-*
 
@@ -14,6 +16,8 @@ import sys
 from pathlib import Path
 
 FIXED = ("16", "64", "256", "1024")
+BEGIN = "<!-- accuracy-matrix -->"
+END = "<!-- /accuracy-matrix -->"
 
 
 def _cells(path: Path) -> list[dict]:
@@ -99,6 +103,95 @@ def tables(cells: list[dict]) -> str:
     return "\n".join(out)
 
 
+def versus_v1(cells: list[dict]) -> str:
+    """Engine MAE / engine-v1 MAE (the engine as it was before issue 13) and each one's
+    coverage, per scenario × fixed poll: where the new engine is worse, it shows."""
+    by = {(c["scenario"], c["poll"], c["method"]): c for c in cells}
+    out = ["| scenario | " + " | ".join(f"{p} s" for p in FIXED) + " |",
+           "|---|" + "---:|" * len(FIXED)]
+    for sc in dict.fromkeys(c["scenario"] for c in cells):
+        row = []
+        for p in FIXED:
+            e, v = by.get((sc, p, "engine")), by.get((sc, p, "engine-v1"))
+            if e is None or v is None:
+                row.append("")
+                continue
+            r = e["mae_s"] / v["mae_s"]
+            mark = f"**{r:.2f}**" if r > 1.0 else f"{r:.2f}"
+            row.append(f"{mark} ({e['coverage']:.3f} / {v['coverage']:.3f})")
+        out.append(f"| {sc} | " + " | ".join(row) + " |")
+    return "\n".join(out)
+
+
+def versus_best(cells: list[dict]) -> str:
+    """Engine MAE / the best baseline's MAE per scenario × fixed poll (the issue's ≤ 1.05)."""
+    by = {(c["scenario"], c["poll"], c["method"]): c for c in cells}
+    out = ["| scenario | " + " | ".join(f"{p} s" for p in FIXED) + " |",
+           "|---|" + "---:|" * len(FIXED)]
+    for sc in dict.fromkeys(c["scenario"] for c in cells):
+        row = []
+        for p in FIXED:
+            e = by.get((sc, p, "engine"))
+            base = [c for (s2, p2, m), c in by.items() if s2 == sc and p2 == p and m != "engine"]
+            if e is None or not base:
+                row.append("")
+                continue
+            b = min(base, key=lambda c: c["mae_s"])
+            r = e["mae_s"] / b["mae_s"]
+            mark = f"**{r:.2f}**" if r > 1.05 else f"{r:.2f}"
+            row.append(f"{mark} {b['method']}")
+        out.append(f"| {sc} | " + " | ".join(row) + " |")
+    return "\n".join(out)
+
+
+def adaptive_table(cells: list[dict]) -> str:
+    by = {(c["scenario"], c["poll"], c["method"]): c for c in cells}
+    labels = list(dict.fromkeys(c["poll"] for c in cells if c["poll"] not in FIXED))
+    out = ["| scenario | fixed 64: polls / MAE µs | "
+           + " | ".join(f"{a}: polls / MAE µs (× fixed 64)" for a in labels) + " |",
+           "|---|---:|" + "---:|" * len(labels)]
+    for sc in dict.fromkeys(c["scenario"] for c in cells):
+        f = by.get((sc, "64", "engine"))
+        if f is None:
+            continue
+        row = [f"{f['polls']:.0f} / {f['mae_s'] * 1e6:.1f}"]
+        for a in labels:
+            c = by.get((sc, a, "engine"))
+            row.append("" if c is None else
+                       f"{c['polls']:.0f} ({c['polls'] / f['polls']:.2f}×) / "
+                       f"{c['mae_s'] * 1e6:.1f} ({c['mae_s'] / f['mae_s']:.2f}×)")
+        out.append(f"| {sc} | " + " | ".join(row) + " |")
+    return "\n".join(out)
+
+
+def results_block(fails: list[str], figs: list[str], src: Path) -> str:
+    """What docs/results.md shows of the matrix: checks, figures, link to the tables."""
+    return "\n".join([
+        BEGIN,
+        "## Accuracy matrix (issue 13)",
+        "",
+        f"From `benchmarks/bench_accuracy.py --quick --json {src}` and "
+        f"`benchmarks/accuracy_report.py {src}`; every table: [accuracy.md](accuracy.md).",
+        "",
+        "Checks: " + ("all met." if not fails else f"{len(fails)} not met:"),
+        "",
+        *[f"- {f}" for f in fails],
+        "",
+        *[f"![{f}](img/{f})" for f in figs],
+        END,
+    ])
+
+
+def update_results(path: Path, block: str) -> None:
+    text = path.read_text() if path.exists() else "# Replay results\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
 def main(argv: list[str]) -> int:
     src = Path(argv[0]) if argv else Path("docs/accuracy.json")
     cells = _cells(src)
@@ -120,6 +213,20 @@ def main(argv: list[str]) -> int:
         "",
         "All met." if not fails else "\n".join(f"- {f}" for f in fails),
         "",
+        "## Engine against the best baseline (MAE ratio; bold: over 1.05)",
+        "",
+        versus_best(cells),
+        "",
+        "## Engine against the engine as it was before issue 13",
+        "",
+        "MAE ratio engine / engine-v1 (bold: worse), then coverage engine / engine-v1.",
+        "",
+        versus_v1(cells),
+        "",
+        "## Adaptive polling against fixed 64 s",
+        "",
+        adaptive_table(cells),
+        "",
         "## Figures",
         "",
         *[f"![{f}](img/{f})" for f in figs],
@@ -129,6 +236,7 @@ def main(argv: list[str]) -> int:
         "",
     ]
     (docs / "accuracy.md").write_text("\n".join(text))
+    update_results(docs / "results.md", results_block(fails, figs, src))
     print(f"wrote {docs / 'accuracy.md'} and {len(figs)} figures; {len(fails)} failed checks")
     return 0
 

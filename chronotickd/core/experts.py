@@ -15,18 +15,20 @@ how well it *predicted* measurements it had not seen yet:
   right": ``w ∝ exp(−η Σ e²/s²)`` where s is the predictive spread (the combined estimate's
   realized error, plus the sample's own excess delay). Large errors (in those units) decide
   fast, errors the noise hides decide slowly; the first ``warmup`` scores only measure the
-  spread, and the track's robust lines serve meanwhile. Two things keep it robust and adaptive: each loss is clipped at ``clip_k`` noise
-  scales (one bad sample cannot decide), old losses fade (``discount``), and a *fixed share*
+  spread, and the track's robust lines serve meanwhile. Each loss is clipped at ``clip_k``
+  spreads (one bad sample cannot decide), old losses fade (``discount``), and a *fixed share*
   of the mass is spread evenly after each update, so an expert that was bad for hours regains
   weight within a few polls when the regime changes (Herbster & Warmuth's tracking of the best
-  expert: the loss stays close to the best expert's of each period).
+  expert: the loss stays close to the best expert's of each period). Experts under
+  ``keep_ratio`` of the leader's weight are left out of the combination itself.
 - The combination is the weighted mean of the experts' lines (itself a line, so queries stay
   arithmetic on published state).
 
 The combination never narrows the promise: ``widen`` returns the track's robust fit moved to
 the combined line, its bound grown by the distance between the two lines (wherever the robust
-fit's interval held the truth, the combined one does too), plus a calibration term from the
-combined estimate's own realized misses (``Aggregator.calibration``).
+fit's interval held the truth, the combined one does too), then grown further where the
+combined estimate's own realized errors at the poll horizon exceeded the bounds served before
+them (``Aggregator.calibration``).
 """
 
 from __future__ import annotations
@@ -235,8 +237,8 @@ class Aggregator:
                 raise ValueError(f"unknown expert kind {kind!r}")
             i += 1
         w = self.weights
-        if self.scored <= self.cfg.warmup:  # nothing learned yet: the robust lines alone
-            w = np.zeros(len(lines))
+        if self.scored <= self.cfg.warmup and self.n_lines:  # nothing learned yet: the
+            w = np.zeros(len(lines))                         # robust lines alone
             w[: self.n_lines] = 1.0
         keep = self.cfg.keep_ratio * float(max(w[j] for j, ln in enumerate(lines)
                                                if ln is not None))
