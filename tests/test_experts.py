@@ -46,7 +46,8 @@ def test_fixed_share_keeps_every_expert_recoverable() -> None:
     cfg = ExpertConfig(experts=(("median", 16), ("hold", 1)))
     agg = Aggregator(cfg, ())
     _run(agg, lambda t: 0.0, 300, noise=50e-6)
-    assert min(agg.weights) >= cfg.share / len(agg.weights) * 0.999
+    # the shipped share (1 %) spread evenly: no expert is ever written off
+    assert min(agg.weights) >= 0.01 / len(agg.weights) * 0.999
 
 
 def test_widen_holds_the_base_interval_everywhere() -> None:
