@@ -136,6 +136,7 @@ class Aggregator:
                                                 for k, n in cfg.experts)]
         self.n_lines = len(line_names)
         self.misses: deque[float] = deque(maxlen=cfg.calib_window)  # error / bound ratios
+        self._calib, self._calib_n = 1.0, 0
         self.reset()
 
     def reset(self) -> None:
@@ -194,6 +195,7 @@ class Aggregator:
         of the truth's: conservative."""
         if bound > 0:
             self.misses.append(abs(error) / bound)
+            self._calib_n = -1  # stale (the deque's length may not change once full)
 
     def calibration(self) -> float:
         """How much the served bound must grow (a factor ≥ 1) to cover the combined estimate's
@@ -202,8 +204,13 @@ class Aggregator:
         (the first samples) do not inflate it later."""
         if not self.misses:
             return 1.0
-        a = np.fromiter(self.misses, float, len(self.misses))
-        return max(1.0, float(np.quantile(a, self.cfg.calib_quantile)))
+        n = len(self.misses)
+        if n != self._calib_n:  # a new ratio since the last call: recompute (hot in replay)
+            a = np.fromiter(self.misses, float, n)
+            k = min(n - 1, math.ceil(self.cfg.calib_quantile * (n - 1)))  # the higher one
+            self._calib = max(1.0, float(np.partition(a, k)[k]))
+            self._calib_n = n
+        return self._calib
 
     # -- proposing -----------------------------------------------------------------------
     def propose(self, fits: list[LineFit | None], t: np.ndarray, y: np.ndarray,
