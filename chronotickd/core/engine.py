@@ -25,7 +25,14 @@ from typing import Any
 import numpy as np
 
 from chronotickd.core.crosscheck import Disagreement, Estimate, cross_check
-from chronotickd.core.estimator import FitConfig, LineFit, fast_median, fit_arrays, fit_line
+from chronotickd.core.estimator import (
+    FitConfig,
+    LineFit,
+    delay_weights,
+    fast_median,
+    fit_arrays,
+    fit_line,
+)
 from chronotickd.core.experts import Aggregator, ExpertConfig, widen
 from chronotickd.core.leap import Leap, leap_seconds, next_midnight
 from chronotickd.core.measurement import Measurement
@@ -121,7 +128,7 @@ class Track:
         self._gap = 0.0
         self.served: LineFit | None = None  # the experts' combination (or ``base_fit``)
         self.agg: Aggregator | None = (
-            Aggregator(cfg.experts, tuple(f"line-{w}" for w in self.windows))
+            Aggregator(cfg.experts, ("selected", *(f"line-{w}" for w in self.windows)))
             if cfg.experts is not None else None)
         self.last_residual = 0.0  # last measurement − served prediction (the poll policy's)
         self.last_scale = 0.0  # the noise scale that residual is judged against
@@ -243,8 +250,10 @@ class Track:
         agg = self.agg
         if agg is not None and self.fit is not None:
             longest = fits[self.windows[-1]]
-            line = agg.propose([fits[w] for w in self.windows], t, y,
-                               longest.freq if longest is not None else 0.0)
+            # "selected": the window the prediction scores chose (the engine before issue 13)
+            line = agg.propose([fits[self.window], *(fits[w] for w in self.windows)], t, y,
+                               longest.freq if longest is not None else 0.0,
+                               delay_weights(d, self.cfg.fit))
             if line is not None:
                 moved = widen(self.fit, line, self.cfg.confidence_k)
                 gap = max(self._gap, 1.0)

@@ -97,6 +97,18 @@ def fast_median(a: np.ndarray) -> float:
     return 0.5 * float(p[k - 1] + p[k])
 
 
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The value below which half the weight lies."""
+    return _weighted_median(values, weights)
+
+
+def delay_weights(d: np.ndarray, cfg: FitConfig) -> np.ndarray:
+    """Base weights of samples with delays ``d``: falling with the delay in excess of the
+    window's median (not its minimum: see the module docstring)."""
+    excess = np.maximum(d - fast_median(d), 0.0) / 2.0
+    return 1.0 / (cfg.noise_floor_s**2 + excess * excess)
+
+
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     order = np.argsort(values)
     cw = np.cumsum(weights[order])
@@ -234,8 +246,7 @@ def fit_arrays(
     """``fit_line`` on arrays of times, offsets, delays and bounds (oldest first)."""
     if len(t) == 0:
         return None
-    excess = np.maximum(d - fast_median(d), 0.0) / 2.0
-    w0 = 1.0 / (cfg.noise_floor_s**2 + excess * excess)
+    w0 = delay_weights(d, cfg)
 
     start = 0
     while True:

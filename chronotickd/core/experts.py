@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from chronotickd.core.estimator import LineFit, fast_median
+from chronotickd.core.estimator import LineFit, fast_median, weighted_median
 
 # (kind, k): "zero" = the system clock as it is (right where another daemon already keeps it
 # on time), "hold" = the last sample, "median" = median of the last k, "median-slope" =
@@ -115,6 +115,10 @@ def linear_line(t: np.ndarray, y: np.ndarray) -> Line:
     sxx = float(dt.dot(dt))
     freq = float(dt.dot(y)) / sxx if sxx > 0 else 0.0
     return (t0, float(y.mean()) + freq * (t0 - float(t.mean())), freq)
+
+
+def _median(y: np.ndarray, w: np.ndarray | None) -> float:
+    return fast_median(y) if w is None else weighted_median(y, w)
 
 
 _PAIR_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -214,10 +218,13 @@ class Aggregator:
 
     # -- proposing -----------------------------------------------------------------------
     def propose(self, fits: list[LineFit | None], t: np.ndarray, y: np.ndarray,
-                slope: float) -> Line | None:
+                slope: float, w0: np.ndarray | None = None) -> Line | None:
         """Refresh every expert's line from the window (oldest first) and return the
         weighted combination. ``fits`` are the track's robust candidate fits in
-        ``line_names`` order; ``slope`` is the longest fit's frequency (de-sloped levels)."""
+        ``line_names`` order; ``slope`` is the longest fit's frequency (de-sloped levels);
+        ``w0`` the samples' delay weights (``estimator.delay_weights``): the medians are
+        weighted by them as the robust fit is, since a reply that queued longer is off by
+        more (and, on an asymmetric path, off in one direction)."""
         n = len(t)
         if n == 0:
             return None
@@ -228,14 +235,15 @@ class Aggregator:
         i = self.n_lines
         for kind, k in self.cfg.experts:
             tk, yk = t[-k:], y[-k:]
+            wk = None if w0 is None else w0[-k:]
             if kind == "zero":
                 lines[i] = (t_last, 0.0, 0.0)
             elif kind == "hold":
                 lines[i] = (t_last, float(y[-1]), 0.0)
             elif kind == "median":
-                lines[i] = (t_last, fast_median(yk), 0.0)
+                lines[i] = (t_last, _median(yk, wk), 0.0)
             elif kind == "median-slope":
-                lines[i] = (t_last, fast_median(yk - slope * (tk - t_last)), slope)
+                lines[i] = (t_last, _median(yk - slope * (tk - t_last), wk), slope)
             elif kind == "linear":
                 lines[i] = linear_line(tk, yk)
             elif kind == "theil-sen":
