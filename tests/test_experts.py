@@ -150,3 +150,17 @@ def test_estimate_is_void_after_six_poll_gaps_not_one_hour_at_long_polls() -> No
             eng.add(Measurement(i * 1024.0, 1e-3, 1e-3, 5e-4))
         state = eng.snapshot(9 * 1024.0)
         assert state.void_after_s == void
+
+
+def test_a_young_fit_claims_no_tighter_frequency_than_the_prior() -> None:
+    """Five points on a curving offset fit a line well and extrapolate it badly: below
+    ``young_fit_samples`` a fitted slope claims at least ``prior_freq_sigma``."""
+    from chronotickd.core.estimator import FitConfig, fit_line
+
+    ms = [Measurement(i * 1024.0, 1e-3 + 5e-6 * i * 1024.0 + 1e-6 * (-1) ** i, 1e-3, 5e-4)
+          for i in range(5)]
+    for cfg, floor in ((FitConfig(), True), (FitConfig(young_fit_samples=0), False)):
+        fit = fit_line(ms, cfg)
+        assert fit is not None
+        served = fit.serve_var_freq if fit.serve_var_freq is not None else fit.var_freq
+        assert (served >= cfg.prior_freq_sigma**2) is floor

@@ -45,6 +45,11 @@ class FitConfig:
     # slope: a crystal's tolerance (±100 ppm). A slope fitted through 2–3 close samples is
     # noise, and claiming prior_freq_sigma for it let the bound miss the truth (issue 8).
     unknown_freq_sigma: float = 100e-6
+    # A slope fitted (without a prior) from fewer samples than this claims no less than
+    # prior_freq_sigma either: four to seven points on a curving offset (thermal wander at
+    # 1024 s polls) fit a line well and extrapolate it badly (issue 13: the bound missed 5 %
+    # of the truth there). 0 keeps the floor at the 2–3 samples above.
+    young_fit_samples: int = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +283,8 @@ def fit_arrays(
                           else cfg.unknown_freq_sigma**2)
     else:
         serve_var_freq = inflate * var_freq
+    if prior_freq is None and len(tt) < cfg.young_fit_samples:
+        serve_var_freq = max(serve_var_freq, cfg.prior_freq_sigma**2)
     systematic = float((w * b[start:]).sum() / sw) if sw > 0 else float(b[-1])
     return LineFit(
         t_ref=t_ref,
