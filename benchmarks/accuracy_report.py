@@ -37,9 +37,9 @@ PREFACE = (
     "nobody can know it happened, so every row there is outside any honest bound; at 1024 s "
     "polls on a 6 h run that alone is about 2 % of the rows (`step`, `mixed` at 256 s, the "
     "same for `engine-v1`).",
-    "- *Coverage under 1.5 ppm thermal wander at 1024 s polls*: the first 4–6 fits extrapolate "
-    "a curving offset for 17 minutes; the bound allows 1 ppm of frequency change "
-    "(`max_drift_ppm`) and misses 5 % of rows on 2 of 3 seeds, as `engine-v1` did.",
+    "- *Coverage after an outage at 256 s polls* (`mixed`, seed 3): 30 minutes without "
+    "replies under wander and a random-walk frequency take the truth outside a bound that "
+    "grows at 1 ppm (`max_drift_ppm`); `engine-v1` misses the same rows.",
     "- *The disciplined host at 256 and 1024 s polls.* `none` wins because it *is* the prior "
     "that another daemon keeps the clock at zero; the engine has a `zero` expert, but 22–85 "
     "polls whose noise (141 µs) is three times the signal do not tell it apart from a level "
@@ -166,7 +166,7 @@ def versus_v1(cells: list[dict]) -> str:
         if v is None:
             return ""
         r = e["mae_s"] / v["mae_s"]
-        mark = f"**{r:.2f}**" if r > 1.0 else f"{r:.2f}"
+        mark = f"**{r:.3f}**" if r > 1.0 else f"{r:.3f}"
         return f"{mark} ({e['coverage']:.3f} / {v['coverage']:.3f})"
 
     return _per_cell(cells, fmt)
