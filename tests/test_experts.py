@@ -164,3 +164,10 @@ def test_a_young_fit_claims_no_tighter_frequency_than_the_prior() -> None:
         assert fit is not None
         served = fit.serve_var_freq if fit.serve_var_freq is not None else fit.var_freq
         assert (served >= cfg.prior_freq_sigma**2) is floor
+
+
+def test_a_collecting_fit_is_served_but_not_saved() -> None:
+    eng = Engine()
+    eng.add(Measurement(0.0, 5e-3, 1e-3, 5e-4))
+    assert eng.snapshot(10.0).collecting
+    assert eng.export_state(10.0) is None  # one sample's "frequency" must not outlive a restart

@@ -652,7 +652,7 @@ class Engine:
         """
         state = self.snapshot(now)
         fit = state.fit
-        if fit is None or state.restored:
+        if fit is None or state.restored or state.collecting:  # 1–2 samples: not worth keeping
             return None
         # anchored at the newest measurement, not at ``now``: a stale estimate saved later must
         # not come back with its age (and the bound grown with it) forgotten
