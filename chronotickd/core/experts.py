@@ -180,7 +180,8 @@ class Aggregator:
             self.var = max(self.var, floor) if self.scored < cfg.warmup else max(e * e, floor)
             return
         s = math.sqrt(max(self.var, 0.25 * floor) + excess * excess)
-        self.var += cfg.discount * (min(e * e, cfg.clip_k * cfg.clip_k * s * s) - self.var)
+        if excess <= 0.0:  # the spread of an unqueued sample: queued ones add excess² to it
+            self.var += cfg.discount * (min(e * e, cfg.clip_k * cfg.clip_k * s * s) - self.var)
         loss = np.empty(len(self.lines))
         for i, ln in enumerate(self.lines):
             if ln is not None:
