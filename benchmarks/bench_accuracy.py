@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 seeds of 6 h (≤ 5 min on 2 cores)")
     ap.add_argument("--seeds", type=int, default=None)
+    ap.add_argument("--first-seed", type=int, default=1,
+                    help="seeds first-seed … first-seed + seeds − 1 (others: a held-out check)")
     ap.add_argument("--hours", type=float, default=None)
     ap.add_argument("--forecaster", action="store_true",
                     help="also score the forecaster alone (chronos-short; slow, needs torch)")
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     hours = args.hours or (6.0 if args.quick else 12.0)
     methods = (*BASELINES, "engine", *(FORECASTER if args.forecaster else ()))
     jobs = [(sc, seed, hours, methods) for sc in args.scenarios.split(",") if sc
-            for seed in range(1, seeds + 1)]
+            for seed in range(args.first_seed, args.first_seed + seeds)]
     if (data_dir() / "synced_tacc.csv").exists():
         jobs.append(("synced_tacc", 0, 0.0, methods))
     t0 = time.perf_counter()

@@ -171,3 +171,15 @@ def test_a_collecting_fit_is_served_but_not_saved() -> None:
     eng.add(Measurement(0.0, 5e-3, 1e-3, 5e-4))
     assert eng.snapshot(10.0).collecting
     assert eng.export_state(10.0) is None  # one sample's "frequency" must not outlive a restart
+
+
+def test_the_daemon_runs_the_new_estimator_only_when_configured() -> None:
+    """``clock.experts`` (default off) switches the daemon from the engine as it was before
+    issue 13 to the new one; the other clock keys apply to both."""
+    from chronotickd.config import Config
+    from chronotickd.daemon import engine_config
+
+    old = engine_config(Config({}))
+    assert old.experts is None and old == EngineConfig.v1()
+    new = engine_config(Config({}).override(clock__experts=True, clock__max_drift_ppm=2.0))
+    assert new.experts is not None and new.serve_collecting and new.max_drift_ppm == 2.0
