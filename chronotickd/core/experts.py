@@ -21,8 +21,10 @@ how well it *predicted* measurements it had not seen yet:
   weight within a few polls when the regime changes (Herbster & Warmuth's tracking of the best
   expert: the loss stays close to the best expert's of each period). Experts under
   ``keep_ratio`` of the leader's weight are left out of the combination itself.
-- The combination is the weighted mean of the experts' lines (itself a line, so queries stay
-  arithmetic on published state).
+- The combination is a line (so queries stay arithmetic on published state): its level is
+  the weighted mean of the experts' levels; its frequency is the track's selected robust fit's
+  (experts are judged one poll ahead, where the level decides; a silent source is
+  extrapolated on the frequency).
 
 The combination never narrows the promise: ``widen`` returns the track's robust fit moved to
 the combined line, its bound grown by the distance between the two lines (wherever the robust
@@ -267,7 +269,13 @@ class Aggregator:
             ws += w[j]
             level += w[j] * at(ln, t_last)
             freq += w[j] * ln[2]
-        self.combined = (t_last, level / ws, freq / ws)
+        # the level is the combination's; the frequency the first robust line's (the window
+        # the track's prediction scores select) when there is one: experts are judged one
+        # poll ahead, where the level decides, while a silent source (an outage) is
+        # extrapolated on the frequency for as long as it lasts, and there the window the
+        # engine selects for its frequency did better (the matrix's outage and mixed cells)
+        sel = lines[0] if self.n_lines and lines[0] is not None else None
+        self.combined = (t_last, level / ws, sel[2] if sel is not None else freq / ws)
         return self.combined
 
     def top(self, n: int = 3) -> list[tuple[str, float]]:
