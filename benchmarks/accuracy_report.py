@@ -23,8 +23,9 @@ END = "<!-- /accuracy-matrix -->"
 
 
 PREFACE = (
-    "Methods: `engine` is the shipped engine (robust line fits plus the online aggregation "
-    "of experts, docs/design.md); `engine-v1` is the engine as it was before issue 13 "
+    "Methods: `engine` is the new engine (`EngineConfig()`: robust line fits plus the online "
+    "aggregation of experts, docs/design.md; the daemon's with `clock.experts: true`); "
+    "`engine-v1` is the engine as it was before issue 13 "
     "(`EngineConfig.v1()`, bit-identical to it); the baselines are `none` (offset 0), `hold` "
     "(last sample), `median` (of the last 8), `linear` (least squares over 16) and "
     "`theil-sen` (over 32), each with a simple bound. `adaptive` is the engine polled by the "

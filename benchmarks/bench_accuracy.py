@@ -5,7 +5,9 @@ Per cell: MAE, p99, coverage, mean half-width, polls spent (means over seeds; co
 minimum over seeds, since a bound is a promise per run, not on average). Prints the matrix and
 the checks of issue 13; ``--json PATH`` writes
 ``[{"scenario", "poll", "method", "mae_s", "p99_s", "coverage", "half_width_s", "polls"}]``.
-``--quick``: 3 seeds of 6 h, fewer methods' duplicates; timed figures are printed, not asserted.
+``--quick``: 3 seeds of 6 h; timed figures are printed, not asserted. ``--first-seed 101``
+scores seeds the bench's own figures do not use (a held-out check). The real trace needs
+``CHRONOTICK_DATA_DIR`` when the checkout has no ``../shared/data``.
 
     nice python benchmarks/bench_accuracy.py --quick --json docs/accuracy.json
 """
