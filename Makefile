@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 RUN_DIR := $(CURDIR)/run
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: run test venv deps system-deps lint results bench clean install deb
+.PHONY: run test venv deps system-deps lint results accuracy bench clean install deb
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,12 @@ lint: $(VENV)/.dev
 # Replay bench: tables and figures of docs/results.md (synced_tacc + every sim scenario).
 results: $(VENV)/.dev
 	$(PY) -m chronotickd.replay.results
+
+# Accuracy matrix (issue 13): every method × scenario × poll; docs/accuracy.md and the
+# accuracy block of docs/results.md.
+accuracy: $(VENV)/.dev
+	$(PY) benchmarks/bench_accuracy.py --quick --json docs/accuracy.json
+	$(PY) benchmarks/accuracy_report.py docs/accuracy.json
 
 bench: $(VENV)/.dev
 	$(PY) benchmarks/bench_socket.py

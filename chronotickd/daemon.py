@@ -22,13 +22,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 from chronotick_client.protocol import PROTOCOL_VERSION
 from chronotickd import __version__, metrics, service, shm, statefile
 from chronotickd.config import DEFAULT_CONFIG_PATH, Config, ConfigError
 from chronotickd.core.engine import Engine, EngineConfig
-from chronotickd.core.estimator import FitConfig
 from chronotickd.core.measurement import Measurement
 from chronotickd.forecast import worker as forecast_worker
 from chronotickd.handlers import Handlers
@@ -60,8 +60,11 @@ class Source(Protocol):
 
 
 def engine_config(cfg: Config) -> EngineConfig:
-    return EngineConfig(
-        fit=FitConfig(),
+    """The engine the config asks for; ``clock.experts`` off (the default until the lead
+    decides, docs/accuracy.md) is the engine as it was before issue 13."""
+    base = EngineConfig() if cfg["clock.experts"] else EngineConfig.v1()
+    return replace(
+        base,
         max_samples=cfg["clock.max_samples"],
         min_samples=cfg["clock.min_samples"],
         confidence_k=cfg["clock.confidence_k"],

@@ -25,7 +25,15 @@ from typing import Any
 import numpy as np
 
 from chronotickd.core.crosscheck import Disagreement, Estimate, cross_check
-from chronotickd.core.estimator import FitConfig, LineFit, fast_median, fit_arrays, fit_line
+from chronotickd.core.estimator import (
+    FitConfig,
+    LineFit,
+    delay_weights,
+    fast_median,
+    fit_arrays,
+    fit_line,
+)
+from chronotickd.core.experts import Aggregator, ExpertConfig, widen
 from chronotickd.core.leap import Leap, leap_seconds, next_midnight
 from chronotickd.core.measurement import Measurement
 from chronotickd.core.state import KERNEL_UNSYNC_MAXERROR_S, ClockState, TrackSummary
@@ -59,6 +67,24 @@ class EngineConfig:
     step_false_rate: float = 1e-4  # tolerated chance that a run of outliers is not a step
     step_confirm_max: int = 8  # never wait for more agreeing outliers than this
     failover_floor_s: float = 10.0  # silence (s) before selection moves on, at least
+    # -- issue 13 (``v1()`` switches all of these off) --
+    # online aggregation of experts (core/experts.py); None serves the best robust fit alone
+    experts: ExpertConfig | None = field(default_factory=ExpertConfig)
+    # at polls this far apart or more, two agreeing outliers confirm a step (see
+    # Track.step_confirm); None keeps ``step_confirm`` at every poll interval
+    step_long_gap_s: float | None = 256.0
+    # before ``min_samples`` a track's fit is still the best estimate there is: serve it with
+    # its own (wide) bound, status unsynchronized, instead of the uncorrected clock
+    serve_collecting: bool = True
+    # the estimate is void after ``void_after_s`` or this many typical poll gaps, whichever
+    # is longer (at 1024 s polls one hour is three missed replies); None: ``void_after_s``
+    void_after_polls: float | None = 6.0
+
+    @classmethod
+    def v1(cls) -> EngineConfig:
+        """The engine as it was before issue 13 (replay baseline ``engine-v1``)."""
+        return cls(experts=None, step_long_gap_s=None, serve_collecting=False,
+                   void_after_polls=None, fit=FitConfig(young_fit_samples=0))
 
 
 class Track:
@@ -100,6 +126,13 @@ class Track:
         self.cand_score: dict[int, float] = {}
         self.window = self.windows[-1]
         self._gap = 0.0
+        self.served: LineFit | None = None  # the experts' combination (or ``base_fit``)
+        self.agg: Aggregator | None = (
+            Aggregator(cfg.experts, ("selected", *(f"line-{w}" for w in self.windows)))
+            if cfg.experts is not None else None)
+        self.last_residual = 0.0  # last measurement − served prediction (the poll policy's)
+        self.last_scale = 0.0  # the noise scale that residual is judged against
+        self.last_delay = 0.0  # median delay of the window (cached at each refit)
 
     def _threshold(self, fit: LineFit, m: Measurement) -> float:
         spread = math.hypot(fit.stddev(m.t), fit.sigma)
@@ -109,6 +142,11 @@ class Track:
     def step_confirm(self) -> int:
         """Agreeing consecutive outliers needed to call a step at the current outlier rate."""
         need = self.cfg.step_confirm
+        long_gap = self.cfg.step_long_gap_s
+        if long_gap is not None and self._gap >= long_gap:
+            # waiting costs (need − 1) polls of wrong answers, at long polls most of the error
+            # budget, while a false step needs two wrong offsets that agree with each other
+            need = min(need, 2)
         r = self.outlier_rate
         if 0.0 < r < 1.0:
             need = max(need, math.ceil(math.log(self.cfg.step_false_rate) / math.log(r)))
@@ -124,6 +162,11 @@ class Track:
         """Take one measurement; returns ``accepted``, ``outlier`` or ``step``."""
         self.last = m
         fit = self.base_fit
+        served = self.served
+        if served is not None:
+            self.last_residual = m.offset - served.predict(m.t)
+            excess = max(0.0, m.delay - self.last_delay) / 2.0 if self.last_delay else 0.0
+            self.last_scale = math.hypot(max(served.sigma, self.cfg.fit.noise_floor_s), excess)
         if fit is not None and len(self.samples) >= self.cfg.min_samples:
             residual = m.offset - fit.predict(m.t)
             if abs(residual) > self._threshold(fit, m):
@@ -135,7 +178,7 @@ class Track:
                 if len(self.pending) < need or not self._pending_agree(fit, need):
                     self.pending = self.pending[-need:]
                     self.outliers += 1
-                    self.fit = self._in_doubt(fit)
+                    self.fit = self._in_doubt(served if served is not None else fit)
                     return "outlier"
                 self.prior_freq = fit.freq
                 confirmed = self.pending[-need:]  # not an older lone spike
@@ -147,6 +190,8 @@ class Track:
                 self.step_times.append(confirmed[0].t)
                 self.run = 0
                 self.cand_score.clear()
+                if self.agg is not None:
+                    self.agg.reset()
                 self._refit()
                 return "step"
         self.pending.clear()
@@ -155,6 +200,8 @@ class Track:
         self.run = 0
         self._note(False)
         self._score(m)
+        if self.agg is not None and served is not None:
+            self._learn(m, served)
         self.samples.append(m)
         self.history.append(m)
         self._refit()
@@ -198,7 +245,40 @@ class Track:
             self.window = max(w for w, s in scored.items() if s <= best * 1.02)
         else:
             self.window = self.windows[-1]
-        self.base_fit = self.fit = fits[self.window]
+        self.base_fit = self.fit = self.served = fits[self.window]
+        self.last_delay = fast_median(d)  # the typical delay a new sample is judged against
+        agg = self.agg
+        if agg is not None and self.fit is not None:
+            longest = fits[self.windows[-1]]
+            # "selected": the window the prediction scores chose (the engine before issue 13)
+            line = agg.propose([fits[self.window], *(fits[w] for w in self.windows)], t, y,
+                               longest.freq if longest is not None else 0.0,
+                               delay_weights(d, self.cfg.fit))
+            if line is not None:
+                moved = widen(self.fit, line, self.cfg.confidence_k)
+                gap = max(self._gap, 1.0)
+                at_gap = (moved.systematic + self.cfg.confidence_k
+                          * moved.bound_stddev(moved.t_last + gap)
+                          + self.cfg.max_drift_ppm * 1e-6 * gap)
+                extra = (agg.calibration() - 1.0) * at_gap
+                self.fit = self.served = (replace(moved, systematic=moved.systematic + extra)
+                                          if extra > 0 else moved)
+
+    def _learn(self, m: Measurement, served: LineFit) -> None:
+        """Score the experts on an accepted measurement they have not seen, and note by how
+        much it fell outside the bound served before it (the calibration term)."""
+        agg = self.agg
+        assert agg is not None
+        longest = self.cand_fits.get(self.windows[-1])
+        noise = longest.sigma if longest is not None and longest.n >= 8 else served.sigma
+        agg.score(m.t, m.offset, max(noise, self.cfg.fit.noise_floor_s),
+                  max(0.0, m.delay - self.last_delay) / 2.0)
+        age = max(0.0, m.t - served.t_last)
+        bound = (served.systematic + self.cfg.confidence_k * served.bound_stddev(m.t)
+                 + self.cfg.max_drift_ppm * 1e-6 * age)
+        # the measurement stands in for the truth (its noise makes this conservative): how far
+        # outside the bound served before it did it fall?
+        agg.note_miss(m.offset - served.predict(m.t), bound)
 
     def _in_doubt(self, fit: LineFit) -> LineFit:
         """The fit to serve while a run of outliers is unresolved.
@@ -241,7 +321,14 @@ class Track:
         return spread < 0.5 * min(abs(r) for r in res) + 2 * self.cfg.outlier_floor_s
 
     def usable(self) -> bool:
-        return self.fit is not None and len(self.samples) >= self.cfg.min_samples
+        """A fit on ``min_samples`` measurements, or (issue 13) on the agreeing run that
+        confirmed a step: the frequency carries over from before it, so two samples place
+        the line."""
+        n = len(self.samples)
+        if self.fit is None:
+            return False
+        return n >= self.cfg.min_samples or (self.cfg.serve_collecting and self.steps > 0
+                                             and n >= 2)
 
     def typical_gap(self) -> float:
         """Median spacing of the window's samples (cached at each refit)."""
@@ -376,6 +463,15 @@ class Engine:
     def _stale_after(self, track: Track) -> float:
         return max(self.cfg.stale_after_s, 4.0 * track.typical_gap())
 
+    def _void_after(self, track: Track) -> float:
+        polls = self.cfg.void_after_polls
+        if polls is None:
+            return self.cfg.void_after_s
+        gap = track.typical_gap()
+        if len(track.samples) >= 2:  # an adaptive poll interval lengthens faster than the median
+            gap = max(gap, track.samples[-1].t - track.samples[-2].t)
+        return max(self.cfg.void_after_s, polls * gap)
+
     def _bound_now(self, track: Track, now: float) -> float:
         fit = track.fit
         assert fit is not None
@@ -457,6 +553,7 @@ class Engine:
                 extra = disagreement.cover - self._bound_now(chosen, now)
                 if extra > 0:
                     fit = replace(fit, systematic=fit.systematic + extra)
+            common["void_after_s"] = self._void_after(chosen)
             return ClockState(
                 fit=fit,
                 disagreement=disagreement.describe() if disagreement else "",
@@ -476,6 +573,16 @@ class Engine:
                 restored=True,
                 **common,
             )
+        if self.cfg.serve_collecting:
+            collecting = [t for t in self.tracks.values()
+                          if t.fit is not None and t.name not in self.unusable]
+            if collecting:
+                # fewer than min_samples: still the best estimate there is, with its own wide
+                # bound (a 1–2 sample fit knows no frequency: 100 ppm), status unsynchronized
+                track = min(collecting, key=lambda t: self._bound_now(t, now))
+                return ClockState(fit=self._cover_pending(track), source=track.kind,
+                                  max_drift=self.cfg.max_drift_ppm * 1e-6, stale_after=0.0,
+                                  collecting=True, **common)
         return ClockState(fit=None, source="system", max_drift=0.0, stale_after=0.0, **common)
 
     def _cross_check(self, chosen: Track, now: float) -> Disagreement | None:
@@ -545,7 +652,7 @@ class Engine:
         """
         state = self.snapshot(now)
         fit = state.fit
-        if fit is None or state.restored:
+        if fit is None or state.restored or state.collecting:  # 1–2 samples: not worth keeping
             return None
         # anchored at the newest measurement, not at ``now``: a stale estimate saved later must
         # not come back with its age (and the bound grown with it) forgotten

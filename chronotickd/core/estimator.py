@@ -52,6 +52,11 @@ class FitConfig:
     # served with a bound growing 150 µs/s (docs/rig.md). Past it the scatter is trusted.
     hard_slope_below: int = 8
     hard_slope_z: float = 3.0  # the served bound's multiplier (EngineConfig.confidence_k)
+    # A slope fitted (without a prior) from fewer samples than this claims no less than
+    # prior_freq_sigma either: four to seven points on a curving offset (thermal wander at
+    # 1024 s polls) fit a line well and extrapolate it badly (issue 13: the bound missed 5 %
+    # of the truth there). 0 keeps the floor at the 2–3 samples above.
+    young_fit_samples: int = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +107,18 @@ def fast_median(a: np.ndarray) -> float:
         return float(np.partition(a, k)[k])
     p = np.partition(a, (k - 1, k))
     return 0.5 * float(p[k - 1] + p[k])
+
+
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The value below which half the weight lies."""
+    return _weighted_median(values, weights)
+
+
+def delay_weights(d: np.ndarray, cfg: FitConfig) -> np.ndarray:
+    """Base weights of samples with delays ``d``: falling with the delay in excess of the
+    window's median (not its minimum: see the module docstring)."""
+    excess = np.maximum(d - fast_median(d), 0.0) / 2.0
+    return 1.0 / (cfg.noise_floor_s**2 + excess * excess)
 
 
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
@@ -172,7 +189,7 @@ def _irls(
     # without one, any slope beats none (fit_arrays reports its uncertainty honestly)
     use_slope = len(t) >= cfg.min_samples_for_slope or prior_freq is None
     freq = prior_freq or 0.0
-    if use_slope and len(t) >= 3:
+    if use_slope and len(t) >= 2:  # two samples: their own slope (the only pair)
         freq = _theil_sen(t, y)
     # robust start: weighted-median intercept, MAD scale, robust weights from those residuals
     t_ref = float((w0 * t).sum() / w0.sum())
@@ -241,8 +258,7 @@ def fit_arrays(
     """``fit_line`` on arrays of times, offsets, delays and bounds (oldest first)."""
     if len(t) == 0:
         return None
-    excess = np.maximum(d - fast_median(d), 0.0) / 2.0
-    w0 = 1.0 / (cfg.noise_floor_s**2 + excess * excess)
+    w0 = delay_weights(d, cfg)
 
     start = 0
     while True:
@@ -274,6 +290,8 @@ def fit_arrays(
                           else cfg.unknown_freq_sigma**2)
     else:
         serve_var_freq = inflate * var_freq
+    if prior_freq is None and len(tt) < cfg.young_fit_samples:
+        serve_var_freq = max(serve_var_freq, cfg.prior_freq_sigma**2)
     systematic = float((w * b[start:]).sum() / sw) if sw > 0 else float(b[-1])
     use_slope = len(tt) >= cfg.min_samples_for_slope or prior_freq is None
     if use_slope and len(tt) < cfg.hard_slope_below and sxx > 0:

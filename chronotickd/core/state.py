@@ -109,6 +109,9 @@ class ClockState:
     epoch: float = 0.0  # whole seconds: θ = reference − (raw + epoch)
     realtime: RealtimeMap = field(default_factory=RealtimeMap, repr=False)
     leaps: tuple[Leap, ...] = ()
+    # the fit is a collecting track's (fewer than min_samples): served with its own honest
+    # (wide) bound while that is tighter than ``unsync_bound``, status unsynchronized
+    collecting: bool = False
     epoch_ns: int = field(init=False, default=0, repr=False)
     # ``at``'s local fits, memoized per snapshot: (lo, hi) → LineFit | None, "times" → the
     # history's times. A fit depends only on fields of this immutable snapshot, so the cache
@@ -158,6 +161,10 @@ class ClockState:
         status = _FREE if self.restored or raw - t_last > self.stale_after else _SYNC
         offset = fit.predict(raw) - delta
         bound = self._bound(fit, raw, t_last) + width / 2
+        if self.collecting:
+            if bound >= self.unsync_bound:
+                return 0.0, self.unsync_bound, _UNSYNC, "system", 0.0, 0.0
+            status = _UNSYNC
         if self.leaps:
             shift, extra = correction(self.leaps, raw)
             offset += shift

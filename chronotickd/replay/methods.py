@@ -20,6 +20,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from chronotickd.core.engine import Engine
+from chronotickd.core.experts import theil_sen_line
 from chronotickd.core.measurement import Measurement
 from chronotickd.core.state import KERNEL_UNSYNC_MAXERROR_S, ClockState
 
@@ -130,6 +131,33 @@ class LinearMethod:
         return icpt + slope * (t - t0), bound + BASELINE_DRIFT * max(0.0, t - t_last)
 
 
+class TheilSenMethod:
+    """Theil–Sen line over the last ``n`` polls (median of pairwise slopes, median intercept);
+    bound = median half RTT + 3·MAD-sigma of the residuals + drift·age."""
+
+    name = "theil-sen"
+
+    def __init__(self, n: int = 32) -> None:
+        self.window: deque[Measurement] = deque(maxlen=n)
+        self._fit: tuple[float, float, float, float] | None = None
+
+    def observe(self, m: Measurement) -> None:
+        self.window.append(m)
+        t = np.array([x.t for x in self.window])
+        y = np.array([x.offset for x in self.window])
+        t_anchor, level, freq = theil_sen_line(t, y)
+        res = y - level - freq * (t - t_anchor)
+        spread = 1.4826 * float(np.median(np.abs(res - np.median(res))))
+        b = float(np.median([x.bound for x in self.window]))
+        self._fit = (t_anchor, level, freq, b + 3.0 * spread)
+
+    def answer(self, t: float) -> tuple[float, float]:
+        if self._fit is None:
+            return UNKNOWN
+        t0, level, freq, bound = self._fit
+        return level + freq * (t - t0), bound + BASELINE_DRIFT * max(0.0, t - t0)
+
+
 class EngineMethod:
     """Exactly the daemon's path: ``Engine.add`` → ``snapshot`` → ``ClockState.query``.
 
@@ -142,15 +170,31 @@ class EngineMethod:
 
     def __init__(self, engine: Engine | None = None) -> None:
         self.engine = engine or Engine()
+        self.last_verdict = ""
         self.state: ClockState = self.engine.snapshot(0.0)
 
     def observe(self, m: Measurement) -> None:
-        self.engine.add(m)
+        self.last_verdict = self.engine.add(m)
         self.state = self.engine.snapshot(m.t)
+
+    def poll_feedback(self) -> tuple[float, float]:
+        """(residual of the last measurement against the served prediction, noise scale),
+        what the adaptive poll policy judges the prediction by."""
+        track = self.engine.tracks.get("ntp")
+        if track is None:
+            return 0.0, 0.0
+        return getattr(track, 'last_residual', 0.0), 3.0 * getattr(track, 'last_scale', 0.0)
 
     def answer(self, t: float) -> tuple[float, float]:
         a = self.state.query(t)
         return a.offset, a.bound
+
+
+def _engine_v1() -> ReplayMethod:
+    """The engine as it was before issue 13 (frozen copy in replay/engine_v1.py)."""
+    from chronotickd.replay.engine_v1 import EngineV1Method
+
+    return EngineV1Method()
 
 
 FORECAST_MODULE = "chronotickd.forecast.replay_methods"
@@ -179,7 +223,9 @@ METHODS: dict[str, Callable[[], ReplayMethod]] = {
     "hold": HoldMethod,
     "median": MedianMethod,
     "linear": LinearMethod,
+    "theil-sen": TheilSenMethod,
     "engine": EngineMethod,
+    "engine-v1": _engine_v1,
     "chronos-short": _lazy("make_chronos_short"),
     "chronos-long": _lazy("make_chronos_long"),
     "fused": _lazy("make_fused"),

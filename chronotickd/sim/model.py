@@ -48,6 +48,16 @@ class ClockModel:
     outages: tuple[tuple[float, float], ...] = ()  # (start hour, length hours): no replies
     step_at_h: float | None = None  # the system clock is stepped here ...
     step_s: float = 0.0  # ... changing the offset by this much
+    # congestion: bursts (mean ``congestion_every_s`` apart, exponential) lasting
+    # ``congestion_len_s`` during which the forward leg queues ``congestion_queue_s`` more
+    congestion_every_s: float = 0.0
+    congestion_len_s: float = 300.0
+    congestion_queue_s: float = 1e-3
+    # another daemon disciplines the clock: the true offset is a mean-reverting
+    # (Ornstein–Uhlenbeck) wander of this size and time constant, clipped to ±disc_limit_s
+    disc_sigma_s: float = 0.0
+    disc_tau_s: float = 600.0
+    disc_limit_s: float = 100e-6
 
 
 @dataclass(frozen=True)
@@ -79,10 +89,26 @@ def simulate(model: ClockModel, seed: int = 0) -> SimTrace:
         sigma = model.rw_ppm_per_sqrt_h * 1e-6 * math.sqrt(dt / 3600.0)
         freq = freq + np.cumsum(rng.normal(0.0, sigma, n))
     truth = model.offset0_s + np.concatenate(([0.0], np.cumsum(freq[:-1] * dt)))
+    if model.disc_sigma_s > 0:
+        a = math.exp(-dt / model.disc_tau_s)
+        kick = rng.normal(0.0, model.disc_sigma_s * math.sqrt(1 - a * a), n)
+        ou = np.empty(n)
+        x = 0.0
+        for i in range(n):
+            x = a * x + kick[i]
+            ou[i] = x
+        truth = truth + np.clip(ou, -model.disc_limit_s, model.disc_limit_s)
     if model.step_at_h is not None:
         truth = truth + np.where(rel >= model.step_at_h * 3600.0, model.step_s, 0.0)
 
     fwd = model.base_delay_s + model.asym_s + rng.exponential(model.queue_fwd_s, n)
+    if model.congestion_every_s > 0:
+        busy = np.zeros(n, dtype=bool)
+        start = rng.exponential(model.congestion_every_s)
+        while start < rel[-1]:
+            busy |= (rel >= start) & (rel < start + model.congestion_len_s)
+            start += model.congestion_len_s + rng.exponential(model.congestion_every_s)
+        fwd = fwd + np.where(busy, rng.exponential(model.congestion_queue_s, n), 0.0)
     back = model.base_delay_s + rng.exponential(model.queue_back_s, n)
     spike = rng.random(n) < model.spike_rate
     leg = rng.random(n) < 0.5

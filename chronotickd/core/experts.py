@@ -1,0 +1,307 @@
+"""Online aggregation of simple estimators ("experts") of one track's offset. Pure arithmetic.
+
+Why: no single estimator is best on every clock. A long robust line wins where the frequency
+is steady, a short one where it wanders, a median of the last few samples where the host is
+already disciplined (no learnable drift, noise that reverts to the mean), the last sample
+right after a change, zero where another daemon keeps the clock on time. Which one applies is
+not known in advance and changes with time, so the track keeps all of them and weighs each by
+how well it *predicted* measurements it had not seen yet:
+
+- After every accepted measurement each expert proposes a line
+  ``offset(t) = level + freq·(t − t_anchor)``. When the next accepted measurement arrives,
+  each expert's error there is its loss: the horizon is the real poll gap, the longest age a
+  query sees before the next refit, so experts are judged where their errors are largest.
+- The weights are exponentially weighted, like a Bayesian posterior over "which expert is
+  right": ``w ∝ exp(−η Σ e²/s²)`` where s is the predictive spread (the combined estimate's
+  realized error, plus the sample's own excess delay). Large errors (in those units) decide
+  fast, errors the noise hides decide slowly; the first ``warmup`` scores only measure the
+  spread, and the track's robust lines serve meanwhile. Each loss is clipped at ``clip_k``
+  spreads (one bad sample cannot decide), old losses fade (``discount``), and a *fixed share*
+  of the mass is spread evenly after each update, so an expert that was bad for hours regains
+  weight within a few polls when the regime changes (Herbster & Warmuth's tracking of the best
+  expert: the loss stays close to the best expert's of each period). Experts under
+  ``keep_ratio`` of the leader's weight are left out of the combination itself.
+- The combination is a line (so queries stay arithmetic on published state): its level is
+  the weighted mean of the experts' levels; its frequency is the track's selected robust fit's
+  (experts are judged one poll ahead, where the level decides; a silent source is
+  extrapolated on the frequency).
+
+The combination never narrows the promise: ``widen`` returns the track's robust fit moved to
+the combined line, its bound grown by the distance between the two lines (wherever the robust
+fit's interval held the truth, the combined one does too), then grown further where the
+combined estimate's own realized errors at the poll horizon exceeded the bounds served before
+them (``Aggregator.calibration``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from chronotickd.core.estimator import LineFit, fast_median, weighted_median
+
+# (kind, k): "zero" = the system clock as it is (right where another daemon already keeps it
+# on time), "hold" = the last sample, "median" = median of the last k, "median-slope" =
+# median level of the last k after removing the longest robust fit's slope, "linear" = least
+# squares line over the last k, "theil-sen" = Theil–Sen line over the last k. The track's own
+# robust fits (one per candidate window) are experts too (``line-W``).
+DEFAULT_EXPERTS: tuple[tuple[str, int], ...] = (
+    ("zero", 0),
+    ("hold", 1),
+    ("median", 4),
+    ("median", 8),
+    ("median", 16),
+    ("median", 32),
+    ("median-slope", 8),
+    ("median-slope", 16),
+    ("linear", 16),
+    ("theil-sen", 16),
+    ("theil-sen", 32),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ExpertConfig:
+    """Knobs of the aggregation (fixed; docs/results.md shows what they give)."""
+
+    experts: tuple[tuple[str, int], ...] = DEFAULT_EXPERTS
+    # learning rate on squared errors in units of the predictive spread; 0.5 would be the
+    # Gaussian likelihood if the spread were the noise alone, but it is the combined
+    # estimate's realized error (prediction error included, so larger): twice that rate
+    eta: float = 1.0
+    discount: float = 1.0 / 64.0  # each scored poll, old losses fade by this share
+    share: float = 0.01  # fixed share: mass spread evenly after each update
+    clip_k: float = 6.0  # per-poll loss clipped at clip_k² (errors beyond clip_k noise scales)
+    calib_window: int = 256  # realized misses remembered for the calibration term
+    calib_quantile: float = 0.99  # the share of realized misses the extra width covers
+    # head start (in loss units) of the track's own robust lines before anything is scored:
+    # the classical estimate is served until the others earn their weight
+    prior_loss: float = 3.0
+    # experts below this share of the leader's weight are left out of the combination: the
+    # fixed share keeps them learnable, but their floor of mass must not bias the estimate
+    # (an expert 0.4 s off at 1/1000 of the mass moves it by 400 µs)
+    keep_ratio: float = 0.05
+    warmup: int = 8  # scores before the realized spread alone judges the errors
+
+
+Line = tuple[float, float, float]  # (t_anchor, level, freq)
+
+
+def at(line: Line, t: float) -> float:
+    """The line's offset at ``t``."""
+    return line[1] + line[2] * (t - line[0])
+
+
+def theil_sen_line(t: np.ndarray, y: np.ndarray) -> Line:
+    """Median of pairwise slopes, median intercept, anchored at the newest sample."""
+    n = len(t)
+    if n < 3:
+        return (float(t[-1]), float(y[-1]), 0.0)
+    i, j = _pairs(n)
+    dt = t[j] - t[i]
+    ok = dt > 0
+    freq = fast_median((y[j] - y[i])[ok] / dt[ok]) if ok.any() else 0.0
+    t0 = float(t[-1])
+    return (t0, fast_median(y - freq * (t - t0)), freq)
+
+
+def linear_line(t: np.ndarray, y: np.ndarray) -> Line:
+    """Least squares line (the mean below 3 samples), anchored at the newest sample."""
+    t0 = float(t[-1])
+    if len(t) < 3:
+        return (t0, float(y.mean()), 0.0)
+    dt = t - t.mean()
+    sxx = float(dt.dot(dt))
+    freq = float(dt.dot(y)) / sxx if sxx > 0 else 0.0
+    return (t0, float(y.mean()) + freq * (t0 - float(t.mean())), freq)
+
+
+def _median(y: np.ndarray, w: np.ndarray | None) -> float:
+    return fast_median(y) if w is None else weighted_median(y, w)
+
+
+_PAIR_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    p = _PAIR_CACHE.get(n)
+    if p is None:
+        p = _PAIR_CACHE[n] = np.triu_indices(n, 1)
+    return p
+
+
+class Aggregator:
+    """Weights, losses and the combined line of one track's experts."""
+
+    def __init__(self, cfg: ExpertConfig, line_names: tuple[str, ...]) -> None:
+        self.cfg = cfg
+        self.names: list[str] = [*line_names, *(f"{k}-{n}" if n > 1 else k
+                                                for k, n in cfg.experts)]
+        self.n_lines = len(line_names)
+        self.misses: deque[float] = deque(maxlen=cfg.calib_window)  # error / bound ratios
+        self._calib, self._calib_n = 1.0, 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what was learned (a step of the clock: a new regime)."""
+        n = len(self.names)
+        self.loss = np.full(n, self.cfg.prior_loss)
+        self.loss[: self.n_lines] = 0.0
+        self.weights = self._normalize(self.loss)
+        self.lines: list[Line | None] = [None] * n
+        self.combined: Line | None = None
+        self.scored = 0
+        self.var = 0.0  # EWMA of the combined estimate's squared prediction error (s²)
+
+    def _normalize(self, loss: np.ndarray) -> np.ndarray:
+        w = np.exp(-self.cfg.eta * (loss - loss.min()))
+        w /= w.sum()
+        return (1.0 - self.cfg.share) * w + self.cfg.share / len(w)
+
+    # -- learning ------------------------------------------------------------------------
+    def score(self, t: float, y: float, scale: float, excess: float = 0.0) -> None:
+        """A new accepted measurement ``(t, y)`` the current lines have not seen.
+
+        Errors are judged against the predictive spread: the combined estimate's own realized
+        squared error (EWMA), at least a quarter of ``scale``² (the fit's noise), plus
+        ``excess`` (s), this measurement's own extra uncertainty (half its delay above the
+        typical), so a sample that queued long decides less. The first ``warmup`` scores
+        only start that spread: a few samples (with no outlier test yet) must not hand the
+        estimate to an expert that got lucky on them; the robust lines serve meanwhile."""
+        cfg = self.cfg
+        seen = [i for i, ln in enumerate(self.lines) if ln is not None]
+        if not seen or self.combined is None:
+            return
+        self.scored += 1
+        floor = max(scale, 1e-9) ** 2
+        e = y - at(self.combined, t)
+        if self.scored <= cfg.warmup:
+            self.var = max(self.var, floor) if self.scored < cfg.warmup else max(e * e, floor)
+            return
+        s = math.sqrt(max(self.var, 0.25 * floor) + excess * excess)
+        if excess <= 0.0:  # the spread of an unqueued sample: queued ones add excess² to it
+            self.var += cfg.discount * (min(e * e, cfg.clip_k * cfg.clip_k * s * s) - self.var)
+        loss = np.empty(len(self.lines))
+        for i, ln in enumerate(self.lines):
+            if ln is not None:
+                e = (y - at(ln, t)) / s
+                loss[i] = min(e * e, cfg.clip_k * cfg.clip_k)
+        # an expert with no prediction yet is charged the mean of the others'
+        missing = [i for i, ln in enumerate(self.lines) if ln is None]
+        if missing:
+            loss[missing] = loss[seen].mean()
+        self.loss = (1.0 - cfg.discount) * self.loss + loss
+        self.weights = self._normalize(self.loss)
+
+    def note_miss(self, error: float, bound: float) -> None:
+        """A new measurement's distance (s) from the prediction served before it, and that
+        prediction's bound there. The measurement's noise makes the distance an over-estimate
+        of the truth's: conservative."""
+        if bound > 0:
+            self.misses.append(abs(error) / bound)
+            self._calib_n = -1  # stale (the deque's length may not change once full)
+
+    def calibration(self) -> float:
+        """How much the served bound must grow (a factor ≥ 1) to cover the combined estimate's
+        own realized errors: the ``calib_quantile`` of realized error / bound served (with few
+        polls, the largest seen). As a ratio, errors made while the bound was honestly wide
+        (the first samples) do not inflate it later."""
+        if not self.misses:
+            return 1.0
+        n = len(self.misses)
+        if n != self._calib_n:  # a new ratio since the last call: recompute (hot in replay)
+            a = np.fromiter(self.misses, float, n)
+            k = min(n - 1, math.ceil(self.cfg.calib_quantile * (n - 1)))  # the higher one
+            self._calib = max(1.0, float(np.partition(a, k)[k]))
+            self._calib_n = n
+        return self._calib
+
+    # -- proposing -----------------------------------------------------------------------
+    def propose(self, fits: list[LineFit | None], t: np.ndarray, y: np.ndarray,
+                slope: float, w0: np.ndarray | None = None) -> Line | None:
+        """Refresh every expert's line from the window (oldest first) and return the
+        weighted combination. ``fits`` are the track's robust candidate fits in
+        ``line_names`` order; ``slope`` is the longest fit's frequency (de-sloped levels);
+        ``w0`` the samples' delay weights (``estimator.delay_weights``): the medians are
+        weighted by them as the robust fit is, since a reply that queued longer is off by
+        more (and, on an asymmetric path, off in one direction)."""
+        n = len(t)
+        if n == 0:
+            return None
+        t_last = float(t[-1])
+        lines = self.lines
+        for i, f in enumerate(fits):
+            lines[i] = None if f is None else (f.t_ref, f.offset_ref, f.freq)
+        i = self.n_lines
+        for kind, k in self.cfg.experts:
+            tk, yk = t[-k:], y[-k:]
+            wk = None if w0 is None else w0[-k:]
+            if kind == "zero":
+                lines[i] = (t_last, 0.0, 0.0)
+            elif kind == "hold":
+                lines[i] = (t_last, float(y[-1]), 0.0)
+            elif kind == "median":
+                lines[i] = (t_last, _median(yk, wk), 0.0)
+            elif kind == "median-slope":
+                lines[i] = (t_last, _median(yk - slope * (tk - t_last), wk), slope)
+            elif kind == "linear":
+                lines[i] = linear_line(tk, yk)
+            elif kind == "theil-sen":
+                lines[i] = theil_sen_line(tk, yk)
+            else:
+                raise ValueError(f"unknown expert kind {kind!r}")
+            i += 1
+        w = self.weights
+        if self.scored <= self.cfg.warmup and self.n_lines:  # nothing learned yet: the
+            w = np.zeros(len(lines))                         # robust lines alone
+            w[: self.n_lines] = 1.0
+        keep = self.cfg.keep_ratio * float(max(w[j] for j, ln in enumerate(lines)
+                                               if ln is not None))
+        ws = 0.0
+        level = 0.0
+        freq = 0.0
+        for j, ln in enumerate(lines):
+            if ln is None or w[j] < keep:
+                continue
+            ws += w[j]
+            level += w[j] * at(ln, t_last)
+            freq += w[j] * ln[2]
+        # the level is the combination's; the frequency the first robust line's (the window
+        # the track's prediction scores select) when there is one: experts are judged one
+        # poll ahead, where the level decides, while a silent source (an outage) is
+        # extrapolated on the frequency for as long as it lasts, and there the window the
+        # engine selects for its frequency did better (the matrix's outage and mixed cells)
+        sel = lines[0] if self.n_lines and lines[0] is not None else None
+        self.combined = (t_last, level / ws, sel[2] if sel is not None else freq / ws)
+        return self.combined
+
+    def top(self, n: int = 3) -> list[tuple[str, float]]:
+        """The ``n`` heaviest experts and their weights (for status and the bench)."""
+        order = np.argsort(-self.weights)[:n]
+        return [(self.names[i], float(self.weights[i])) for i in order]
+
+
+def widen(base: LineFit, line: Line, confidence_k: float, extra: float = 0.0) -> LineFit:
+    """``base`` re-centred on ``line`` with a bound that holds wherever ``base``'s did.
+
+    With d(t) = line(t) − base(t) = Δo + Δf·(t − t_ref): the served bound
+    ``systematic + k·sqrt(vo + vf·dt²)`` must be at least base's bound + |d(t)| for every t.
+    |Δo| goes into the systematic part; Δf into the variances via
+    (a + b)² ≤ (1 + λ)a² + (1 + 1/λ)b², λ chosen where it is tight for large dt.
+    """
+    t_ref = base.t_ref
+    d_off = at(line, t_ref) - base.offset_ref
+    d_freq = line[2] - base.freq
+    vo = base.var_offset if base.serve_var_offset is None else base.serve_var_offset
+    vf = base.var_freq if base.serve_var_freq is None else base.serve_var_freq
+    if d_freq != 0.0 and confidence_k > 0:
+        b = abs(d_freq) / confidence_k
+        lam = min(1.0, max(0.05, b / math.sqrt(vf))) if vf > 0 else 1.0
+        vo = (1.0 + lam) * vo
+        vf = (1.0 + lam) * vf + (1.0 + 1.0 / lam) * b * b
+    return replace(base, offset_ref=base.offset_ref + d_off, freq=line[2],
+                   systematic=base.systematic + abs(d_off) + max(0.0, extra),
+                   serve_var_offset=vo, serve_var_freq=vf)

@@ -1,0 +1,185 @@
+"""Expert aggregation (core/experts.py): weights follow the realized prediction errors,
+recover after a regime change, and the served bound never narrows below the robust fit's."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from chronotickd.core.engine import Engine, EngineConfig
+from chronotickd.core.estimator import LineFit
+from chronotickd.core.experts import Aggregator, ExpertConfig, widen
+from chronotickd.core.measurement import Measurement
+
+
+def _run(agg: Aggregator, truth, n: int, start: int = 0, gap: float = 64.0,
+         noise: float = 20e-6, seed: int = 1) -> None:
+    rng = random.Random(seed)
+    ts: list[float] = []
+    ys: list[float] = []
+    for i in range(start, start + n):
+        t = i * gap
+        y = truth(t) + rng.gauss(0.0, noise)
+        agg.score(t, y, noise)
+        ts.append(t)
+        ys.append(y)
+        agg.propose([], np.array(ts[-64:]), np.array(ys[-64:]), 0.0)
+
+
+def _weight(agg: Aggregator, name: str) -> float:
+    return float(agg.weights[agg.names.index(name)])
+
+
+def test_levels_win_on_a_noisy_level_and_lose_weight_on_a_drift() -> None:
+    cfg = ExpertConfig(experts=(("median", 16), ("hold", 1), ("theil-sen", 32)))
+    agg = Aggregator(cfg, ())
+    _run(agg, lambda t: 1e-3, 80, noise=100e-6)
+    assert _weight(agg, "median-16") > 0.5, agg.top()
+    # a 20 ppm frequency appears: at 64 s polls a level is 1.3 ms behind each poll; the
+    # line takes over within a few dozen polls (fixed share keeps it learnable)
+    _run(agg, lambda t: 1e-3 + 20e-6 * (t - 80 * 64.0), 40, start=80, noise=100e-6)
+    assert _weight(agg, "theil-sen-32") > 0.5, agg.top()
+
+
+def test_fixed_share_keeps_every_expert_recoverable() -> None:
+    cfg = ExpertConfig(experts=(("median", 16), ("hold", 1)))
+    agg = Aggregator(cfg, ())
+    _run(agg, lambda t: 0.0, 300, noise=50e-6)
+    # the shipped share (1 %) spread evenly: no expert is ever written off
+    assert min(agg.weights) >= 0.01 / len(agg.weights) * 0.999
+
+
+def test_widen_holds_the_base_interval_everywhere() -> None:
+    base = LineFit(t_ref=100.0, offset_ref=1e-3, freq=2e-6, var_offset=1e-10, var_freq=1e-14,
+                   sigma=1e-5, systematic=2e-4, n=32, t_first=0.0, t_last=200.0)
+    line = (200.0, 1.3e-3, -1e-6)
+    k = 3.0
+    w = widen(base, line, k)
+    for t in np.linspace(0.0, 5000.0, 101):
+        b_base = base.systematic + k * base.bound_stddev(t)
+        b_w = w.systematic + k * w.bound_stddev(t)
+        assert abs(w.predict(t) - (line[1] + line[2] * (t - line[0]))) < 1e-12
+        lo, hi = w.predict(t) - b_w, w.predict(t) + b_w
+        assert lo <= base.predict(t) - b_base + 1e-15
+        assert hi >= base.predict(t) + b_base - 1e-15
+
+
+def test_engine_serves_a_level_on_a_disciplined_host_and_a_line_on_a_drifting_one() -> None:
+    """On noise around a fixed offset the engine's served estimate beats the robust line
+    alone (the old engine); on a drifting clock it stays with the lines."""
+    rng = np.random.default_rng(3)
+    eng = Engine()
+    old = Engine(EngineConfig.v1())
+    errs, errs_old = [], []
+    for i in range(400):
+        t = i * 64.0
+        d = 1e-3 + rng.exponential(200e-6)
+        m = Measurement(t, 50e-6 + rng.normal(0, 150e-6), d, d / 2)
+        for e in (eng, old):
+            e.add(m)
+        if i > 50:
+            q = t + 32.0
+            errs.append(abs(eng.snapshot(t).query(q).offset - 50e-6))
+            errs_old.append(abs(old.snapshot(t).query(q).offset - 50e-6))
+    assert np.mean(errs) < 0.9 * np.mean(errs_old)
+    track = eng.tracks["ntp"]
+    assert track.agg is not None
+    assert not track.agg.top(1)[0][0].startswith("line"), track.agg.top()
+
+    eng = Engine()
+    for i in range(200):
+        t = i * 64.0
+        eng.add(Measurement(t, 20e-6 * t + rng.normal(0, 10e-6), 1e-3, 5e-4))
+    assert eng.tracks["ntp"].agg.top(1)[0][0] in (  # type: ignore[union-attr]
+        "line-8", "line-16", "line-32", "line-64", "theil-sen-16", "theil-sen-32",
+        "median-slope-8", "median-slope-16", "linear-16")
+    assert abs(eng.snapshot(t).query(t + 64).offset - 20e-6 * (t + 64)) < 50e-6
+
+
+def test_a_far_off_expert_kept_alive_by_the_share_does_not_bias_the_estimate() -> None:
+    """Fixed share leaves every expert some mass; one 0.4 s away (zero on a drifting clock)
+    must not pull the combination by its share of it."""
+    cfg = ExpertConfig(experts=(("zero", 0), ("theil-sen", 16)))
+    agg = Aggregator(cfg, ())
+    _run(agg, lambda t: 0.4 + 20e-6 * t, 100, noise=10e-6)
+    assert _weight(agg, "zero") > 0  # still learnable
+    t = 100 * 64.0
+    line = agg.combined
+    assert line is not None
+    assert abs(line[1] + line[2] * (t - line[0]) - (0.4 + 20e-6 * t)) < 20e-6
+
+
+def test_collecting_track_serves_its_fit_unsynchronized() -> None:
+    """Before min_samples the first measurements are still the best estimate there is: served
+    with their own (wide) bound, status unsynchronized; the old engine served nothing."""
+    from chronotickd.core.measurement import Status
+
+    for cfg, served in ((EngineConfig(), True), (EngineConfig.v1(), False)):
+        eng = Engine(cfg)
+        eng.add(Measurement(0.0, 5e-3, 1e-3, 5e-4))
+        eng.add(Measurement(256.0, 5e-3 + 20e-6 * 256, 1e-3, 5e-4))
+        ans = eng.snapshot(256.0).query(300.0)
+        assert ans.status is Status.UNSYNCHRONIZED
+        if served:
+            truth = 5e-3 + 20e-6 * 300
+            assert abs(ans.offset - truth) < 1e-6  # two samples: their own line
+            assert abs(ans.offset - truth) <= ans.bound < 1.0
+        else:
+            assert ans.offset == 0.0
+
+
+def test_two_agreeing_outliers_confirm_a_step_at_long_polls() -> None:
+    def run(cfg: EngineConfig) -> list[str]:
+        eng = Engine(cfg)
+        out = []
+        for i in range(20):
+            t = i * 1024.0
+            y = 1e-3 + (5e-3 if i >= 12 else 0.0)
+            out.append(eng.add(Measurement(t, y + (1e-5 if i % 2 else -1e-5), 1e-3, 5e-4)))
+        return out
+
+    assert run(EngineConfig())[12:14] == ["outlier", "step"]
+    assert run(EngineConfig.v1())[12:15] == ["outlier", "outlier", "step"]
+
+
+def test_estimate_is_void_after_six_poll_gaps_not_one_hour_at_long_polls() -> None:
+    for cfg, void in ((EngineConfig(), 6 * 1024.0), (EngineConfig.v1(), 3600.0)):
+        eng = Engine(cfg)
+        for i in range(10):
+            eng.add(Measurement(i * 1024.0, 1e-3, 1e-3, 5e-4))
+        state = eng.snapshot(9 * 1024.0)
+        assert state.void_after_s == void
+
+
+def test_a_young_fit_claims_no_tighter_frequency_than_the_prior() -> None:
+    """Five points on a curving offset fit a line well and extrapolate it badly: below
+    ``young_fit_samples`` a fitted slope claims at least ``prior_freq_sigma``."""
+    from chronotickd.core.estimator import FitConfig, fit_line
+
+    ms = [Measurement(i * 1024.0, 1e-3 + 5e-6 * i * 1024.0 + 1e-6 * (-1) ** i, 1e-3, 5e-4)
+          for i in range(5)]
+    for cfg, floor in ((FitConfig(), True), (FitConfig(young_fit_samples=0), False)):
+        fit = fit_line(ms, cfg)
+        assert fit is not None
+        served = fit.serve_var_freq if fit.serve_var_freq is not None else fit.var_freq
+        assert (served >= cfg.prior_freq_sigma**2) is floor
+
+
+def test_a_collecting_fit_is_served_but_not_saved() -> None:
+    eng = Engine()
+    eng.add(Measurement(0.0, 5e-3, 1e-3, 5e-4))
+    assert eng.snapshot(10.0).collecting
+    assert eng.export_state(10.0) is None  # one sample's "frequency" must not outlive a restart
+
+
+def test_the_daemon_runs_the_new_estimator_only_when_configured() -> None:
+    """``clock.experts`` (default off) switches the daemon from the engine as it was before
+    issue 13 to the new one; the other clock keys apply to both."""
+    from chronotickd.config import Config
+    from chronotickd.daemon import engine_config
+
+    old = engine_config(Config({}))
+    assert old.experts is None and old == EngineConfig.v1()
+    new = engine_config(Config({}).override(clock__experts=True, clock__max_drift_ppm=2.0))
+    assert new.experts is not None and new.serve_collecting and new.max_drift_ppm == 2.0

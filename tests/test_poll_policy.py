@@ -1,0 +1,112 @@
+"""The adaptive poll policy (core/poll_policy.py, issue 13): with the engine's judgement of
+each sample it lengthens while predictions hold, shortens on large residuals, bursts to
+confirm a suspected step at long polls, and never goes below minpoll or above maxpoll.
+Without that judgement it is chrony's iburst + doubling (tests/test_ntp_source.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from chronotickd.core.poll_policy import PollConfig, PollPolicy
+
+CFG = PollConfig(minpoll_s=16, maxpoll_s=1024, burst=4, burst_interval_s=2)
+
+
+def _run(p: PollPolicy, n: int, outcome: str, ratio: float, now: float = 0.0) -> list[float]:
+    """``n`` results at residual/bound = ``ratio``; returns the gaps between polls."""
+    gaps = []
+    for _ in range(n):
+        nxt = p.on_result(now, outcome, ratio, 1.0)
+        gaps.append(nxt - now)
+        now = nxt
+    return gaps
+
+
+def test_initial_burst_then_minpoll() -> None:
+    gaps = _run(PollPolicy(CFG), 5, "accepted", 0.7)
+    assert gaps == [2.0, 2.0, 2.0, 16.0, 16.0]
+
+
+def test_lengthens_while_predictions_hold_up_to_maxpoll() -> None:
+    p = PollPolicy(CFG)
+    gaps = _run(p, 60, "accepted", 0.1)
+    assert p.interval_s == 1024.0 and max(gaps) == 1024.0
+    assert gaps[3:] == sorted(gaps[3:])
+
+
+def test_keeps_the_interval_when_residuals_are_middling() -> None:
+    """Residuals between half the bound and the bound: neither lengthen nor shorten."""
+    p = PollPolicy(CFG)
+    _run(p, 20, "accepted", 0.7)
+    assert p.interval_s == 16.0
+
+
+def test_shortens_on_large_residuals_never_below_minpoll() -> None:
+    p = PollPolicy(CFG)
+    _run(p, 60, "accepted", 0.1)
+    gaps = _run(p, 3, "accepted", 2.0, now=1e5)
+    assert gaps == [512.0, 256.0, 128.0]
+    _run(p, 20, "accepted", 2.0, now=2e5)
+    assert p.interval_s == 16.0
+
+
+def test_an_outlier_at_a_long_interval_asks_for_a_confirming_burst() -> None:
+    p = PollPolicy(CFG)
+    _run(p, 60, "accepted", 0.1)
+    assert p.interval_s == 1024.0
+    now = 1e5
+    nxt = p.on_result(now, "outlier", 5.0, 1.0)
+    assert nxt - now == 2.0  # confirm at once, not a whole interval later
+    assert _run(p, 2, "accepted", 0.7, now=nxt) == [2.0, 512.0]  # then half the interval
+    # at a short interval an outlier is just an outlier: no burst
+    q = PollPolicy(CFG)
+    _run(q, 10, "accepted", 0.7)
+    assert q.on_result(0.0, "outlier", 5.0, 1.0) == 16.0
+
+
+def test_a_step_asks_for_a_burst() -> None:
+    p = PollPolicy(CFG)
+    _run(p, 60, "accepted", 0.1)
+    gaps = _run(p, 4, "step", 5.0, now=1e5)
+    assert gaps[0] == 2.0
+
+
+def test_rejects_unknown_outcome() -> None:
+    with pytest.raises(ValueError, match="outcome"):
+        PollPolicy(CFG).on_result(0.0, "maybe")
+
+
+def test_judged_polling_backs_off_only_to_a_quarter_of_maxpoll_when_nobody_answers() -> None:
+    p = PollPolicy(CFG)
+    _run(p, 60, "accepted", 0.1)  # judged: lengthened to maxpoll
+    _run(p, 2, "accepted", 2.0, now=1e5)  # shortened to 256
+    gaps = _run(p, 6, "no_reply", 0.0, now=2e5)
+    assert max(gaps) == 256.0  # not 1024: an outage's end is seen within minutes
+    plain = PollPolicy(CFG)  # chrony's back-off without the engine's judgement
+    now, gaps = 0.0, []
+    for _ in range(12):
+        nxt = plain.on_result(now, "no_reply")
+        gaps.append(nxt - now)
+        now = nxt
+    assert max(gaps) == 1024.0
+
+
+def test_replay_polls_when_the_policy_asks_and_counts_every_request() -> None:
+    """Method-chosen poll times on a dense trace: the first row at or after the requested
+    time is polled; a row without a reply is a poll that got none."""
+    import numpy as np
+
+    from chronotickd.replay.adaptive import replay_adaptive
+    from chronotickd.replay.trace import Trace
+
+    t = np.arange(0.0, 4000.0, 2.0)
+    truth = 1e-3 + 5e-6 * t
+    offset = truth.copy()
+    offset[(t > 1000) & (t < 1400)] = np.nan  # an outage
+    tr = Trace("dense", t, offset, np.full(len(t), 1e-3), truth, "true_offset")
+    run = replay_adaptive(tr, "engine", PollConfig(minpoll_s=16, maxpoll_s=1024))
+    polled = t[run.polled]
+    assert list(polled[:5]) == [0.0, 2.0, 4.0, 6.0, 22.0]  # the burst, then minpoll
+    assert run.polls == len(polled) < len(t) / 8
+    assert np.isnan(offset[run.polled]).any()  # polls during the outage are counted
+    assert run.metrics["coverage"] >= 0.99 and run.metrics["mae_s"] < 20e-6
