@@ -100,7 +100,7 @@ SCHEMA: dict[str, Key] = {
     "ntp.max_delay_s": Key("float", 0.5, "samples with a longer round trip are dropped", 0, 16),
     "ntp.max_root_distance_s": Key("float", 3.0, "servers farther from their root are dropped",
                                    0, 16),
-    "clock.experts": Key("bool", False, "issue 13's estimator: experts aggregated per track, "
+    "clock.experts": Key("bool", True, "issue 13's estimator: experts aggregated per track, "
                          "first samples served, 2-sample steps at long polls (docs/accuracy.md)"),
     "clock.min_samples": Key("int", 3, "consistent samples before status is synchronized", 1, 64),
     "clock.max_samples": Key("int", 64, "fit window length in samples", 4, 4096),

@@ -60,8 +60,8 @@ class Source(Protocol):
 
 
 def engine_config(cfg: Config) -> EngineConfig:
-    """The engine the config asks for; ``clock.experts`` off (the default until the lead
-    decides, docs/accuracy.md) is the engine as it was before issue 13."""
+    """The engine the config asks for: by default the one replay and docs/accuracy.md score;
+    ``clock.experts: false`` is the engine as it was before issue 13."""
     base = EngineConfig() if cfg["clock.experts"] else EngineConfig.v1()
     return replace(
         base,

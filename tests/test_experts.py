@@ -174,12 +174,14 @@ def test_a_collecting_fit_is_served_but_not_saved() -> None:
 
 
 def test_the_daemon_runs_the_new_estimator_only_when_configured() -> None:
-    """``clock.experts`` (default off) switches the daemon from the engine as it was before
-    issue 13 to the new one; the other clock keys apply to both."""
+    """``clock.experts`` (default on, so the daemon runs the engine the replay and the
+    accuracy matrix score) can switch back to the engine as it was before issue 13; the
+    other clock keys apply to both."""
     from chronotickd.config import Config
     from chronotickd.daemon import engine_config
 
-    old = engine_config(Config({}))
+    assert engine_config(Config({})) == EngineConfig()
+    old = engine_config(Config({}).override(clock__experts=False))
     assert old.experts is None and old == EngineConfig.v1()
     new = engine_config(Config({}).override(clock__experts=True, clock__max_drift_ppm=2.0))
     assert new.experts is not None and new.serve_collecting and new.max_drift_ppm == 2.0
