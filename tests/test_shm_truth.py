@@ -26,7 +26,7 @@ from rig.scenarios import SCENARIOS
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 PROBE = HERE / "shm_probe.py"
-KEYS = ("a", "b", "c", "e", "f", "g", "i")  # scenarios of tests/test_truth.py at the time
+KEYS = ("a", "b", "c", "d", "e", "f", "g", "h", "i")
 
 
 class ShmRigDaemon(RigDaemon):
