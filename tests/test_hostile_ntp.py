@@ -6,6 +6,7 @@ lost (no crash, no traceback, the honest source keeps its samples)."""
 
 from __future__ import annotations
 
+import statistics
 import time
 
 from ntp_responder import HostileNtp, responder
@@ -40,7 +41,11 @@ def test_hostile_ntp_server_never_moves_the_answer() -> None:
                 late.append(r["bound_ns"])
                 time.sleep(0.1)
             assert r["status"] != "synchronized", r  # the honest source went stale
-            assert late[-1] > late[20] >= widths[-1] // 2, "the bound did not widen"
+            # Only the hostile server left: the bound grows steadily with the honest fit's age
+            # and ends wider than it typically was while both answered. (Not against the last
+            # single answer before the silence: early fits have spikes of a few ms.)
+            assert late[-1] > late[40] > late[20], f"the bound did not widen: {late[::10]}"
+            assert late[-1] > statistics.median(widths), (late[-1], widths)
             assert d.proc.poll() is None and "Traceback" not in d.log(), d.log()
             rows = {row["name"]: row for row in c.call("sources")["sources"]}
             assert any(good.server in n and row.get("samples") for n, row in rows.items())
