@@ -33,7 +33,8 @@ PREFACE = (
     "server's 64 s floor; both maxpoll 1024 s. Polls spent are requests sent (replies or not).",
     "",
     "The daemon runs the new engine (`clock.experts: true`, the default; `false` runs "
-    "`engine-v1`): it is better in most cells, but not in every one. Worse than `engine-v1`: on these seeds "
+    "`engine-v1`): it is better in most cells, but not in every one. Worse than "
+    "`engine-v1`: on these seeds "
     "`asymmetric` 256 s (1.004) and `mixed` 64 s (1.007); on seeds the bench does not use "
     "(`--first-seed 101`) `asymmetric` 256 s (1.014) and `disciplined` 1024 s (1.031).",
     "",
