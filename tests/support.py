@@ -6,6 +6,7 @@ Everything started here is killed by PID and its files removed, even when a test
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,3 +233,40 @@ def cli(*args: str, socket_path: str | None = None, timeout: float = 10.0
         cmd += ["--socket", socket_path]
     return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout,
                           cwd=REPO, env={**os.environ, "PYTHONPATH": PYTHONPATH})
+
+
+# -- host clock tripwire ----------------------------------------------------------------------
+class _Timex(ctypes.Structure):
+    _fields_ = [("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
+                ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long),
+                ("status", ctypes.c_int), ("_rest", ctypes.c_byte * 200)]
+
+
+def host_clock_discipline() -> tuple[int, int, int]:
+    """The host kernel's (offset, freq, status), read with adjtimex(modes=0): tests that run
+    clock software compare it before and after, a tripwire for anyone changing the clock."""
+    tx = _Timex()
+    ctypes.CDLL(None, use_errno=True).adjtimex(ctypes.byref(tx))
+    return tx.offset, tx.freq, tx.status
+
+
+# -- Prometheus endpoint ----------------------------------------------------------------------
+def scrape(port: int, timeout: float = 5.0) -> dict[str, list[Any]]:
+    """name → samples of every family, parsed by prometheus-client's own text parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout).read()
+    out: dict[str, list[Any]] = {}
+    for fam in text_string_to_metric_families(body.decode()):
+        for s in fam.samples:
+            out.setdefault(s.name, []).append(s)
+    return out
+
+
+def metric(m: dict[str, list[Any]], name: str, **labels: str) -> float:
+    """The one sample of ``name`` with these labels (AssertionError unless exactly one)."""
+    hits = [s.value for s in m.get(name, []) if all(s.labels.get(k) == v
+                                                   for k, v in labels.items())]
+    if len(hits) != 1:
+        raise AssertionError(f"{name}{labels}: {len(hits)} samples in the scrape")
+    return hits[0]

@@ -10,14 +10,23 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import PYTHONPATH, REPO, DaemonProc, cli, daemon_process, wait_for, write_config
+from support import (
+    PYTHONPATH,
+    REPO,
+    DaemonProc,
+    cli,
+    daemon_process,
+    scrape,
+    wait_for,
+    write_config,
+)
+from support import metric as value
 
 from chronotick_client import Client
 from chronotick_client.cli import render_tracking
@@ -33,22 +42,6 @@ def free_tcp_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def scrape(port: int) -> dict[str, list[Any]]:
-    """name → samples of every family, as prometheus-client's parser reads the endpoint."""
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
-    out: dict[str, list[Any]] = {}
-    for fam in text_string_to_metric_families(body.decode()):
-        for s in fam.samples:
-            out.setdefault(s.name, []).append(s)
-    return out
-
-
-def value(m: dict[str, list[Any]], name: str, **labels: str) -> float:
-    hits = [s.value for s in m[name] if all(s.labels.get(k) == v for k, v in labels.items())]
-    assert len(hits) == 1, (name, labels, m.get(name))
-    return hits[0]
 
 
 def documented() -> set[str]:

@@ -7,7 +7,6 @@ with the real clock read through the raw system call, which the shim cannot inte
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
@@ -27,24 +26,12 @@ from rig.harness import (
     build_shim,
     real_now,
 )
+from support import host_clock_discipline
 
 PROBE = Path(__file__).resolve().parent / "rig" / "probe.py"
 STRACE = shutil.which("strace")
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="the rig needs gcc")
 ADJTIME_SLACK_NS = 20_000  # a probe line's real reads bracket its fake read within this
-
-
-class _Timex(ctypes.Structure):
-    _fields_ = [("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
-                ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long),
-                ("status", ctypes.c_int), ("_rest", ctypes.c_char * 200)]
-
-
-def host_timex() -> tuple[int, int, int]:
-    """The host kernel's (status, freq, offset): a tripwire for anyone changing the clock."""
-    tx = _Timex()
-    ctypes.CDLL("libc.so.6").adjtimex(ctypes.byref(tx))
-    return tx.status, tx.freq, tx.offset
 
 
 @pytest.fixture
@@ -172,7 +159,7 @@ def test_kernel_state_is_what_the_control_file_says(shim) -> None:
 
 def test_setting_the_clock_is_refused_and_never_reaches_the_kernel(shim) -> None:
     so, ctl = shim
-    before = host_timex()
+    before = host_clock_discipline()
     prefix = [STRACE, "-f", "-qq", "-e", "trace=clock_settime,settimeofday,adjtimex,"
               "clock_adjtime", "-o", str(ctl.path.with_suffix(".strace"))] if STRACE else []
     res, _ = probe(so, ctl, "set", drop_caps=True, prefix=prefix)
@@ -181,12 +168,12 @@ def test_setting_the_clock_is_refused_and_never_reaches_the_kernel(shim) -> None
     if STRACE:
         trace = ctl.path.with_suffix(".strace").read_text()
         assert "settime" not in trace and "adjtime" not in trace, trace
-    assert host_timex() == before
+    assert host_clock_discipline() == before
 
 
 def test_a_rig_daemon_runs_shimmed_without_cap_sys_time(chronyd) -> None:
     """The daemon sees the rig's clock; the harness does not; CAP_SYS_TIME is gone."""
-    before = host_timex()
+    before = host_clock_discipline()
     with Rig() as rig:
         d = rig.daemon("one", [chronyd.server])
         d.clock.set(offset_s=1.5)
@@ -201,7 +188,7 @@ def test_a_rig_daemon_runs_shimmed_without_cap_sys_time(chronyd) -> None:
                                if line.startswith("CapEff")), 16)
             assert not cap_eff & (1 << 25)  # CAP_SYS_TIME
         assert "LD_PRELOAD" not in os.environ
-    assert host_timex() == before
+    assert host_clock_discipline() == before
 
 
 def test_leap_lands_at_the_fake_midnight_with_hours_of_offset(tmp_path: Path) -> None:

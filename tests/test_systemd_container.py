@@ -12,7 +12,6 @@ behaviour it needs. ``-s`` prints the timings and the exposure score.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
@@ -23,7 +22,7 @@ from collections.abc import Iterator
 import pytest
 import yaml
 from container import Container, missing_tools
-from support import REPO
+from support import REPO, host_clock_discipline
 
 pytestmark = [
     pytest.mark.root, pytest.mark.slow,
@@ -54,20 +53,6 @@ except RequestFailed as e:
     print(json.dumps({"ok": False, "code": e.code, "message": str(e)}))
 """
 TIMINGS: dict[str, float] = {}
-
-
-# -- host clock tripwire ----------------------------------------------------------------------
-class Timex(ctypes.Structure):
-    _fields_ = [("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
-                ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long),
-                ("status", ctypes.c_int), ("_rest", ctypes.c_byte * 200)]
-
-
-def host_clock_discipline() -> tuple[int, int, int]:
-    """The host kernel's (offset, freq, status): must not change because of this test."""
-    tx = Timex()
-    ctypes.CDLL(None, use_errno=True).adjtimex(ctypes.byref(tx))
-    return tx.offset, tx.freq, tx.status
 
 
 # -- fixtures ---------------------------------------------------------------------------------

@@ -23,12 +23,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from support import PYTHONPATH, REPO, free_tcp_port
+from support import PYTHONPATH, REPO, free_tcp_port, metric, scrape
 
 from chronotick_mcp import tools
 from chronotick_mcp.models import MAX_EVENTS, Event
@@ -261,26 +260,6 @@ class Host:
     def query(self) -> Sample:
         self.now_calls += 1
         return self.daemon.query()
-
-
-def scrape(port: int, timeout: float = 5.0) -> dict[str, list[Any]]:
-    """name → samples of every family, parsed by prometheus-client's own text parser."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout).read()
-    out: dict[str, list[Any]] = {}
-    for fam in text_string_to_metric_families(body.decode()):
-        for s in fam.samples:
-            out.setdefault(s.name, []).append(s)
-    return out
-
-
-def metric(m: dict[str, list[Any]], name: str, **labels: str) -> float:
-    hits = [s.value for s in m.get(name, []) if all(s.labels.get(k) == v
-                                                   for k, v in labels.items())]
-    if len(hits) != 1:
-        raise AssertionError(f"{name}{labels}: {len(hits)} samples in the scrape")
-    return hits[0]
 
 
 def rss_bytes(pid: int) -> int:
