@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import itertools
 import socket
-import threading
 import time
 from collections import Counter
 from typing import Any
 
 import pytest
+from ntp_responder import Responder
 from support import free_udp_port, wait_for
 
 from chronotickd.config import Config
@@ -350,53 +350,21 @@ def test_public_floor_applies_whatever_the_settings() -> None:
 
 
 # -- real sockets ----------------------------------------------------------------------------
-class Spoofer:
-    """A loopback server that answers each request twice: first from another port (a
-    spoofed source), then genuinely."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.other.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.sock.settimeout(0.2)
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, addr = self.sock.recvfrom(512)
-            except (TimeoutError, OSError):
-                continue
-            req = pkt.decode(data)
-            now = pkt.unix_ns_to_ntp(time.time_ns())
-            reply = pkt.encode(pkt.NtpPacket(0, 4, 4, 2, 6, -20, 0, 7, b"TEST", 0,
-                                             req.transmit_ts, now, now))
-            self.other.sendto(reply, addr)  # right origin, wrong source port
-            time.sleep(0.01)
-            self.sock.sendto(reply, addr)
-
-    def close(self) -> None:
-        self._stop.set()
-        self.thread.join(2)
-        self.sock.close()
-        self.other.close()
-
-
 def test_reply_from_another_port_is_dropped() -> None:
-    sp = Spoofer()
+    """Each request is answered twice: first from another port (an off-path injector with the
+    right origin timestamp), then genuinely."""
+    sp = Responder()
+    sp.mangle = lambda reply, _request: [(reply, True), (reply, False)]
+    sp.start()
     got: list[Measurement] = []
     try:
-        src = NtpSource(NtpSettings(servers=[f"127.0.0.1:{sp.port}"], timeout_s=0.5,
+        src = NtpSource(NtpSettings(servers=[sp.server], timeout_s=0.5,
                                     burst=1, minpoll_s=1), got.append,
                         read_raw_ns=time.time_ns, epoch=0)
         src.step(time.monotonic())
         src.stop()
     finally:
-        sp.close()
+        sp.stop()
     assert len(got) == 1  # the genuine one; the connected socket never saw the spoof
     r = src.describe()[0]
     assert r["state"] == "ok"
