@@ -12,6 +12,7 @@ import socket
 import stat
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,27 @@ def test_refused_connections_cost_no_transport(tmp_path: Path,
     serve(tmp_path, ServerLimits(max_connections=8, uid_connection_share=0.25), body)
 
 
+@contextlib.asynccontextmanager
+async def connect_storm(path: str) -> AsyncIterator[None]:
+    """Another thread connects to ``path`` and hangs up, as fast as it can, while the body
+    runs (a connection flood from one uid)."""
+    stop = threading.Event()
+
+    def storm() -> None:
+        while not stop.is_set():
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(1)
+                with contextlib.suppress(OSError):
+                    s.connect(path)
+    t = threading.Thread(target=storm, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.to_thread(t.join, 5)
+
+
 def test_refusal_storm_pauses_accepting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Refusals may take only a share of the loop: past it, accepting pauses (the storm waits
     in the kernel's queue) and the connections already open are still answered."""
@@ -138,25 +160,12 @@ def test_refusal_storm_pauses_accepting(tmp_path: Path, monkeypatch: pytest.Monk
 
     async def body(path: str, server: SocketServer) -> None:
         r, w = await asyncio.open_unix_connection(path)
-        stop = threading.Event()
-
-        def storm() -> None:
-            while not stop.is_set():
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                    s.settimeout(1)
-                    with contextlib.suppress(OSError):
-                        s.connect(path)
-        t = threading.Thread(target=storm, daemon=True)
-        t.start()
-        try:
+        async with connect_storm(path):
             deadline = time.monotonic() + 5
             while server.accept_pauses < 3 and time.monotonic() < deadline:
                 w.write(frame({"v": 1, "id": 1, "op": "now"}))
                 assert (await read_reply(r))["ok"]
                 await asyncio.sleep(0.01)
-        finally:
-            stop.set()
-            await asyncio.to_thread(t.join, 5)
         assert server.accept_pauses >= 3 and server.rejected_uid > 0
         assert server.limits.max_connections_per_uid == 1
     serve(tmp_path, ServerLimits(max_connections=4, uid_connection_share=0.25), body)
@@ -246,25 +255,12 @@ def test_connection_churn_is_charged_to_its_uid(tmp_path: Path,
         rb, wb = await asyncio.open_unix_connection(path)
         wb.write(frame({"v": 1, "id": 0, "op": "now"}))
         assert (await read_reply(rb))["ok"]
-        stop = threading.Event()
-
-        def churn() -> None:
-            while not stop.is_set():
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                    s.settimeout(1)
-                    with contextlib.suppress(OSError):
-                        s.connect(path)
-        t = threading.Thread(target=churn, daemon=True)
-        t.start()
-        try:
+        async with connect_storm(path):
             deadline = time.monotonic() + 5
             while not server.throttled and time.monotonic() < deadline:
                 wb.write(frame({"v": 1, "id": 1, "op": "now"}))
                 assert (await read_reply(rb))["ok"]
                 await asyncio.sleep(0.001)
-        finally:
-            stop.set()
-            await asyncio.to_thread(t.join, 5)
         assert server.throttled > 0 and server.rejected_uid == 0
     serve(tmp_path, ServerLimits(max_connections=256, uid_connection_share=0.5), body)
 
