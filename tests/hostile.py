@@ -124,7 +124,9 @@ def send_and_drain(path: str, data: bytes, timeout: float = 3.0,
             if half_close:
                 s.shutdown(socket.SHUT_WR)
         except OSError:
-            return b""  # the daemon closed first (e.g. frame too large): fine
+            # the daemon closed first (a frame too large, or a refusal sent and closed before
+            # this request went out): what it sent before closing is still queued, read it
+            pass
         out = bytearray()
         try:
             while chunk := s.recv(65536):
