@@ -41,8 +41,8 @@ SIM_SCENARIOS = ("wander", "random-walk", "spikes", "outage", "step", "asymmetri
                  "congestion", "disciplined", "drift", "mixed")
 # the adaptive policy (core/poll_policy.py) judged by the engine's residuals: "adaptive" may
 # poll every 16 s (a private server), "adaptive-64" keeps a public server's 64 s floor
-ADAPTIVE = {"adaptive": PollConfig(minpoll_s=16.0, maxpoll_s=1024.0),
-            "adaptive-64": PollConfig(minpoll_s=64.0, maxpoll_s=1024.0)}
+ADAPTIVE = {"adaptive": PollConfig(minpoll_s=16.0, maxpoll_s=1024.0, budget_s=64.0),
+            "adaptive-64": PollConfig(minpoll_s=64.0, maxpoll_s=1024.0, budget_s=64.0)}
 
 
 def _trace(scenario: str, seed: int, hours: float) -> Trace:
@@ -50,7 +50,7 @@ def _trace(scenario: str, seed: int, hours: float) -> Trace:
         return load_trace(data_dir() / "synced_tacc.csv")
     model = dataclasses.replace(SCENARIOS[scenario][1], hours=hours)
     s = simulate(model, seed)
-    return Trace(f"{scenario}#{seed}", s.t, s.offset, s.delay, s.truth, "true_offset")
+    return Trace(f"{scenario}#{seed}", s.t, s.offset, s.delay, s.truth, "true_offset", s.delta)
 
 
 def _cell_job(args: tuple[str, int, float, tuple[str, ...]]) -> list[dict]:

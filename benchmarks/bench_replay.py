@@ -26,7 +26,7 @@ def main() -> int:
         print(f"({tacc} missing: set CHRONOTICK_DATA_DIR)")
     s = simulate(SCENARIOS["mixed"][1], 1)
     cases.append(("sim mixed poll 64", Trace("mixed", s.t, s.offset, s.delay, s.truth,
-                                             "true_offset"), 64.0))
+                                             "true_offset", s.delta), 64.0))
     for label, tr, poll in cases:
         t0 = time.perf_counter()
         res = replay(tr, poll, ["engine"])

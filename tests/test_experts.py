@@ -185,3 +185,77 @@ def test_the_daemon_runs_the_new_estimator_only_when_configured() -> None:
     assert old.experts is None and old == EngineConfig.v1()
     new = engine_config(Config({}).override(clock__experts=True, clock__max_drift_ppm=2.0))
     assert new.experts is not None and new.serve_collecting and new.max_drift_ppm == 2.0
+
+
+def test_level_experts_are_levels_of_the_system_clock() -> None:
+    """Under a system clock that another daemon moves (δ, its rate), zero/hold/median mean
+    "the system clock keeps its offset": θ levels carried at δ's rate, not flat θ levels."""
+    cfg = ExpertConfig(experts=(("zero", 0), ("hold", 1), ("median", 4)))
+    agg = Aggregator(cfg, ())
+    t = np.array([0.0, 64.0, 128.0, 192.0])
+    dl = -6e-6 * t + 0.002  # REALTIME slewed at −6 ppm against the oscillator
+    y = dl + 30e-6  # θ samples: the system clock 30 µs behind all along
+    agg.propose([], t, y, 0.0, None, dl, -6e-6)
+    zero, hold, med = agg.lines
+    assert zero == (192.0, dl[-1], -6e-6)
+    assert hold == (192.0, y[-1], -6e-6)
+    assert med is not None and abs(med[1] - y[-1]) < 1e-12 and med[2] == -6e-6
+    # without δ they are flat levels of θ, as before
+    agg.propose([], t, y, 0.0)
+    assert agg.lines[0] == (192.0, 0.0, 0.0) and agg.lines[1][2] == 0.0  # type: ignore[index]
+
+
+def test_until_the_samples_tell_the_frequency_the_system_clock_rate_is_the_guess() -> None:
+    """One measurement on a host whose REALTIME another daemon keeps on time (δ moving at
+    −6 ppm): 1000 s later the engine is not 6 ms off, and its bound is not narrower than
+    with no guess (the unknown-frequency uncertainty stays)."""
+    from chronotickd.core.timebase import ClockReading
+
+    def run(rate: float) -> tuple[float, float]:
+        eng = Engine()
+        for k in range(0, 121, 2):  # 2 min of clock readings before the first reply
+            eng.observe_clock(ClockReading(float(k), k + rate * k, 0.0))
+        t = 120.0
+        theta = -6e-6 * t  # the oscillator runs 6 ppm slow; REALTIME is on time
+        eng.add(Measurement(t, theta, 1e-3, 5e-4))
+        q = t + 1000.0
+        for k in range(122, int(q) + 1, 2):
+            eng.observe_clock(ClockReading(float(k), k + rate * k, 0.0))
+        ans = eng.snapshot(q).answer_delta(q, rate * q)
+        truth = (-6e-6 * q) - rate * q  # θ − δ
+        return abs(ans[0] - truth), ans[1]
+
+    err_guess, bound_guess = run(-6e-6)
+    assert err_guess < 50e-6
+    eng = Engine()  # nobody moves REALTIME: no guess, the 6 ppm shows in full
+    eng.add(Measurement(120.0, -6e-6 * 120.0, 1e-3, 5e-4))
+    plain = eng.snapshot(1120.0).query(1120.0)
+    assert abs(plain.offset - (-6e-6 * 1120.0)) > 5e-3
+    assert bound_guess >= 0.99 * plain.bound
+
+
+def test_a_fast_slew_is_not_taken_for_the_oscillator_rate() -> None:
+    """REALTIME slewed at 500 ppm (an offset being removed): no guess from it."""
+    from chronotickd.core.timebase import ClockReading
+
+    eng = Engine()
+    for k in range(0, 121, 2):
+        eng.observe_clock(ClockReading(float(k), k + 500e-6 * k, 0.0))
+    assert eng._system_rate() == 0.0
+
+
+def test_the_bound_holds_the_newest_accepted_samples_interval() -> None:
+    """After an outage over which the frequency wandered, the robust fit can down-weight the
+    first replies it accepts; the served bound still holds their intervals."""
+    eng = Engine()
+    rng = np.random.default_rng(5)
+    t = 0.0
+    for _ in range(40):  # steady 10 ppm at 64 s polls
+        eng.add(Measurement(t, 10e-6 * t + rng.normal(0, 20e-6), 1e-3, 5e-4))
+        t += 64.0
+    t += 1800.0  # 30 min outage; the frequency moved by 0.8 ppm meanwhile (within the
+    truth = 10e-6 * t + 0.8e-6 * 1800.0  # drift allowance: accepted, yet 1.4 ms off the line)
+    assert eng.add(Measurement(t, truth, 1e-3, 5e-4)) == "accepted"
+    a = eng.snapshot(t).query(t + 1.0)
+    assert abs(a.offset - truth) > 1e-3  # the robust line set the new sample aside ...
+    assert abs(a.offset - truth) <= a.bound  # ... but the bound holds its interval

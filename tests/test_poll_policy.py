@@ -5,6 +5,8 @@ Without that judgement it is chrony's iburst + doubling (tests/test_ntp_source.p
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from chronotickd.core.poll_policy import PollConfig, PollPolicy
@@ -110,3 +112,56 @@ def test_replay_polls_when_the_policy_asks_and_counts_every_request() -> None:
     assert run.polls == len(polled) < len(t) / 8
     assert np.isnan(offset[run.polled]).any()  # polls during the outage are counted
     assert run.metrics["coverage"] >= 0.99 and run.metrics["mae_s"] < 20e-6
+
+
+BUDGET = PollConfig(minpoll_s=16, maxpoll_s=1024, burst=4, burst_interval_s=2, budget_s=64)
+
+
+def test_a_budget_is_spent_at_the_start_then_repaid_and_never_exceeded() -> None:
+    """Burst, a ramp 16 → 32 → 64 s, intervals stretched until the borrowed polls are
+    earned back; over 6 h no more polls than a fixed 64 s poll sends."""
+    p = PollPolicy(BUDGET)
+    now, times = 0.0, [0.0]
+    while now < 6 * 3600:
+        now = p.on_result(now, "accepted", 0.7, 1.0)
+        times.append(now)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps[:5] == [2.0, 2.0, 2.0, 16.0, 32.0]
+    assert gaps[5] == 64.0  # not stretched past the span polled so far (54 s)
+    assert max(gaps[6:30]) > 64.0  # then repaying
+    assert gaps[-1] == pytest.approx(64.0)  # repaid: the budget's own interval
+    fixed = 6 * 3600 // 64 + 1
+    assert len([t for t in times if t <= 6 * 3600]) <= fixed
+
+
+def test_under_a_budget_large_residuals_spend_only_saved_credit() -> None:
+    p = PollPolicy(BUDGET)
+    now = sum(_run(p, 40, "accepted", 0.7))
+    assert p.credit <= 0.0
+    assert _run(p, 1, "accepted", 5.0, now=now)[0] >= 64.0 - 1e-9  # nothing saved: no rush
+    q = PollPolicy(BUDGET)
+    now = sum(_run(q, 40, "accepted", 0.7))
+    now += sum(_run(q, 2, "kod_rate", 0.0, now=now))  # a RATE kiss: the back-off saves
+    assert q.credit > 0
+    gaps = _run(q, 5, "accepted", 5.0, now=now)  # ... which large residuals spend
+    assert min(gaps) < 64.0 and gaps == sorted(gaps, reverse=True)
+
+
+def test_a_budget_bounds_the_confirming_bursts() -> None:
+    p = PollPolicy(BUDGET)
+    _run(p, 40, "accepted", 0.7)
+    bursts = 0
+    now = 1e5
+    for _ in range(30):  # a storm of "steps": each asks for a burst
+        nxt = p.on_result(now, "step", 5.0, 1.0)
+        bursts += nxt - now == 2.0
+        now = nxt
+    assert p.credit >= -8.0 - 1.0  # DEBT_MAX (plus the poll in flight)
+    assert bursts < 30
+
+
+def test_a_budget_polls_a_silent_server_at_its_own_interval() -> None:
+    p = PollPolicy(BUDGET)
+    now = sum(_run(p, 40, "accepted", 0.7))
+    gaps = _run(p, 30, "no_reply", 0.0, now=now)
+    assert min(gaps) >= 64.0 and max(gaps) < 70.0  # (the start's debt still being repaid)

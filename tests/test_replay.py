@@ -248,3 +248,42 @@ def test_engine_goals_on_scenario(scenario: str) -> None:
     res = replay(load_sim(scenario), 64.0, ["hold", "median", "linear", "engine"])
     ok, detail = goal_check(res, recorded=False)
     assert ok, detail
+
+
+def test_the_engine_sees_what_others_do_to_the_system_clock() -> None:
+    """On the time base the runner feeds the engine ``measured + δ`` and asks with each
+    row's δ: a step of the system clock by another process costs no coverage even at
+    1024 s polls, while a step of the reference (invisible in δ) is unknowable until the
+    next poll. The baselines see only the system clock's offsets."""
+    import dataclasses
+
+    model = dataclasses.replace(SCENARIOS["step"][1], hours=6.0)
+    seen = simulate(model, 1)
+    hidden = simulate(dataclasses.replace(model, step_in_reference=True), 1)
+
+    def run(s: object) -> dict:
+        tr = Trace("step", s.t, s.offset, s.delay, s.truth, "true_offset", s.delta)  # type: ignore[attr-defined]
+        return replay(tr, 1024.0, ("engine", "hold")).runs
+
+    a, b = run(seen), run(hidden)
+    assert a["engine"].metrics["coverage"] == 1.0
+    assert b["engine"].metrics["coverage"] < 0.99  # the rows before the next poll
+    assert a["hold"].metrics == b["hold"].metrics  # same offsets for a naive client
+
+
+def test_a_delay_burst_is_not_taken_for_a_step() -> None:
+    """Agreeing outliers whose extra delay explains their offset (one leg queued) are
+    congestion, not a step; the same offsets at the usual delay are a step."""
+    def feed(extra_delay: float) -> list[str]:
+        eng = Engine()
+        rng = np.random.default_rng(2)
+        for i in range(40):
+            eng.add(Measurement(i * 64.0, rng.normal(0, 10e-6), 1e-3, 5e-4))
+        verdicts = []
+        for i in range(40, 46):
+            d = 1e-3 + extra_delay
+            verdicts.append(eng.add(Measurement(i * 64.0, 600e-6, d, d / 2)))
+        return verdicts
+
+    assert "step" not in feed(1.3e-3)  # 1.3 ms more queueing: up to 650 µs of bias
+    assert "step" in feed(0.0)

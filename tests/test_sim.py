@@ -62,4 +62,22 @@ def test_csv_round_trip_and_cli(tmp_path: Path) -> None:
     assert np.isnan(tr.offset).any()  # losses and the outage are gaps
     direct = simulate(dataclasses.replace(SCENARIOS["mixed"][1], hours=2.5), 3)
     assert np.allclose(tr.truth, direct.truth, atol=1e-9)
+    assert tr.delta is not None and np.allclose(tr.delta, direct.delta, atol=1e-9)
     assert sim_main(["mixed", str(tmp_path / "y.csv"), "--hours", "-1"]) == 2
+
+
+def test_two_clocks_other_daemons_move_the_system_clock_not_the_oscillator() -> None:
+    """δ = REALTIME − RAW carries what other processes did; truth = θ − δ."""
+    step = simulate(SCENARIOS["step"][1], 1)
+    theta = step.truth + step.delta
+    assert np.abs(np.diff(step.delta)).max() == pytest.approx(5e-3, abs=1e-9)  # visible in δ
+    assert np.abs(np.diff(theta)).max() < 25e-6  # the oscillator did not jump (10 ppm × 2 s)
+    hidden = simulate(dataclasses.replace(SCENARIOS["step"][1], step_in_reference=True), 1)
+    assert np.allclose(hidden.truth, step.truth) and not hidden.delta.any()
+    disc = simulate(SCENARIOS["disciplined"][1], 1)
+    assert np.abs(disc.truth).max() <= 100e-6 + 1e-12  # the other daemon's residual
+    theta = disc.truth + disc.delta  # the oscillator keeps its own 6 ppm
+    rate = np.polyfit(disc.t - disc.t[0], theta, 1)[0]
+    assert rate == pytest.approx(-6e-6, abs=0.05e-6)
+    plain = simulate(SCENARIOS["drift"][1], 1)
+    assert not plain.delta.any()  # nobody touched this system clock

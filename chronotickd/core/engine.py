@@ -17,6 +17,7 @@ The daemon and the replay bench drive this same class; nothing here reads a cloc
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -39,6 +40,11 @@ from chronotickd.core.measurement import Measurement
 from chronotickd.core.state import KERNEL_UNSYNC_MAXERROR_S, ClockState, TrackSummary
 from chronotickd.core.timebase import ClockReading, RealtimeMap, as_reading
 
+# the newest accepted samples whose intervals the served bound must hold (``_in_doubt``)
+CONTRADICTION_MEMORY = 4
+# a system clock rate beyond this is a slew in progress, not a frequency (``_system_rate``)
+SYSTEM_RATE_MAX = 50e-6
+GUESS_REFIT_S = 0.1e-6  # a young track is refitted when the system rate moved by this
 LEAP_GUARD_S = 2.0  # measurements this close to a leap instant are not fitted (which side?)
 LEAP_CONFIRM = 3  # measurements after a leap that show it was not applied → it was not
 
@@ -114,6 +120,12 @@ class Track:
         self.fit: LineFit | None = None  # what is served (``base_fit``, widened while in doubt)
         self.base_fit: LineFit | None = None  # the fit itself
         self.prior_freq: float | None = None
+        # the frequency served while the samples cannot tell one (``fit_arrays``): the
+        # system clock's rate against the oscillator, set by the engine at each measurement
+        self.freq_guess = 0.0
+        # the engine's δ history (set by the engine at each measurement): the level experts
+        # are levels of the system clock's offset, θ − δ
+        self.realtime = RealtimeMap()
         self.last: Measurement | None = None
         self.steps = 0
         self.step_times: list[float] = []  # first measurement after each step (for ``at``)
@@ -194,10 +206,13 @@ class Track:
                     self.agg.reset()
                 self._refit()
                 return "step"
-        self.pending.clear()
-        for _ in range(self.run):  # the run ended without a step: isolated outliers
-            self._note(True)
-        self.run = 0
+        if self.pending and fit is not None and self._ambiguous(fit, m):
+            pass  # consistent with the run too: it neither ends it nor joins it
+        else:
+            self.pending.clear()
+            for _ in range(self.run):  # the run ended without a step: isolated outliers
+                self._note(True)
+            self.run = 0
         self._note(False)
         self._score(m)
         if self.agg is not None and served is not None:
@@ -219,6 +234,11 @@ class Track:
             old = self.cand_score.get(w)
             self.cand_score[w] = e2 if old is None else old + a * (e2 - old)
 
+    def refit(self) -> None:
+        """Fit again (the engine changed ``freq_guess``)."""
+        if self.samples:
+            self._refit()
+
     def _refit(self) -> None:
         samples = self.samples
         n = len(samples)
@@ -232,11 +252,12 @@ class Track:
         for w in self.windows:
             if w >= n:  # every candidate this long sees all samples: one fit for them all
                 if full is None:
-                    full = fit_arrays(t, y, d, b, self.cfg.fit, self.prior_freq, False)
+                    full = fit_arrays(t, y, d, b, self.cfg.fit, self.prior_freq, False,
+                                      self.freq_guess)
                 fits[w] = full
             else:
                 fits[w] = fit_arrays(t[-w:], y[-w:], d[-w:], b[-w:], self.cfg.fit,
-                                     self.prior_freq, False)
+                                     self.prior_freq, False, self.freq_guess)
         self.cand_fits = fits
         scored = {w: s for w, s in self.cand_score.items() if fits.get(w) is not None}
         if scored:
@@ -253,7 +274,9 @@ class Track:
             # "selected": the window the prediction scores chose (the engine before issue 13)
             line = agg.propose([fits[self.window], *(fits[w] for w in self.windows)], t, y,
                                longest.freq if longest is not None else 0.0,
-                               delay_weights(d, self.cfg.fit))
+                               delay_weights(d, self.cfg.fit),
+                               self.realtime.deltas_at(t) if self.realtime.points else None,
+                               self.freq_guess)
             if line is not None:
                 moved = widen(self.fit, line, self.cfg.confidence_k)
                 gap = max(self._gap, 1.0)
@@ -263,6 +286,8 @@ class Track:
                 extra = (agg.calibration() - 1.0) * at_gap
                 self.fit = self.served = (replace(moved, systematic=moved.systematic + extra)
                                           if extra > 0 else moved)
+        if self.fit is not None and self.cfg.experts is not None:
+            self.fit = self.served = self._in_doubt(self.fit)
 
     def _learn(self, m: Measurement, served: LineFit) -> None:
         """Score the experts on an accepted measurement they have not seen, and note by how
@@ -281,15 +306,21 @@ class Track:
         agg.note_miss(m.offset - served.predict(m.t), bound)
 
     def _in_doubt(self, fit: LineFit) -> LineFit:
-        """The fit to serve while a run of outliers is unresolved.
+        """The fit to serve while measurements contradict it.
 
         A pending measurement whose own interval excludes the fitted line contradicts it, and
         until more data decide (isolated outlier or step) either may be right: the served
         bound is widened to hold that measurement's interval too. Delay spikes, whose wide
-        interval still holds the line, widen nothing.
+        interval still holds the line, widen nothing. The newest ``CONTRADICTION_MEMORY``
+        *accepted* measurements count the same way: a robust fit can down-weight the very
+        samples it just took (the first replies after an outage, over which a wandering
+        frequency carried the clock away from the old line), and until later samples move
+        the line, their intervals are the best evidence of where the truth is (mixed
+        scenario at 256 s polls: ms-wide misses right after such samples).
         """
         worst = 0.0
-        for p in self.pending:
+        recent = itertools.islice(reversed(self.samples), CONTRADICTION_MEMORY)
+        for p in (*self.pending, *recent):
             r = abs(p.offset - fit.predict(p.t))
             if r > p.bound:
                 worst = max(worst, r + p.bound)
@@ -312,10 +343,34 @@ class Track:
         self._refit()
         return True
 
+    def _ambiguous(self, fit: LineFit, m: Measurement) -> bool:
+        """Is ``m`` nearer the pending run than the line, its interval holding both? A reply
+        that queued long is within the threshold of both: taking it as the end of the run
+        threw away the run each time (the mixed scenario after an outage: a wandering
+        frequency carried the clock 1–2 ms off the line while every third reply, wide
+        enough to hold both, reset the count, and no step was ever confirmed). Only the
+        new engine (``experts``) reads it so."""
+        if self.cfg.experts is None:
+            return False
+        run = sorted(p.offset - fit.predict(p.t) for p in self.pending)
+        level = run[len(run) // 2]
+        r = m.offset - fit.predict(m.t)
+        # nearer the run than the line, and its interval holds the run's level
+        return abs(r - level) < abs(r) and abs(r - level) <= m.bound + self.cfg.outlier_floor_s
+
     def _pending_agree(self, fit: LineFit, need: int) -> bool:
         """Do the pending outliers describe one new offset (a step) rather than noise?"""
-        res = [p.offset - fit.predict(p.t) for p in self.pending[-need:]]
+        run = self.pending[-need:]
+        res = [p.offset - fit.predict(p.t) for p in run]
         if not (all(r > 0 for r in res) or all(r < 0 for r in res)):
+            return False
+        if self.cfg.experts is not None and self.last_delay > 0 and all(
+                abs(r) <= max(0.0, p.delay - self.last_delay) / 2 + self.cfg.outlier_floor_s
+                for r, p in zip(res, run, strict=True)):
+            # every one of them queued long enough to explain its offset (a reply that
+            # waited d longer on one leg is off by up to d/2): congestion on one path, not a
+            # step of the clock, which shows at the usual delay (a 5-minute delay burst
+            # once became a false step at 64 s polls, 470 µs off until it ended)
             return False
         spread = max(res) - min(res)
         return spread < 0.5 * min(abs(r) for r in res) + 2 * self.cfg.outlier_floor_s
@@ -378,6 +433,27 @@ class Engine:
         self.realtime_steps += 1
         self.last_step = (jump, reading.real)
         return jump
+
+    def _system_rate(self) -> float:
+        """The rate at which REALTIME moves against the oscillator (s/s), as a guess for the
+        reference's own rate before the samples can tell it: on a host another daemon keeps
+        on time that daemon has measured the oscillator already; where nobody steers, it is
+        0, the crystal's nominal rate, as before. A rate beyond ``SYSTEM_RATE_MAX`` is a
+        slew in progress (an offset being removed), not a frequency: 0 then."""
+        rate = self.realtime.settled_rate(SYSTEM_RATE_MAX)
+        if rate is None or abs(rate) > SYSTEM_RATE_MAX:
+            return 0.0
+        return rate
+
+    def _refresh_guesses(self) -> None:
+        """Young tracks (whose fits may still serve the guess) follow the system rate as the
+        δ history grows: the first sample usually comes before 30 s of it exist."""
+        rate = self._system_rate()
+        for track in self.tracks.values():
+            if (track.prior_freq is None and len(track.samples) < self.cfg.fit.hard_slope_below
+                    and abs(rate - track.freq_guess) > GUESS_REFIT_S and not track.pending):
+                track.freq_guess = rate
+                track.refit()
 
     # -- leap seconds ------------------------------------------------------------------
     def leap_status(self, now: float) -> str:
@@ -447,6 +523,8 @@ class Engine:
                 track.prior_freq = self.restored.freq
             elif self.prior_freq is not None:
                 track.prior_freq = self.prior_freq
+        track.freq_guess = self._system_rate()
+        track.realtime = self.realtime
         self.leap_votes[m.source] = m.leap if leap_seconds(m.leap) else 0
         if m.leap:
             self._announce(m, track)
@@ -529,6 +607,7 @@ class Engine:
         """Freeze what queries need at ``now`` (a reading, or a raw time on a δ = 0 host;
         selection included)."""
         now = as_reading(now, self.epoch).raw
+        self._refresh_guesses()
         chosen = self._select(now)
         leaps = tuple(self.leaps)
         if leaps and self._leap_doubt():

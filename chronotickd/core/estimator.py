@@ -183,12 +183,13 @@ def _irls(
     w0: np.ndarray,
     cfg: FitConfig,
     prior_freq: float | None,
+    freq_guess: float = 0.0,
 ) -> tuple[float, float, float, float, np.ndarray, np.ndarray]:
     """Huber IRLS of y on t. Returns (t_ref, offset_ref, freq, scale, weights, residuals)."""
     # with a known prior (restored drift, the pre-step fit) a slope needs a few samples;
     # without one, any slope beats none (fit_arrays reports its uncertainty honestly)
     use_slope = len(t) >= cfg.min_samples_for_slope or prior_freq is None
-    freq = prior_freq or 0.0
+    freq = prior_freq if prior_freq is not None else freq_guess
     if use_slope and len(t) >= 2:  # two samples: their own slope (the only pair)
         freq = _theil_sen(t, y)
     # robust start: weighted-median intercept, MAD scale, robust weights from those residuals
@@ -254,8 +255,16 @@ def fit_arrays(
     cfg: FitConfig = FitConfig(),
     prior_freq: float | None = None,
     runs_test: bool = True,
+    freq_guess: float = 0.0,
 ) -> LineFit | None:
-    """``fit_line`` on arrays of times, offsets, delays and bounds (oldest first)."""
+    """``fit_line`` on arrays of times, offsets, delays and bounds (oldest first).
+
+    ``freq_guess``: the frequency served while the samples cannot tell one (a single sample,
+    or a slope the samples' bounds leave wider than a crystal's tolerance) and no prior is
+    known; the uncertainty served is the unknown-frequency one all the same. The engine
+    passes the rate at which another daemon moves the system clock (0 where none does):
+    until measured otherwise, the system clock's rate is the best guess, as every plain NTP
+    client assumes."""
     if len(t) == 0:
         return None
     w0 = delay_weights(d, cfg)
@@ -263,7 +272,8 @@ def fit_arrays(
     start = 0
     while True:
         tt, yy, ww0 = t[start:], y[start:], w0[start:]
-        t_ref, offset_ref, freq, scale, w, res = _irls(tt, yy, ww0, cfg, prior_freq)
+        t_ref, offset_ref, freq, scale, w, res = _irls(tt, yy, ww0, cfg, prior_freq,
+                                                        freq_guess)
         remaining = len(tt)
         if not runs_test or remaining <= cfg.runs_test_min or _runs_ok(res[w > 0]):
             break
@@ -301,8 +311,9 @@ def fit_arrays(
         if prior_freq is None and hard > cfg.hard_slope_z * cfg.unknown_freq_sigma:
             # the samples say less about the slope than a crystal's tolerance does: serve
             # frequency 0 ± that tolerance (the 2-sample rule of issue 8), not their tilt
-            freq = 0.0
-            offset_ref = float(w.dot(yy)) / sw
+            # (0 against the system clock's rate: ``freq_guess``)
+            freq = freq_guess
+            offset_ref = float(w.dot(yy - freq_guess * (tt - t_ref))) / sw
             hard_var = cfg.unknown_freq_sigma**2
         else:
             hard_var = (hard / cfg.hard_slope_z) ** 2

@@ -44,7 +44,8 @@ import numpy as np
 from chronotickd.core.estimator import LineFit, fast_median, weighted_median
 
 # (kind, k): "zero" = the system clock as it is (right where another daemon already keeps it
-# on time), "hold" = the last sample, "median" = median of the last k, "median-slope" =
+# on time), "hold" = the last sample, "median" = median of the last k (these three are levels
+# of the system clock's offset: ``Aggregator.propose``), "median-slope" =
 # median level of the last k after removing the longest robust fit's slope, "linear" = least
 # squares line over the last k, "theil-sen" = Theil–Sen line over the last k. The track's own
 # robust fits (one per candidate window) are experts too (``line-W``).
@@ -221,17 +222,30 @@ class Aggregator:
 
     # -- proposing -----------------------------------------------------------------------
     def propose(self, fits: list[LineFit | None], t: np.ndarray, y: np.ndarray,
-                slope: float, w0: np.ndarray | None = None) -> Line | None:
+                slope: float, w0: np.ndarray | None = None, dl: np.ndarray | None = None,
+                rate: float = 0.0) -> Line | None:
         """Refresh every expert's line from the window (oldest first) and return the
         weighted combination. ``fits`` are the track's robust candidate fits in
         ``line_names`` order; ``slope`` is the longest fit's frequency (de-sloped levels);
         ``w0`` the samples' delay weights (``estimator.delay_weights``): the medians are
         weighted by them as the robust fit is, since a reply that queued longer is off by
-        more (and, on an asymmetric path, off in one direction)."""
+        more (and, on an asymmetric path, off in one direction).
+
+        ``y`` are offsets against the oscillator (θ, the time base); ``dl`` is δ = REALTIME −
+        RAW − epoch at each sample and ``rate`` δ's current rate. The level experts (zero,
+        hold, median) are levels *of the system clock's offset* ``y − δ``, carried forward
+        at the system clock's rate: "the system clock keeps its offset" is what they mean,
+        and on a host another daemon disciplines that is the right reading (its oscillator
+        drifts, its REALTIME does not). Where nobody moves REALTIME (δ constant, rate 0)
+        they are plain levels of θ."""
         n = len(t)
         if n == 0:
             return None
         t_last = float(t[-1])
+        if dl is None:
+            dl = np.zeros(n)
+        d_last = float(dl[-1])
+        sys_y = y - dl  # the system clock's offsets
         lines = self.lines
         for i, f in enumerate(fits):
             lines[i] = None if f is None else (f.t_ref, f.offset_ref, f.freq)
@@ -240,11 +254,11 @@ class Aggregator:
             tk, yk = t[-k:], y[-k:]
             wk = None if w0 is None else w0[-k:]
             if kind == "zero":
-                lines[i] = (t_last, 0.0, 0.0)
+                lines[i] = (t_last, d_last, rate)
             elif kind == "hold":
-                lines[i] = (t_last, float(y[-1]), 0.0)
+                lines[i] = (t_last, float(y[-1]), rate)
             elif kind == "median":
-                lines[i] = (t_last, _median(yk, wk), 0.0)
+                lines[i] = (t_last, _median(sys_y[-k:], wk) + d_last, rate)
             elif kind == "median-slope":
                 lines[i] = (t_last, _median(yk - slope * (tk - t_last), wk), slope)
             elif kind == "linear":

@@ -26,6 +26,8 @@ import itertools
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 # A float ``real`` near 1.8e9 s is exact to half an ulp (1.2e-7 s); answers add this so that the
 # float arithmetic never narrows the promise (the daemon's integer reads are exact).
 REAL_FLOAT_SLACK_S = 2.5e-7
@@ -165,7 +167,43 @@ class RealtimeMap:
         predicted = a.delta + (delta - a.delta) * (mid.raw - a.raw) / (raw - a.raw)
         return abs(mid.delta - predicted) <= self.tolerance + max(width, mid.width) / 2
 
+    def settled_rate(self, max_rate: float, span: float = 600.0,
+                     min_span: float = 30.0) -> float | None:
+        """δ's mean rate (s/s) over the newest ``span`` seconds in which no segment moved
+        faster than ``max_rate``: how fast whoever disciplines REALTIME moves it against the
+        oscillator (0 where nobody does), its frequency updates (kinks) included but not its
+        steps and fast slews. None when less than ``min_span`` of such history is known."""
+        p = self.points
+        if len(p) < 2:
+            return None
+        last = p[-1]
+        first = last
+        for q in reversed(p[:-1]):
+            if abs(self._slope(q, first)) > max_rate:
+                break
+            first = q
+            if last.raw - q.raw >= span:  # (a merged segment may reach further back: fine,
+                break                     # δ was linear all along it)
+        if last.raw - first.raw < min_span:
+            return None
+        return self._slope(first, last)
+
     # -- reading ------------------------------------------------------------------------
+    def deltas_at(self, raws: np.ndarray) -> np.ndarray:
+        """``delta_at`` for many raw instants at once (the engine's window of samples)."""
+        p = self.points
+        if not p:
+            return np.zeros(len(raws))
+        xs = np.fromiter((q.raw for q in p), float, len(p))
+        ys = np.fromiter((q.delta for q in p), float, len(p))
+        i = np.searchsorted(xs, raws, side="right")
+        out = np.interp(raws, xs, ys)  # constant outside, linear between vertices
+        jumps = np.fromiter((q.jump for q in p), bool, len(p))
+        inside = (i > 0) & (i < len(p))
+        in_jump = inside & jumps[np.minimum(i, len(p) - 1)]
+        out[in_jump] = ys[i[in_jump] - 1]  # a jump segment: as before the jump until its end
+        return out
+
     def delta_at(self, raw: float) -> float:
         """δ at a raw instant (linear between vertices; a jump segment counts as before the
         jump until its end: the step's time is unknown)."""

@@ -50,6 +50,8 @@ def replay_adaptive(trace: Trace, method: str = "engine",
     bnd = np.full(n, np.nan)
     next_poll = float(t[0])
     observe, answer = m_obj.observe, m_obj.answer
+    # a method on the time base is fed measured + δ and asked with each row's δ (runner.py)
+    deltas = trace.deltas() if getattr(m_obj, "timebase", False) else None
     t0 = time.perf_counter()
     for i in range(n):
         ti = float(t[i])
@@ -59,12 +61,18 @@ def replay_adaptive(trace: Trace, method: str = "engine",
             if not math.isfinite(o):
                 next_poll = policy.on_result(ti, "no_reply")
                 continue
-            observe(Measurement.from_ntp(ti, o, float(delay[i])))
+            if deltas is not None:
+                m_obj.observe_delta(Measurement.from_ntp(ti, o + float(deltas[i]),  # type: ignore[attr-defined]
+                                                         float(delay[i])), float(deltas[i]))
+            else:
+                observe(Measurement.from_ntp(ti, o, float(delay[i])))
             verdict = getattr(m_obj, "last_verdict", "")
             if verdict not in OUTCOMES:  # e.g. a measurement set aside near a leap
                 verdict = "accepted"
             res, scale = feedback() if feedback is not None else (0.0, 0.0)
             next_poll = policy.on_result(ti, verdict, res, scale)
+        elif deltas is not None:
+            off[i], bnd[i] = m_obj.answer_delta(ti, float(deltas[i]))  # type: ignore[attr-defined]
         else:
             off[i], bnd[i] = answer(ti)
     spent = time.perf_counter() - t0

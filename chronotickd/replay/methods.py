@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
@@ -23,9 +24,11 @@ from chronotickd.core.engine import Engine
 from chronotickd.core.experts import theil_sen_line
 from chronotickd.core.measurement import Measurement
 from chronotickd.core.state import KERNEL_UNSYNC_MAXERROR_S, ClockState
+from chronotickd.core.timebase import ClockReading
 
 # How fast a baseline lets its bound grow with age: the engine's default max_drift_ppm.
 BASELINE_DRIFT = 1e-6
+CLOCK_READ_S = 16.0  # replay: how often a time-base method's engine sees the clock reading
 UNKNOWN = (0.0, KERNEL_UNSYNC_MAXERROR_S)  # answer before any measurement: the kernel's
 
 
@@ -36,6 +39,10 @@ class ReplayMethod(Protocol):
     def observe(self, m: Measurement) -> None: ...  # the poll's measurement, time order
 
     def answer(self, t: float) -> tuple[float, float]: ...  # (offset_s, bound_half_width_s) at t
+    # a method with ``timebase = True`` models the reference against the oscillator (the time
+    # axis) and also has ``observe_delta(m, delta)`` and ``answer_delta(t, delta)``: the
+    # runner feeds it ``measured + δ`` with that row's δ = REALTIME − RAW and asks with each
+    # row's δ; the others see the system clock's offsets only
 
 
 class MethodUnavailable(RuntimeError):
@@ -167,9 +174,13 @@ class EngineMethod:
     """
 
     name = "engine"
+    # models θ against the oscillator like the daemon: fed ``measured + δ``, answers through
+    # ``answer_delta`` (the runner passes each row's δ = REALTIME − RAW)
+    timebase = True
 
     def __init__(self, engine: Engine | None = None) -> None:
         self.engine = engine or Engine()
+        self._clock_read = -math.inf
         self.last_verdict = ""
         self.state: ClockState = self.engine.snapshot(0.0)
 
@@ -188,6 +199,24 @@ class EngineMethod:
     def answer(self, t: float) -> tuple[float, float]:
         a = self.state.query(t)
         return a.offset, a.bound
+
+    def answer_delta(self, t: float, delta: float) -> tuple[float, float]:
+        """The system clock's offset at raw time ``t`` where REALTIME − RAW = ``delta``: the
+        daemon's own arithmetic (``ClockState.answer_delta``). The engine sees the clock
+        reading too, as the daemon's loop does every second (here at most every
+        ``CLOCK_READ_S``: the δ history feeds only slow things, such as the system rate)."""
+        if t - self._clock_read >= CLOCK_READ_S:  # (and republishes, as the daemon does)
+            self._clock_read = t
+            self.engine.observe_clock(ClockReading(t, t + self.engine.epoch + delta))
+            self.state = self.engine.snapshot(t)
+        off, bound, *_ = self.state.answer_delta(t, delta)
+        return off, bound
+
+    def observe_delta(self, m: Measurement, delta: float) -> None:
+        """``observe`` for a measurement taken where REALTIME − RAW = ``delta``."""
+        self._clock_read = m.t
+        self.engine.observe_clock(ClockReading(m.t, m.t + self.engine.epoch + delta))
+        self.observe(m)
 
 
 def _engine_v1() -> ReplayMethod:

@@ -121,16 +121,24 @@ def replay(
     scored = ~polled & np.isfinite(truth)
     result = ReplayResult(trace, poll_s, polled, scored, truth, kind, default_method())
 
-    # one event list shared by all methods: a Measurement to feed, or a time to answer
+    # one event list shared by all methods: a Measurement to feed, or a time to answer; methods
+    # on the time base get their own copy of the measurements (offset + δ, against the
+    # oscillator) and each answered row's δ
     delay = np.where(np.isfinite(trace.delay), trace.delay, 0.0)
+    deltas = trace.deltas()
     events: list[Measurement | float] = []
+    tb_events: list[tuple[Measurement, float] | float] = []
     for i in range(len(t)):
         if polled[i]:
             if math.isfinite(trace.offset[i]):
-                events.append(Measurement.from_ntp(float(t[i]), float(trace.offset[i]),
-                                                   float(delay[i])))
+                ti, oi, di = float(t[i]), float(trace.offset[i]), float(delay[i])
+                events.append(Measurement.from_ntp(ti, oi, di))
+                tb_events.append((Measurement.from_ntp(ti, oi + float(deltas[i]), di),
+                                  float(deltas[i])))
         elif scored[i]:
             events.append(float(t[i]))
+            tb_events.append(float(t[i]))
+    answer_deltas = [float(d) for d in deltas[scored]]
     n_scored = int(scored.sum())
     names = list(dict.fromkeys(methods))
     bar = Progress(len(events) * len(names), stream) if progress else None
@@ -144,20 +152,29 @@ def replay(
         off = np.empty(n_scored)
         bnd = np.empty(n_scored)
         observe, answer = method.observe, method.answer
+        timebase = getattr(method, "timebase", False)
+        evs: list = tb_events if timebase else events
+        answer_delta = method.answer_delta if timebase else None  # type: ignore[attr-defined]
+        observe_delta = method.observe_delta if timebase else None  # type: ignore[attr-defined]
         j = 0
         spent = 0.0
         chunk = 4096
         try:
-            for start in range(0, len(events), chunk):
+            for start in range(0, len(evs), chunk):
                 t0 = time.perf_counter()
-                for ev in events[start:start + chunk]:
+                for ev in evs[start:start + chunk]:
                     if type(ev) is float:
-                        off[j], bnd[j] = answer(ev)
+                        if answer_delta is None:
+                            off[j], bnd[j] = answer(ev)
+                        else:
+                            off[j], bnd[j] = answer_delta(ev, answer_deltas[j])
                         j += 1
+                    elif observe_delta is not None:
+                        observe_delta(*ev)
                     else:
                         observe(ev)
                 spent += time.perf_counter() - t0
-                done += min(chunk, len(events) - start)
+                done += min(chunk, len(evs) - start)
                 if bar:
                     bar.update(done, name)
         except MethodUnavailable as exc:  # e.g. a model that fails to load on first use

@@ -17,6 +17,9 @@ DEFAULT_TIME_COL = "high_precision_time"
 DEFAULT_OFFSET_COL = "ntp_offset"
 DEFAULT_DELAY_COL = "ntp_delay"
 DEFAULT_TRUTH_COL = "true_offset"  # written by chronotick-sim; used automatically when present
+# δ = REALTIME − RAW (s): what other processes did to the system clock (chronotick-sim writes
+# it; a recorded trace without it is a host whose system clock nobody moved, δ = 0)
+DELTA_COL = "realtime_delta"
 
 
 class TraceError(ValueError):
@@ -31,9 +34,14 @@ class Trace:
     delay: np.ndarray  # seconds, NaN where unknown
     truth: np.ndarray | None  # seconds; None when the trace has no truth column
     truth_col: str | None
+    delta: np.ndarray | None = None  # δ = REALTIME − RAW per row; None: 0 (nobody moved it)
 
     def __len__(self) -> int:
         return len(self.t)
+
+    def deltas(self) -> np.ndarray:
+        """δ per row (zeros when the trace has none)."""
+        return self.delta if self.delta is not None else np.zeros(len(self.t))
 
 
 def _num(s: str | None) -> float:
@@ -66,9 +74,11 @@ def load_trace(
                              f"{', '.join(cols)}); drop --truth-col to use the held-out reference")
         if truth_col is None and DEFAULT_TRUTH_COL in cols:
             truth_col = DEFAULT_TRUTH_COL
+        has_delta = DELTA_COL in cols
         rows = [(_num(r[time_col]), _num(r[offset_col]), _num(r[delay_col]),
-                 _num(r[truth_col]) if truth_col else math.nan) for r in reader]
-    arr = np.array(rows, dtype=float).reshape(-1, 4)
+                 _num(r[truth_col]) if truth_col else math.nan,
+                 _num(r[DELTA_COL]) if has_delta else 0.0) for r in reader]
+    arr = np.array(rows, dtype=float).reshape(-1, 5)
     arr = arr[np.isfinite(arr[:, 0])]
     if len(arr) == 0:
         raise TraceError(f"{path}: no rows with a numeric {time_col!r}")
@@ -83,4 +93,5 @@ def load_trace(
         delay=arr[:, 2].copy(),
         truth=arr[:, 3].copy() if truth_col else None,
         truth_col=truth_col,
+        delta=np.nan_to_num(arr[:, 4]) if has_delta else None,
     )

@@ -1,8 +1,21 @@
 """A local clock against a reference, measured by NTP round trips. Deterministic per seed.
 
-Truth: ``true_offset(t) = offset0 + ∫ freq(t) dt + step·[t ≥ t_step]`` with
-``freq(t) = freq_ppm + wander_ppm·sin(2πt/period) + random walk``; the wander stands for
-temperature, the random walk for oscillator noise.
+Two clocks, as on a real host (docs/design.md, "time base"): the oscillator (what
+CLOCK_MONOTONIC_RAW counts, the trace's time axis) and the system clock CLOCK_REALTIME, which
+other processes may step and slew. ``θ(t) = reference − oscillator = offset0 + ∫ freq(t) dt``
+with ``freq(t) = freq_ppm + wander_ppm·sin(2πt/period) + random walk``; the wander stands for
+temperature, the random walk for oscillator noise. ``δ(t) = REALTIME − RAW`` is what others did
+to the system clock (a daemon can read it at any instant, so the trace carries it), and the
+truth is the system clock's offset ``true_offset = θ − δ``:
+
+- a *step* of the system clock by someone else (``step_at_h``) moves δ by −step, so the truth
+  jumps by ``step_s`` (``step_in_reference`` puts the step in θ instead: the reference moved,
+  which nobody can see until the next measurement);
+- a host *disciplined* by another daemon (``disc_sigma_s``): that daemon steers δ so that the
+  truth is its own residual error, a mean-reverting wander, whatever the oscillator does.
+
+A method that models θ against the oscillator (the engine) is fed ``measured + δ`` and answers
+``θ̂ − δ``; a naive one sees only the system clock's offsets.
 
 One NTP exchange per row: forward one-way delay ``base + asym + Exp(queue_fwd)``, back
 ``base + Exp(queue_back)``; the measured offset is ``truth + (fwd − back)/2`` (RFC 5905
@@ -22,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-COLUMNS = ("high_precision_time", "ntp_offset", "ntp_delay", "true_offset")
+COLUMNS = ("high_precision_time", "ntp_offset", "ntp_delay", "true_offset", "realtime_delta")
 T0 = 1.7e9  # a realistic epoch for the local time column
 
 
@@ -48,13 +61,15 @@ class ClockModel:
     outages: tuple[tuple[float, float], ...] = ()  # (start hour, length hours): no replies
     step_at_h: float | None = None  # the system clock is stepped here ...
     step_s: float = 0.0  # ... changing the offset by this much
+    step_in_reference: bool = False  # True: the reference stepped (invisible in δ) instead
     # congestion: bursts (mean ``congestion_every_s`` apart, exponential) lasting
     # ``congestion_len_s`` during which the forward leg queues ``congestion_queue_s`` more
     congestion_every_s: float = 0.0
     congestion_len_s: float = 300.0
     congestion_queue_s: float = 1e-3
-    # another daemon disciplines the clock: the true offset is a mean-reverting
-    # (Ornstein–Uhlenbeck) wander of this size and time constant, clipped to ±disc_limit_s
+    # another daemon disciplines the system clock (steers δ): the true offset is its residual,
+    # a mean-reverting (Ornstein–Uhlenbeck) wander of this size and time constant, clipped to
+    # ±disc_limit_s, whatever the oscillator does
     disc_sigma_s: float = 0.0
     disc_tau_s: float = 600.0
     disc_limit_s: float = 100e-6
@@ -65,15 +80,17 @@ class SimTrace:
     t: np.ndarray
     offset: np.ndarray  # NaN where no reply
     delay: np.ndarray  # NaN where no reply
-    truth: np.ndarray
+    truth: np.ndarray  # the system clock's true offset, θ − δ
+    delta: np.ndarray  # δ = REALTIME − RAW: what other processes did to the system clock
 
     def write_csv(self, path: str | Path) -> None:
         with open(path, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(COLUMNS)
-            for t, o, d, x in zip(self.t, self.offset, self.delay, self.truth, strict=True):
+            for t, o, d, x, dl in zip(self.t, self.offset, self.delay, self.truth, self.delta,
+                                      strict=True):
                 w.writerow((f"{t:.6f}", "" if math.isnan(o) else f"{o:.9f}",
-                            "" if math.isnan(d) else f"{d:.9f}", f"{x:.9f}"))
+                            "" if math.isnan(d) else f"{d:.9f}", f"{x:.9f}", f"{dl:.9f}"))
 
 
 def simulate(model: ClockModel, seed: int = 0) -> SimTrace:
@@ -88,7 +105,8 @@ def simulate(model: ClockModel, seed: int = 0) -> SimTrace:
     if model.rw_ppm_per_sqrt_h > 0:
         sigma = model.rw_ppm_per_sqrt_h * 1e-6 * math.sqrt(dt / 3600.0)
         freq = freq + np.cumsum(rng.normal(0.0, sigma, n))
-    truth = model.offset0_s + np.concatenate(([0.0], np.cumsum(freq[:-1] * dt)))
+    theta = model.offset0_s + np.concatenate(([0.0], np.cumsum(freq[:-1] * dt)))
+    delta = np.zeros(n)
     if model.disc_sigma_s > 0:
         a = math.exp(-dt / model.disc_tau_s)
         kick = rng.normal(0.0, model.disc_sigma_s * math.sqrt(1 - a * a), n)
@@ -97,9 +115,14 @@ def simulate(model: ClockModel, seed: int = 0) -> SimTrace:
         for i in range(n):
             x = a * x + kick[i]
             ou[i] = x
-        truth = truth + np.clip(ou, -model.disc_limit_s, model.disc_limit_s)
+        delta = theta - np.clip(ou, -model.disc_limit_s, model.disc_limit_s)
     if model.step_at_h is not None:
-        truth = truth + np.where(rel >= model.step_at_h * 3600.0, model.step_s, 0.0)
+        stepped = np.where(rel >= model.step_at_h * 3600.0, model.step_s, 0.0)
+        if model.step_in_reference:
+            theta = theta + stepped
+        else:
+            delta = delta - stepped
+    truth = theta - delta
 
     fwd = model.base_delay_s + model.asym_s + rng.exponential(model.queue_fwd_s, n)
     if model.congestion_every_s > 0:
@@ -126,4 +149,4 @@ def simulate(model: ClockModel, seed: int = 0) -> SimTrace:
         lost |= (rel >= start_h * 3600.0) & (rel < (start_h + length_h) * 3600.0)
     offset = np.where(lost, np.nan, offset)
     delay = np.where(lost, np.nan, delay)
-    return SimTrace(T0 + rel, offset, delay, truth)
+    return SimTrace(T0 + rel, offset, delay, truth, delta)
