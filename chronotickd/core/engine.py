@@ -44,6 +44,8 @@ from chronotickd.core.timebase import ClockReading, RealtimeMap, as_reading
 CONTRADICTION_MEMORY = 4
 # a system clock rate beyond this is a slew in progress, not a frequency (``_system_rate``)
 SYSTEM_RATE_MAX = 50e-6
+# δ moving faster than this: another daemon disciplines the system clock (nobody: exactly 0)
+DISCIPLINED_RATE = 10e-9
 GUESS_REFIT_S = 0.1e-6  # a young track is refitted when the system rate moved by this
 LEAP_GUARD_S = 2.0  # measurements this close to a leap instant are not fitted (which side?)
 LEAP_CONFIRM = 3  # measurements after a leap that show it was not applied → it was not
@@ -269,6 +271,8 @@ class Track:
         self.base_fit = self.fit = self.served = fits[self.window]
         self.last_delay = fast_median(d)  # the typical delay a new sample is judged against
         agg = self.agg
+        if agg is not None and abs(self.freq_guess) > DISCIPLINED_RATE:
+            agg.note_disciplined()
         if agg is not None and self.fit is not None:
             longest = fits[self.windows[-1]]
             # "selected": the window the prediction scores chose (the engine before issue 13)
