@@ -9,7 +9,7 @@ import numpy as np
 
 from chronotickd.core.engine import Engine, EngineConfig
 from chronotickd.core.estimator import LineFit
-from chronotickd.core.experts import Aggregator, ExpertConfig, widen
+from chronotickd.core.experts import Aggregator, ExpertConfig, at, widen
 from chronotickd.core.measurement import Measurement
 
 
@@ -259,3 +259,25 @@ def test_the_bound_holds_the_newest_accepted_samples_interval() -> None:
     a = eng.snapshot(t).query(t + 1.0)
     assert abs(a.offset - truth) > 1e-3  # the robust line set the new sample aside ...
     assert abs(a.offset - truth) <= a.bound  # ... but the bound holds its interval
+
+
+def test_where_a_daemon_disciplines_the_system_clock_its_clock_is_the_prior() -> None:
+    """δ moving: the zero expert starts level with the robust lines and holds half the
+    weight during the warm-up; nobody moving δ: the lines alone serve the warm-up."""
+    cfg = ExpertConfig(experts=(("zero", 0), ("hold", 1)))
+    agg = Aggregator(cfg, ("selected",))
+    t = np.array([0.0, 1024.0])
+    dl = -6e-6 * t
+    y = dl + np.array([90e-6, -60e-6])  # θ: the system clock's noisy offsets + δ
+    fit = LineFit(t_ref=512.0, offset_ref=float(y.mean()), freq=-6e-6, var_offset=1e-9,
+                  var_freq=1e-14, sigma=1e-4, systematic=5e-4, n=2, t_first=0.0,
+                  t_last=1024.0)
+    plain = agg.propose([fit], t, y, -6e-6, None, dl, -6e-6)
+    assert plain is not None
+    line_level = at((fit.t_ref, fit.offset_ref, fit.freq), 1024.0)
+    assert abs(plain[1] - line_level) < 1e-12  # warm-up: the robust line alone
+    agg.note_disciplined()
+    assert agg.loss[agg.names.index("zero")] == agg.loss.min()
+    mixed = agg.propose([fit], t, y, -6e-6, None, dl, -6e-6)
+    assert mixed is not None
+    assert abs(mixed[1] - (line_level + dl[-1]) / 2) < 1e-12  # half the weight on "zero"
