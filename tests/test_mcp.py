@@ -278,6 +278,36 @@ def test_time_tools_agree_with_the_daemon(daemon: DaemonProc) -> None:
         client.close()
 
 
+def _children_mapping(path: str) -> list[int]:
+    """PIDs of this process's children that have ``path`` mapped."""
+    me, found = os.getpid(), []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == me and path in (entry / "maps").read_text():
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def test_get_time_reads_the_shared_memory_segment(daemon: DaemonProc) -> None:
+    """The adapter answers get_time from the daemon's segment (clock-read cost), not the
+    socket: after a call its process has the segment mapped."""
+    shm = os.path.join(os.path.dirname(daemon.socket), "shm0")
+    assert os.path.exists(shm), daemon.log()
+
+    async def body(s: ClientSession) -> None:
+        r = await call_ok(s, "get_time")
+        check_time_fields(r)
+        assert _children_mapping(shm), "the MCP adapter did not map " + shm
+
+    run_session(daemon.socket, body)
+
+
 def test_daemon_status_and_order_events(daemon: DaemonProc) -> None:
     direct = Client(daemon.socket)
 
