@@ -278,8 +278,9 @@ def test_time_tools_agree_with_the_daemon(daemon: DaemonProc) -> None:
         client.close()
 
 
-def _children_mapping(path: str) -> list[int]:
-    """PIDs of this process's children that have ``path`` mapped."""
+def _adapters_mapping(path: str) -> list[int]:
+    """PIDs of this process's MCP adapter children (not the daemon, which writes the
+    segment) that have ``path`` mapped."""
     me, found = os.getpid(), []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -287,7 +288,9 @@ def _children_mapping(path: str) -> list[int]:
         try:
             stat = (entry / "stat").read_text()
             ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid == me and path in (entry / "maps").read_text():
+            if ppid != me or b"chronotick_mcp" not in (entry / "cmdline").read_bytes():
+                continue
+            if path in (entry / "maps").read_text():
                 found.append(int(entry.name))
         except (OSError, ValueError, IndexError):
             continue
@@ -303,7 +306,7 @@ def test_get_time_reads_the_shared_memory_segment(daemon: DaemonProc) -> None:
     async def body(s: ClientSession) -> None:
         r = await call_ok(s, "get_time")
         check_time_fields(r)
-        assert _children_mapping(shm), "the MCP adapter did not map " + shm
+        assert _adapters_mapping(shm), "the MCP adapter did not map " + shm
 
     run_session(daemon.socket, body)
 
