@@ -281,3 +281,27 @@ def test_where_a_daemon_disciplines_the_system_clock_its_clock_is_the_prior() ->
     mixed = agg.propose([fit], t, y, -6e-6, None, dl, -6e-6)
     assert mixed is not None
     assert abs(mixed[1] - (line_level + dl[-1]) / 2) < 1e-12  # half the weight on "zero"
+
+
+def test_a_disciplined_clock_is_the_prior_only_where_it_agrees_with_the_measurements() -> None:
+    """δ moving (a daemon at work) is not enough: its clock must agree with the newest
+    measurements. 50 ms off, it gets no head start (rig scenario a)."""
+    from chronotickd.core.timebase import ClockReading
+
+    def favoured(system_offset: float) -> bool:
+        eng = Engine()
+        rate = -6e-6  # the other daemon's frequency correction
+        for k in range(0, 601, 2):
+            eng.observe_clock(ClockReading(float(k), k + rate * k, 0.0))
+        rng = np.random.default_rng(4)
+        for i in range(10):
+            t = 600.0 + i * 64.0
+            eng.observe_clock(ClockReading(t, t + rate * t, 0.0))
+            theta = rate * t + system_offset  # the system clock `system_offset` behind
+            eng.add(Measurement(t, theta + rng.normal(0, 50e-6), 1e-3, 5e-4))
+        agg = eng.tracks["ntp"].agg
+        assert agg is not None
+        return agg.disciplined
+
+    assert favoured(30e-6)
+    assert not favoured(50e-3)

@@ -46,6 +46,7 @@ CONTRADICTION_MEMORY = 4
 SYSTEM_RATE_MAX = 50e-6
 # δ moving faster than this: another daemon disciplines the system clock (nobody: exactly 0)
 DISCIPLINED_RATE = 10e-9
+DISCIPLINED_CHECK_SAMPLES = 8  # ... whose clock must agree with this many newest samples
 GUESS_REFIT_S = 0.1e-6  # a young track is refitted when the system rate moved by this
 LEAP_GUARD_S = 2.0  # measurements this close to a leap instant are not fitted (which side?)
 LEAP_CONFIRM = 3  # measurements after a leap that show it was not applied → it was not
@@ -271,16 +272,22 @@ class Track:
         self.base_fit = self.fit = self.served = fits[self.window]
         self.last_delay = fast_median(d)  # the typical delay a new sample is judged against
         agg = self.agg
-        if agg is not None and abs(self.freq_guess) > DISCIPLINED_RATE:
-            agg.note_disciplined()
+        dl = self.realtime.deltas_at(t) if agg is not None and self.realtime.points else None
+        if (agg is not None and dl is not None and abs(self.freq_guess) > DISCIPLINED_RATE
+                and not agg.disciplined):
+            # another daemon steers REALTIME; if its clock agrees with these measurements
+            # (the median system-clock offset of the newest ones within their typical
+            # half-delay), it is the experts' prior. One 50 ms off is not (rig scenario a:
+            # favouring it there widened the served bound tenfold for minutes).
+            k = min(n, DISCIPLINED_CHECK_SAMPLES)
+            if k >= 3 and abs(fast_median((y - dl)[-k:])) <= fast_median(b[-k:]):
+                agg.note_disciplined()
         if agg is not None and self.fit is not None:
             longest = fits[self.windows[-1]]
             # "selected": the window the prediction scores chose (the engine before issue 13)
             line = agg.propose([fits[self.window], *(fits[w] for w in self.windows)], t, y,
                                longest.freq if longest is not None else 0.0,
-                               delay_weights(d, self.cfg.fit),
-                               self.realtime.deltas_at(t) if self.realtime.points else None,
-                               self.freq_guess)
+                               delay_weights(d, self.cfg.fit), dl, self.freq_guess)
             if line is not None:
                 moved = widen(self.fit, line, self.cfg.confidence_k)
                 gap = max(self._gap, 1.0)
