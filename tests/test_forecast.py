@@ -26,13 +26,33 @@ from chronotickd.forecast.fusion import (
     fuse,
     min_variance_weights,
 )
-from chronotickd.forecast.residual import prepare
+from chronotickd.forecast.residual import ENGINE_RESIDUAL, LINE, prepare, prepare_line
 from chronotickd.forecast.worker import ForecastWorker, FusedClock
+
+ENGRES = loader.SHIPPED.parent / "chronotick-bolt-mini-engres"
 
 
 @pytest.fixture(scope="module")
 def pipe():
     return loader.load_pipeline(None, threads=1)
+
+
+@pytest.fixture(scope="module")
+def engres_pipe():
+    return loader.load_pipeline(str(ENGRES), threads=1)
+
+
+def engine_residuals(ms: list[Measurement]) -> np.ndarray:
+    """measured − the engine's prediction from its state before each measurement."""
+    engine = Engine()
+    state = engine.snapshot(0.0)
+    r = np.full(len(ms), np.nan)
+    for i, m in enumerate(ms):
+        if i:
+            r[i] = m.offset - state.query(m.t).offset
+        engine.add(m)
+        state = engine.snapshot(m.t)
+    return r
 
 
 def series(n: int, seed: int = 1, dt: float = 16.0) -> list[Measurement]:
@@ -65,12 +85,30 @@ def test_forecast_shapes(pipe) -> None:
         assert all(s >= 0 for s in fc.spread)
         assert fc.context_len == min(spec.context, 120)
         # one step ahead the forecast is near the line through the data (≤ 1 ms here)
-        assert abs(fc.offset(t[-1] + 16.0) - y[-1]) < 1e-3
+        assert abs(fc.offset(t[-1] + 16.0, 0.0) - y[-1]) < 1e-3
         assert f.latency()["p50_ms"] is not None
     import torch
 
     q, mean = pipe.predict_quantiles(torch.zeros(2, 100), prediction_length=16)
     assert tuple(q.shape) == (2, 16, 9) and tuple(mean.shape) == (2, 16)
+
+
+def test_engine_residual_model(pipe, engres_pipe) -> None:
+    """The engine-residual model (docs/forecasting.md) says so in chronotick.json and its
+    forecast is a correction added to the engine's answer."""
+    assert pipe.chronotick_input == LINE  # the shipped model: no marker
+    assert engres_pipe.chronotick_input == ENGINE_RESIDUAL
+    ms = series(120)
+    t = np.array([m.t for m in ms])
+    y = np.array([m.offset for m in ms])
+    r = engine_residuals(ms)
+    f = Forecaster("short", engres_pipe, 100, 5.0, 1.0)
+    assert f.predict(t, y) is None  # no engine residuals, no forecast
+    fc = f.predict(t, y, r=r)
+    assert fc is not None and fc.relative and fc.context_len == 100
+    # residuals of ~30 µs noise: the correction is small (≤ 200 µs here)
+    assert abs(fc.residual(t[-1] + 16.0)) < 2e-4
+    assert fc.offset(t[-1] + 16.0, 1e-3) == pytest.approx(1e-3 + fc.residual(t[-1] + 16.0))
 
 
 def test_too_short_or_gappy_context_gives_no_forecast(pipe) -> None:
@@ -90,6 +128,10 @@ def test_fusion_arithmetic() -> None:
     off, bound = fuse(state, 0.0, 1e-3, 5.0)
     assert off == pytest.approx(1.5e-3)
     assert bound == pytest.approx(1e-3 + 1.5e-3 + 1e-4)  # never narrower than the engine's
+    rel = Forecast("short", 0.0, 1.0, 0.0, 0.0, (2e-4,) * 16, (1e-6,) * 16, 0.0, 100, True)
+    off, bound = fuse(FusionState({"short": rel}, {ENGINE: 0.5, "short": 0.5}), 1e-3, 1e-3, 5.0)
+    assert off == pytest.approx(1.1e-3)  # a correction: half of it on the engine's answer
+    assert bound == pytest.approx(1.1e-3)
     only_engine = FusionState({"short": fake("short", 2e-3)}, {ENGINE: 1.0, "short": 0.0})
     assert fuse(only_engine, 7e-4, 1e-3, 1.0) == (pytest.approx(7e-4), pytest.approx(1e-3))
 
@@ -127,7 +169,9 @@ def test_calibration_widens_and_reweights_after_a_burst() -> None:
     assert burst.excess > 100e-6  # the served bound widens until the weights moved
 
 
-def test_predictions_never_enter_context(pipe) -> None:
+@pytest.mark.parametrize("which", [LINE, ENGINE_RESIDUAL])
+def test_predictions_never_enter_context(which, request) -> None:
+    pipe = request.getfixturevalue("pipe" if which == LINE else "engres_pipe")
     seen: list[np.ndarray] = []
     real_predict = pipe.predict
 
@@ -141,17 +185,26 @@ def test_predictions_never_enter_context(pipe) -> None:
                              Forecaster("long", pipe, 300, 60.0, 30.0)])
         engine = Engine()
         ms = series(140, seed=5)
+        want = []  # measured − the engine's prediction before it; nothing a forecast made
         for i, m in enumerate(ms):
             state = engine.snapshot(m.t)
-            core.observe(m, state.query(m.t).offset if i > 10 else None)
+            eng = state.query(m.t).offset if i > 10 else None
+            want.append(m.offset - eng if eng is not None else np.nan)
+            core.observe(m, eng)
             engine.add(m)
             core.refresh_all(m.t)
             core.refresh_all(m.t + 1.0)  # nothing new: must not run again
-        t, y = core.context()
+        t, y, r = core.context()
         assert list(y) == [m.offset for m in ms]  # only measurements, exactly
+        np.testing.assert_array_equal(r, np.array(want))  # ... and the engine's predictions
         assert list(t) == [m.t for m in ms]
-        assert len(seen) == 2 * (len(ms) - 15)  # one run per model per new measurement
-        last = prepare(np.array([m.t for m in ms[-100:]]), np.array([m.offset for m in ms[-100:]]))
+        tt = np.array([m.t for m in ms[-100:]])
+        if which == LINE:
+            assert len(seen) == 2 * (len(ms) - 15)  # one run per model per new measurement
+            last = prepare_line(tt, np.array([m.offset for m in ms[-100:]]))
+        else:  # from the 16th engine residual on
+            assert len(seen) == 2 * (len(ms) - 26)
+            last = prepare(tt, np.array(want[-100:]))
         assert last is not None
         np.testing.assert_array_equal(seen[-2][0], last.context_us)
         assert core.calibration.rows  # predictions were scored against later measurements

@@ -22,15 +22,19 @@ REAL_NS = RAW_NS + EPOCH * 10**9 + 7_000_000  # δ = +7 ms (someone stepped REAL
 SHIFT = 300e-6  # the forecaster says θ is 300 µs above the engine's line
 
 
-def fused_handlers() -> tuple[Handlers, FusedClock]:
+def fused_handlers(relative: bool = False) -> tuple[Handlers, FusedClock]:
     eng = Engine(epoch=EPOCH)
     for i in range(30):
         eng.add(Measurement(2_900.0 + 3 * i, 1e-4, 4e-4, 2e-4, source="ntp:a"))
     base = eng.snapshot(RAW_NS / 1e9)
     assert base.fit is not None
     t_last = base.fit.t_last
-    fc = Forecast("short", t_last, 1.0, base.fit.predict(t_last) + SHIFT, base.fit.freq,
-                  (0.0,) * 64, (1e-6,) * 64, t_last, 30)
+    if relative:  # an engine-residual model: the forecast is a correction to the engine
+        fc = Forecast("short", t_last, 1.0, 0.0, 0.0, (SHIFT,) * 64, (1e-6,) * 64, t_last, 30,
+                      relative=True)
+    else:
+        fc = Forecast("short", t_last, 1.0, base.fit.predict(t_last) + SHIFT, base.fit.freq,
+                      (0.0,) * 64, (1e-6,) * 64, t_last, 30)
     fusion = FusionState(forecasts={"short": fc}, weights={ENGINE: 0.0, "short": 1.0},
                          spread={}, excess=0.0)
     fused = FusedClock(base, fusion)
@@ -38,8 +42,9 @@ def fused_handlers() -> tuple[Handlers, FusedClock]:
     return Handlers(Publisher(fused), read_ns=lambda: (RAW_NS, REAL_NS, 0)), fused
 
 
-def test_now_goes_through_the_fusion_on_both_paths() -> None:
-    h, fused = fused_handlers()
+@pytest.mark.parametrize("relative", [False, True])
+def test_now_goes_through_the_fusion_on_both_paths(relative: bool) -> None:
+    h, fused = fused_handlers(relative)
     base = fused.base
     plain = base.answer_ns(RAW_NS, REAL_NS, 0)
     for req in ({"v": 1, "id": 1, "op": "now"}, {"v": 1, "id": "x", "op": "now"}):

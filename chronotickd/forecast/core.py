@@ -1,9 +1,10 @@
 """The forecasting state machine shared by the daemon's worker and the replay: pure, no threads.
 
 ``observe(m, engine_offset)`` first scores every component's earlier prediction for ``m.t``
-(the engine's from its state *before* ``m``), then appends ``m`` to the context. ``refresh``
-re-runs a forecaster only when its context changed. The context holds measurements only: a
-forecast is never appended to it (``context()`` returns copies of the measured values).
+(the engine's from its state *before* ``m``), then appends ``m`` and its engine residual
+``m.offset − engine_offset`` to the context (NaN while the engine has no answer). ``refresh``
+re-runs a forecaster only when its context changed. The context holds measurements and the
+engine's predictions only: a forecast is never appended to it (``context()`` returns copies).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ class ForecastCore:
         self.calibration = Calibration(tuple(self.forecasters), window=window)
         self.source: str | None = None
         self.t: deque[float] = deque(maxlen=HISTORY)
-        self.y: deque[float] = deque(maxlen=HISTORY)
+        self.y: deque[float] = deque(maxlen=HISTORY)  # measured offsets
+        self.r: deque[float] = deque(maxlen=HISTORY)  # engine residuals (model input)
         self.forecasts: dict[str, Forecast] = {}
         self.dirty: set[str] = set()
         self.state = FusionState()
@@ -49,6 +51,7 @@ class ForecastCore:
         if self.source is not None and m.source != self.source:
             self.t.clear()
             self.y.clear()
+            self.r.clear()
             self.forecasts = {}
         self.source = m.source
         if self.t and m.t <= self.t[-1]:
@@ -57,25 +60,27 @@ class ForecastCore:
             preds: dict[str, float | None] = {ENGINE: engine_offset}
             for name in self.forecasters:
                 fc = self.state.forecasts.get(name)
-                preds[name] = fc.offset(m.t) if fc is not None else None
+                preds[name] = fc.offset(m.t, engine_offset) if fc is not None else None
             preds[FUSED] = fuse(self.state, engine_offset, 0.0, m.t)[0]
             self.calibration.score(preds, m.offset)
         self.t.append(m.t)
         self.y.append(m.offset)
+        self.r.append(m.offset - engine_offset if engine_offset is not None else float("nan"))
         self.dirty = set(self.forecasters)
         self.state = self.calibration.state(self.forecasts)
 
-    def context(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.array(self.t), np.array(self.y)
+    def context(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(measurement times, measured offsets, engine residuals): what forecasters see."""
+        return np.array(self.t), np.array(self.y), np.array(self.r)
 
     def refresh(self, name: str, now: float | None = None) -> bool:
         """Re-forecast ``name`` if a measurement arrived since its last run; True if it ran."""
         if name not in self.dirty:
             return False
         self.dirty.discard(name)
-        t, y = self.context()
+        t, y, r = self.context()
         try:
-            fc = self.forecasters[name].predict(t, y, now)
+            fc = self.forecasters[name].predict(t, y, now, r)
         except Exception as exc:  # a broken model must not take the clock down
             self.errors[name] = f"{type(exc).__name__}: {exc}"
             fc = None

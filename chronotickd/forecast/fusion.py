@@ -52,7 +52,7 @@ def fuse(state: FusionState, base_offset: float, base_bound: float, t: float
     for name, fc in state.forecasts.items():
         w = state.weights.get(name, 0.0)
         if w > 0.0:
-            num += w * fc.offset(t)
+            num += w * fc.offset(t, base_offset)
             den += w
     offset = num / den if den > 0.0 else base_offset
     return offset, base_bound + abs(offset - base_offset) + state.excess

@@ -52,4 +52,23 @@ def load_pipeline(source: str | None = None, threads: int = 1) -> Any:
     if not hasattr(pipe, "predict_quantiles") or not hasattr(pipe, "quantiles"):
         raise ForecastUnavailable(f"{where!r} is not a Chronos-Bolt (quantile) model")
     pipe.model.eval()
+    pipe.chronotick_input = model_input(where)
     return pipe
+
+
+def model_input(where: str) -> str:
+    """What the model at ``where`` was trained on: ``chronotick.json``'s ``input`` in its
+    directory, else the line residual (the shipped model, Amazon's, older fine-tunes)."""
+    import json
+
+    from chronotickd.forecast.residual import ENGINE_RESIDUAL, LINE
+
+    marker = Path(where) / "chronotick.json"
+    try:
+        value = json.loads(marker.read_text()).get("input", LINE)
+    except (OSError, ValueError, AttributeError):
+        return LINE
+    if value not in (ENGINE_RESIDUAL, LINE):
+        raise ForecastUnavailable(f"{marker}: unknown input {value!r} (expected "
+                                  f"{ENGINE_RESIDUAL!r} or {LINE!r})")
+    return value

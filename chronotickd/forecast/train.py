@@ -1,15 +1,19 @@
-"""Train the shipped Chronos-Bolt-mini on clock residuals (never part of CI).
+"""Train the shipped Chronos-Bolt-mini on the classical engine's residuals (never part of CI).
 
-``python -m chronotickd.forecast.train --minutes 12 \
-    --out chronotickd/forecast/models/chronotick-bolt-mini``
+``python -m chronotickd.forecast.train --minutes 11 --batch 64 --lr 2e-3 \
+    --cache /tmp/engres.npz --out chronotickd/forecast/models/chronotick-bolt-mini-engres``
 
 Data: randomized simulated clocks (``chronotickd.sim``: drift, temperature-like wander, random
-walk, asymmetric queueing, spikes, wrong offsets, losses, outages, steps) sampled at random poll
-spacings, plus windows of the first 70 % of the real trace (its last 30 % is held out for the
-replay). Inputs are measured offsets minus a robust line (``residual.prepare``); targets are
-the *true* offsets (the simulator's, or the real trace's centered median) minus the same line,
-so the median learns to predict truth, not noise. Fixed seed; with ``--steps`` the result is
-bit-reproducible on one machine, with only ``--minutes`` the step count depends on CPU speed.
+walk, asymmetric queueing, spikes, wrong offsets, losses, outages, steps) polled at random
+spacings of 8–64 s, plus the first 70 % of the real trace at the same spacings (its last 30 %
+is held out). Over each polled series the daemon's ``Engine`` is replayed, and at every poll
+the engine's prediction from the state *before* that measurement is recorded: the inputs are
+``measured − that prediction`` (``residual.prepare``, exactly what ``ForecastCore`` feeds the
+model at runtime), the targets are ``truth − that prediction`` at the next 16 polls (the
+simulator's truth, or the real trace's centered median): the correction the engine needed,
+not the noise. Fixed seed; with ``--steps`` the result is bit-reproducible on one machine,
+with only ``--minutes`` the step count depends on CPU speed. Making the data replays the
+engine (a few minutes on one core); ``--cache`` keeps it in an .npz for the next run.
 """
 
 from __future__ import annotations
@@ -24,10 +28,18 @@ import numpy as np
 
 from chronotickd.forecast.data import real_trace_path
 from chronotickd.forecast.model_def import CONTEXT_LENGTH, PREDICTION_LENGTH, build_model
-from chronotickd.forecast.residual import MIN_CONTEXT, US, prepare
+from chronotickd.forecast.residual import (
+    ENGINE_RESIDUAL,
+    LINE,
+    MIN_CONTEXT,
+    US,
+    prepare,
+    prepare_line,
+)
 from chronotickd.sim.model import ClockModel, simulate
 
-POLL_ROWS = (1, 2, 4, 8, 16, 32)  # rows are 2 s apart: polls of 2 s … 64 s
+POLL_ROWS = (8, 16, 32)  # rows are 2 s apart: polls of 16 s … 64 s (ntp.minpoll_s: 64)
+INPUT = ENGINE_RESIDUAL  # or LINE: the shipped model's older recipe (--input)
 TARGET_CLIP_SIGMA = 20.0  # a step inside the target window must not dominate the loss
 
 
@@ -53,9 +65,31 @@ def random_clock(rng: np.random.Generator, hours: float) -> ClockModel:
         step_s=float(rng.uniform(-5e-3, 5e-3)) if step else 0.0)
 
 
-def windows(t: np.ndarray, y: np.ndarray, truth: np.ndarray, n: int,
+def engine_residuals(t: np.ndarray, off: np.ndarray, delay: np.ndarray
+                     ) -> np.ndarray:
+    """The engine's prediction for each measurement from the state it published before it
+    (NaN while unsynchronized): exactly what ``ForecastCore.observe`` receives in the daemon
+    and in the replay (``Engine.add`` → ``snapshot`` → ``ClockState.query``)."""
+    from chronotickd.core.engine import Engine
+    from chronotickd.core.measurement import Measurement, Status
+
+    eng = Engine()
+    state = eng.snapshot(0.0)
+    pred = np.full(len(t), np.nan)
+    for i in range(len(t)):
+        a = state.query(float(t[i]))
+        if a.status != Status.UNSYNCHRONIZED:
+            pred[i] = a.offset
+        eng.add(Measurement.from_ntp(float(t[i]), float(off[i]), float(delay[i])))
+        state = eng.snapshot(float(t[i]))
+    return pred
+
+
+def windows(t: np.ndarray, r: np.ndarray, g: np.ndarray, n: int,
             rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``n`` (context µs left-padded with NaN, target µs) pairs from one measurement series."""
+    """``n`` (context µs left-padded with NaN, target µs) pairs from one series of engine
+    residuals ``r`` (measured − engine prediction) and true residuals ``g`` (truth − the same
+    prediction: what the correction should have been)."""
     out: list[tuple[np.ndarray, np.ndarray]] = []
     m = len(t)
     if m < MIN_CONTEXT + PREDICTION_LENGTH + 1:
@@ -64,10 +98,18 @@ def windows(t: np.ndarray, y: np.ndarray, truth: np.ndarray, n: int,
         e = int(rng.integers(MIN_CONTEXT, m - PREDICTION_LENGTH + 1))
         length = int(rng.integers(MIN_CONTEXT, 301))
         s = max(0, e - length)
-        p = prepare(t[s:e], y[s:e])
-        if p is None:
+        if INPUT == LINE:  # r: measured offsets, g: true offsets
+            p = prepare_line(t[s:e], r[s:e])
+            if p is None:
+                continue
+            tgt = (g[e:e + PREDICTION_LENGTH] - p.line(t[e:e + PREDICTION_LENGTH])) * US
+        else:
+            p = prepare(t[s:e], r[s:e])
+            if p is None:
+                continue
+            tgt = g[e:e + PREDICTION_LENGTH] * US
+        if not np.isfinite(tgt).any():
             continue
-        tgt = (truth[e:e + PREDICTION_LENGTH] - p.line(t[e:e + PREDICTION_LENGTH])) * US
         lim = TARGET_CLIP_SIGMA * p.sigma * US
         tgt = np.clip(tgt, -lim, lim)
         ctx = np.full(CONTEXT_LENGTH, np.nan, dtype=np.float32)
@@ -77,11 +119,19 @@ def windows(t: np.ndarray, y: np.ndarray, truth: np.ndarray, n: int,
     return out
 
 
-def measured(t: np.ndarray, off: np.ndarray, truth: np.ndarray, k: int, phase: int
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def measured(t: np.ndarray, off: np.ndarray, delay: np.ndarray, truth: np.ndarray, k: int,
+             phase: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Poll every ``k``-th row from ``phase``, replay the engine over the replies: (times,
+    engine residuals, true residuals); with ``--input line-residual`` (times, offsets,
+    truth)."""
     idx = np.arange(phase, len(t), k)
     idx = idx[np.isfinite(off[idx])]
-    return t[idx], off[idx], truth[idx]
+    t, off, truth = t[idx], off[idx], truth[idx]
+    delay = np.where(np.isfinite(delay[idx]), delay[idx], 0.0)  # as the replay runner does
+    if INPUT == LINE:
+        return t, off, truth
+    pred = engine_residuals(t, off, delay)
+    return t, off - pred, truth - pred
 
 
 def sim_pool(n_traces: int, per_trace: int, rng: np.random.Generator) -> list:
@@ -90,28 +140,30 @@ def sim_pool(n_traces: int, per_trace: int, rng: np.random.Generator) -> list:
         k = int(rng.choice(POLL_ROWS))
         hours = max(3.0, (CONTEXT_LENGTH + PREDICTION_LENGTH) * k * 2.0 / 3600.0 * 1.6)
         tr = simulate(random_clock(rng, hours), seed=int(rng.integers(2**31)) + i)
-        pool += windows(*measured(tr.t, tr.offset, tr.truth, k, int(rng.integers(k))),
-                        per_trace, rng)
+        pool += windows(*measured(tr.t, tr.offset, tr.delay, tr.truth, k,
+                                  int(rng.integers(k))), per_trace, rng)
     return pool
 
 
-def real_series(split: float = 0.7) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def real_series(split: float = 0.7
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     from chronotickd.replay.trace import load_trace
     from chronotickd.replay.truth import centered_median
 
     tr = load_trace(real_trace_path())
     truth = centered_median(tr.t, tr.offset, np.ones(len(tr.t), dtype=bool))
-    return tr.t, tr.offset, truth, int(split * len(tr.t))
+    return tr.t, tr.offset, tr.delay, truth, int(split * len(tr.t))
 
 
 def real_pool(per_poll: int, rng: np.random.Generator, train: bool) -> list:
-    t, off, truth, cut = real_series()
+    t, off, delay, truth, cut = real_series()
     sl = slice(0, cut) if train else slice(cut, None)
     pool: list = []
     for k in POLL_ROWS:
-        for phase in range(0, k, max(1, k // 4)):
-            pool += windows(*measured(t[sl], off[sl], truth[sl], k, phase),
-                            per_poll // max(1, len(range(0, k, max(1, k // 4)))), rng)
+        phases = range(0, k, max(1, k // 4))
+        for phase in phases:
+            pool += windows(*measured(t[sl], off[sl], delay[sl], truth[sl], k, phase),
+                            per_poll // len(phases), rng)
     return pool
 
 
@@ -125,7 +177,7 @@ def trace_pool(path: str, per_poll: int, rng: np.random.Generator) -> list:
         tr.t, tr.offset, np.ones(len(tr.t), dtype=bool))
     pool: list = []
     for k in POLL_ROWS:
-        pool += windows(*measured(tr.t, tr.offset, truth, k, 0), per_poll, rng)
+        pool += windows(*measured(tr.t, tr.offset, tr.delay, truth, k, 0), per_poll, rng)
     return pool
 
 
@@ -134,7 +186,8 @@ def stack(pool: list) -> tuple[np.ndarray, np.ndarray]:
 
 
 def evaluate(model, ctx: np.ndarray, tgt: np.ndarray) -> dict[str, float]:
-    """Mean |error| (µs) of the median forecast vs the line alone (residual 0)."""
+    """Mean |error| (µs) of the median forecast vs residual 0 (the engine alone, or the line
+    alone for ``--input line-residual``)."""
     import torch
 
     with torch.no_grad():
@@ -143,7 +196,7 @@ def evaluate(model, ctx: np.ndarray, tgt: np.ndarray) -> dict[str, float]:
     ok = np.isfinite(tgt)
     lo, hi = out[:, 0, :], out[:, -1, :]
     return {"model_mae_us": float(np.abs(med - tgt)[ok].mean()),
-            "line_mae_us": float(np.abs(tgt)[ok].mean()),
+            "base_mae_us": float(np.abs(tgt)[ok].mean()),
             "cover_10_90": float(((tgt >= lo) & (tgt <= hi))[ok].mean())}
 
 
@@ -156,7 +209,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--sim-traces", type=int, default=600)
+    ap.add_argument("--sim-traces", type=int, default=400)
+    ap.add_argument("--cache", default=None,
+                    help="an .npz: load the windows from it if it exists, else save them there")
+    ap.add_argument("--data-only", action="store_true", help="make (and cache) the data, stop")
+    ap.add_argument("--poll-rows", default="8,16,32",
+                    help="poll spacings in 2-s rows (default %(default)s: 16 … 64 s; the "
+                         "line-residual model was trained at 1,2,4,8,16,32)")
+    ap.add_argument("--input", choices=(ENGINE_RESIDUAL, LINE), default=ENGINE_RESIDUAL,
+                    help="what the model sees: the engine's residuals (default) or the "
+                         "residual after a robust line over the context (the shipped model)")
     ap.add_argument("--init", default=None,
                     help="fine-tune from this Chronos-Bolt (directory or HF id, e.g. "
                          "amazon/chronos-bolt-tiny) instead of training from scratch")
@@ -166,17 +228,30 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    globals()["POLL_ROWS"] = tuple(int(k) for k in args.poll_rows.split(","))
+    globals()["INPUT"] = args.input
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     t0 = time.monotonic()
-    train = sim_pool(args.sim_traces, 60, rng) + real_pool(2000, rng, train=True)
-    for path in args.trace:
-        train += trace_pool(path, 2000, rng)
-    val_sim = sim_pool(60, 40, np.random.default_rng(args.seed + 1))
-    val_real = real_pool(1500, np.random.default_rng(args.seed + 2), train=False)
-    ctx, tgt = stack(train)
-    vs, vr = stack(val_sim), stack(val_real)
+    if args.cache and Path(args.cache).exists():
+        z = np.load(args.cache)
+        ctx, tgt = z["ctx"], z["tgt"]
+        vs, vr = (z["vs_ctx"], z["vs_tgt"]), (z["vr_ctx"], z["vr_tgt"])
+    else:
+        train = sim_pool(args.sim_traces, 60, rng) + real_pool(2000, rng, train=True)
+        for path in args.trace:
+            train += trace_pool(path, 2000, rng)
+        val_sim = sim_pool(60, 40, np.random.default_rng(args.seed + 1))
+        val_real = real_pool(1500, np.random.default_rng(args.seed + 2), train=False)
+        ctx, tgt = stack(train)
+        vs, vr = stack(val_sim), stack(val_real)
+        if args.cache:
+            np.savez(args.cache, ctx=ctx, tgt=tgt, vs_ctx=vs[0], vs_tgt=vs[1], vr_ctx=vr[0],
+                     vr_tgt=vr[1])
+    if args.data_only:
+        print(f"data: {len(ctx)} train windows, {time.monotonic() - t0:.0f} s", flush=True)
+        return 0
     print(f"data: {len(ctx)} train windows, {len(vs[0])} sim val, {len(vr[0])} real val, "
           f"{time.monotonic() - t0:.0f} s", flush=True)
 
@@ -210,13 +285,15 @@ def main(argv: list[str] | None = None) -> int:
         if step % 200 == 0:
             print(f"step {step} loss {loss.item():.4f} {elapsed:.0f} s", flush=True)
     model.eval()
-    report = {"steps": step, "seconds": round(time.monotonic() - start),
+    report = {"input": args.input, "poll_rows": list(POLL_ROWS), "steps": step,
+              "seconds": round(time.monotonic() - start),
               "val_sim": evaluate(model, *vs), "val_real_last30": evaluate(model, *vr)}
     print(json.dumps(report, indent=1), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model.half().save_pretrained(out)  # fp16 on disk (≤ 5 MB); loaded back as float32
     (out / "training.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "chronotick.json").write_text(json.dumps({"input": args.input}) + "\n")
     return 0
 
 
