@@ -26,7 +26,7 @@ from chronotickd.replay.results import data_dir, goal_check
 from chronotickd.replay.runner import poll_rows, replay
 from chronotickd.replay.trace import Trace, load_trace
 from chronotickd.replay.truth import centered_median
-from chronotickd.sim.model import ClockModel, simulate
+from chronotickd.sim.model import ClockModel, SimTrace, simulate
 from chronotickd.sim.scenarios import SCENARIOS
 
 TACC = data_dir() / "synced_tacc.csv"
@@ -261,8 +261,8 @@ def test_the_engine_sees_what_others_do_to_the_system_clock() -> None:
     seen = simulate(model, 1)
     hidden = simulate(dataclasses.replace(model, step_in_reference=True), 1)
 
-    def run(s: object) -> dict:
-        tr = Trace("step", s.t, s.offset, s.delay, s.truth, "true_offset", s.delta)  # type: ignore[attr-defined]
+    def run(s: SimTrace) -> dict:
+        tr = Trace("step", s.t, s.offset, s.delay, s.truth, "true_offset", s.delta)
         return replay(tr, 1024.0, ("engine", "hold")).runs
 
     a, b = run(seen), run(hidden)

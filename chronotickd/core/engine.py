@@ -451,18 +451,19 @@ class Engine:
         on time that daemon has measured the oscillator already; where nobody steers, it is
         0, the crystal's nominal rate, as before. A rate beyond ``SYSTEM_RATE_MAX`` is a
         slew in progress (an offset being removed), not a frequency: 0 then."""
-        rate = self.realtime.settled_rate(SYSTEM_RATE_MAX)
-        if rate is None or abs(rate) > SYSTEM_RATE_MAX:
-            return 0.0
-        return rate
+        rate = self.realtime.settled_rate(SYSTEM_RATE_MAX)  # (None: no slow stretch yet)
+        return 0.0 if rate is None else rate
 
     def _refresh_guesses(self) -> None:
         """Young tracks (whose fits may still serve the guess) follow the system rate as the
         δ history grows: the first sample usually comes before 30 s of it exist."""
+        young = [t for t in self.tracks.values() if t.prior_freq is None and not t.pending
+                 and len(t.samples) < self.cfg.fit.hard_slope_below]
+        if not young:  # (the usual case: no need to walk the δ history every publication)
+            return
         rate = self._system_rate()
-        for track in self.tracks.values():
-            if (track.prior_freq is None and len(track.samples) < self.cfg.fit.hard_slope_below
-                    and abs(rate - track.freq_guess) > GUESS_REFIT_S and not track.pending):
+        for track in young:
+            if abs(rate - track.freq_guess) > GUESS_REFIT_S:
                 track.freq_guess = rate
                 track.refit()
 

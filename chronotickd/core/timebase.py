@@ -191,6 +191,7 @@ class RealtimeMap:
     # -- reading ------------------------------------------------------------------------
     def deltas_at(self, raws: np.ndarray) -> np.ndarray:
         """``delta_at`` for many raw instants at once (the engine's window of samples)."""
+        raws = np.asarray(raws, dtype=float)
         p = self.points
         if not p:
             return np.zeros(len(raws))
@@ -207,18 +208,7 @@ class RealtimeMap:
     def delta_at(self, raw: float) -> float:
         """δ at a raw instant (linear between vertices; a jump segment counts as before the
         jump until its end: the step's time is unknown)."""
-        p = self.points
-        if not p:
-            return 0.0
-        i = bisect.bisect_right([q.raw for q in p], raw)
-        if i == 0:
-            return p[0].delta
-        if i == len(p):
-            return p[-1].delta
-        a, b = p[i - 1], p[i]
-        if b.jump:
-            return a.delta
-        return a.delta + (b.delta - a.delta) * (raw - a.raw) / (b.raw - a.raw)
+        return float(self.deltas_at(np.array([raw]))[0])
 
     def to_raw(self, real: float, now: ClockReading | None = None) -> tuple[float, float, float]:
         """(lowest, highest raw instant a system time ``real`` may have been read at, slack).

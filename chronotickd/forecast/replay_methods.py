@@ -83,7 +83,7 @@ class _ForecastMethod:
         return self._serve(t, a.offset, a.bound, a.status)
 
     def answer_delta(self, t: float, delta: float) -> tuple[float, float]:
-        self.base.answer_delta(t, delta)  # the engine's clock reads, as the bench's engine
+        self.base.read_clock(t, delta)  # the engine's clock reads, as the bench's engine
         off, bound, status, *_ = self.base.state.answer_delta(t, delta)
         if status == Status.UNSYNCHRONIZED:
             return off, bound

@@ -205,12 +205,17 @@ class EngineMethod:
         daemon's own arithmetic (``ClockState.answer_delta``). The engine sees the clock
         reading too, as the daemon's loop does every second (here at most every
         ``CLOCK_READ_S``: the δ history feeds only slow things, such as the system rate)."""
-        if t - self._clock_read >= CLOCK_READ_S:  # (and republishes, as the daemon does)
+        self.read_clock(t, delta)
+        off, bound, *_ = self.state.answer_delta(t, delta)
+        return off, bound
+
+    def read_clock(self, t: float, delta: float) -> None:
+        """The engine's loop reading both clocks and republishing (at most every
+        ``CLOCK_READ_S`` here)."""
+        if t - self._clock_read >= CLOCK_READ_S:
             self._clock_read = t
             self.engine.observe_clock(ClockReading(t, t + self.engine.epoch + delta))
             self.state = self.engine.snapshot(t)
-        off, bound, *_ = self.state.answer_delta(t, delta)
-        return off, bound
 
     def observe_delta(self, m: Measurement, delta: float) -> None:
         """``observe`` for a measurement taken where REALTIME − RAW = ``delta``."""
