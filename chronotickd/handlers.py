@@ -18,6 +18,7 @@ from chronotick_client.protocol import (
     PROTOCOL_VERSION,
     error_reply,
 )
+from chronotickd.core.state import FitNeeded
 from chronotickd.core.timebase import ClockReading
 from chronotickd.publish import Publisher
 from chronotickd.sources.clocks import read_ns as read_clocks_ns
@@ -133,11 +134,23 @@ class Handlers:
         gid = self.admin_gid
         return gid is not None and peer.uid >= 0 and (peer.gid == gid or gid in peer.groups)
 
-    def handle(self, req: dict[str, Any], peer: Peer = UNPRIVILEGED) -> dict[str, Any]:
+    def light_frame(self, req: dict[str, Any], peer: Peer = UNPRIVILEGED) -> bytes | None:
+        """The reply frame for a heavy request (``is_heavy``) when arithmetic on the published
+        state answers it: ``at`` near instants this state has already fitted a line for.
+        None: it needs a fit, which the server's work pool runs (``handle``)."""
+        try:
+            return self.pack(self.handle(req, peer, cached_only=True))
+        except FitNeeded:
+            return None
+
+    def handle(self, req: dict[str, Any], peer: Peer = UNPRIVILEGED,
+               cached_only: bool = False) -> dict[str, Any]:
+        """The reply map for ``req``. ``cached_only``: raise ``FitNeeded`` rather than fit
+        (``light_frame``); such a request is counted when it is answered."""
         op = req.get("op")
+        reply = self._handle(req, peer, cached_only)
         key = op if isinstance(op, str) and op in self.op_counts else "other"
         self.op_counts[key] += 1
-        reply = self._handle(req, peer)
         if not reply.get("ok"):
             self.count_error(reply["error"]["code"])
         return reply
@@ -146,7 +159,8 @@ class Handlers:
         """One more error reply with ``code`` (the server calls it for frame errors too)."""
         self.error_counts[code] = self.error_counts.get(code, 0) + 1
 
-    def _handle(self, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    def _handle(self, req: dict[str, Any], peer: Peer, cached_only: bool = False
+                ) -> dict[str, Any]:
         req_id = req.get("id")
         if not isinstance(req_id, int | str | None) or isinstance(req_id, bool):
             req_id = None
@@ -172,7 +186,13 @@ class Handlers:
             return error_reply(req_id, E_BAD_REQUEST,
                                f"unknown op {short(op)}; expected one of {known}")
         try:
-            return {"v": PROTOCOL_VERSION, "id": req_id, "ok": True, "result": fn(req)}
+            if cached_only:
+                if fn != self.at:  # only the daemon's own `at` knows what its state holds
+                    raise FitNeeded
+                result = self.at(req, cached_only=True)
+            else:
+                result = fn(req)
+            return {"v": PROTOCOL_VERSION, "id": req_id, "ok": True, "result": result}
         except BadRequest as exc:
             return error_reply(req_id, E_BAD_REQUEST, str(exc))
         except AdminFailed as exc:
@@ -201,12 +221,12 @@ class Handlers:
         ans = self.publisher.current.clock.future(reading, seconds)
         return {**answer_to_wire(ans, target), "seconds_ahead": seconds}
 
-    def at(self, req: dict[str, Any]) -> dict[str, Any]:
+    def at(self, req: dict[str, Any], cached_only: bool = False) -> dict[str, Any]:
         value = req.get("system_time_ns")
         if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
             raise BadRequest(f"'system_time_ns' must be a positive integer, got {short(value)}")
         _ns, reading = self.reading()
-        ans = self.publisher.current.clock.at(value / 1e9, reading)
+        ans = self.publisher.current.clock.at(value / 1e9, reading, cached_only)
         return answer_to_wire(ans, value)
 
     def status(self, req: dict[str, Any]) -> dict[str, Any]:

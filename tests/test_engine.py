@@ -252,6 +252,24 @@ def test_at_fits_memoized_per_snapshot(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(fits) == 2 * n
 
 
+def test_at_cached_only_never_fits() -> None:
+    """``cached_only`` (the server's on-loop path) answers from fits the snapshot already has,
+    exactly as a full ``at`` does, and raises FitNeeded rather than fit one."""
+    from chronotickd.core.state import FitNeeded
+
+    e = Engine()
+    ms = list(samples(linear(0.001, 10e-6), 100, noise=40e-6, seed=5))
+    feed(e, iter(ms))
+    snap = e.snapshot(ms[-1].t)
+    t_past = ms[49].t + 1.0
+    with pytest.raises(FitNeeded):
+        snap.at(t_past, cached_only=True)
+    full = snap.at(t_past)
+    assert snap.at(t_past, cached_only=True) == full
+    with pytest.raises(FitNeeded):  # another window of the history: not fitted yet
+        snap.at(ms[5].t, cached_only=True)
+
+
 def test_at_before_a_step_uses_the_old_offset() -> None:
     before = linear(0.001, 0.0)
     e = Engine()

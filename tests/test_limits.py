@@ -16,12 +16,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 from test_server import frame, read_reply, serve
 
 from chronotickd import server as server_mod
 from chronotickd import statefile
 from chronotickd.core.engine import Engine
+from chronotickd.core.measurement import Measurement
 from chronotickd.handlers import LOCAL_ROOT, Handlers
 from chronotickd.publish import Publisher
 from chronotickd.server import ServerLimits, SocketServer, bind_unix_socket
@@ -103,6 +105,30 @@ def test_at_runs_off_the_loop_in_order_and_busy_when_full(tmp_path: Path) -> Non
     serve(tmp_path, ServerLimits(heavy_queue=1), body)
 
 
+def test_at_answered_on_the_loop_once_its_fit_is_made(tmp_path: Path) -> None:
+    """The first `at` near an instant fits a line on the work pool; the next ones near it are
+    arithmetic on that fit and are answered on the loop, with the same reply."""
+    e = Engine()  # epoch 0 and δ 0: raw, real and trace time are one
+    for i in range(64):
+        e.add(Measurement.from_ntp(1000.0 + i, 1e-3 + i * 1e-9, 1e-4))
+    state = e.snapshot(1064.0)
+
+    async def body(path: str, server: SocketServer) -> None:
+        server.handlers.publisher.publish(clock=state)
+        server.handlers.read_ns = lambda: (1064 * 10**9, 1064 * 10**9, 0)
+        r, w = await asyncio.open_unix_connection(path)
+        when = 1030 * 10**9 + 5 * 10**8
+        replies = []
+        for i in range(3):
+            w.write(frame({"v": 1, "id": i, "op": "at", "system_time_ns": when}))
+            replies.append(await read_reply(r))
+        assert all(x["ok"] for x in replies)
+        assert server.pool.done == 1, "only the first `at` needed the work pool"
+        assert replies[1]["result"] == replies[2]["result"] == replies[0]["result"]
+        assert server.handlers.op_counts["at"] == 3
+    serve(tmp_path, ServerLimits(), body)
+
+
 def test_refused_connections_cost_no_transport(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Over its cap, a uid's connections are refused at accept with the `busy` frame: no
@@ -151,6 +177,48 @@ async def connect_storm(path: str) -> AsyncIterator[None]:
     finally:
         stop.set()
         await asyncio.to_thread(t.join, 5)
+
+
+def test_doomed_connections_cost_no_transport(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that wrote an over-limit length prefix, or nothing, and hung up before it was
+    accepted is answered (`too_large`) and closed at accept, with no protocol object made; a
+    valid request already waiting at accept is not consumed by the look and is served."""
+    made: list[int] = []
+    real_init = server_mod._Connection.__init__
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> None:
+        made.append(1)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(server_mod._Connection, "__init__", counting)
+
+    async def body(path: str, server: SocketServer) -> None:
+        loop = asyncio.get_running_loop()
+        # blocking calls, the loop not yet run: all of it is queued before the server accepts
+        bad = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        bad.connect(path)
+        bad.sendall((10**6).to_bytes(4, "big") + b"x" * 8)
+        bad.shutdown(socket.SHUT_WR)
+        mute = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        mute.connect(path)
+        mute.close()
+        good = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        good.connect(path)
+        good.sendall(frame({"v": 1, "id": 7, "op": "now"}))
+        bad.setblocking(False)
+        data = b""
+        while chunk := await loop.sock_recv(bad, 4096):
+            data += chunk
+        bad.close()
+        reply = msgpack.unpackb(data[4:])
+        assert reply["error"]["code"] == "frame_too_large"
+        r, w = await asyncio.open_unix_connection(sock=good)
+        assert (await read_reply(r))["id"] == 7
+        assert len(made) == 1, "only the good connection got a transport"
+        assert server.bad_frames == 1
+        w.close()
+    serve(tmp_path, ServerLimits(), body)
 
 
 def test_refusal_storm_pauses_accepting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

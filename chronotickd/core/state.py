@@ -34,6 +34,11 @@ from chronotickd.core.timebase import REAL_FLOAT_SLACK_S, ClockReading, Realtime
 KERNEL_UNSYNC_MAXERROR_S = 16.0
 
 
+class FitNeeded(Exception):
+    """``at(..., cached_only=True)`` would have to fit a line (about 0.1 ms) that this state
+    has not fitted yet: the caller runs the request where a fit may take its time."""
+
+
 @dataclass(frozen=True, slots=True)
 class TimeAnswer:
     """Corrected time for one system-clock instant: ``earliest ≤ true time ≤ latest``."""
@@ -184,7 +189,8 @@ class ClockState:
         ahead = max(0.0, seconds_ahead)
         return TimeAnswer(r.real + ahead, *self.answer(r.raw + ahead, r.real + ahead, r.width))
 
-    def at(self, system_time: float, now: ClockReading | float | None = None) -> TimeAnswer:
+    def at(self, system_time: float, now: ClockReading | float | None = None,
+           cached_only: bool = False) -> TimeAnswer:
         """Retrospective estimate for a past system time, using measurements on both sides.
 
         The system time is mapped to the raw instant(s) it was shown at through the REALTIME
@@ -194,19 +200,23 @@ class ClockState:
         history around it is refitted (measurements that arrived later included), so the
         answer is at least as good as what ``query`` would have said then. The local fit
         never straddles a step of the reference.
+
+        Local fits are kept with the state, so repeated ``at`` calls near each other cost
+        arithmetic only. ``cached_only``: raise ``FitNeeded`` instead of fitting (the server
+        answers such calls on its event loop and sends only the rest to its work pool).
         """
         reading = as_reading(now, self.epoch) if now is not None else None
         if reading is None and not self.realtime.points:
             reading = ClockReading.trace(system_time, self.epoch)  # δ = 0 host: trace time
         lo, hi, slack = self.realtime.to_raw(system_time, reading)
-        first = self._theta_at(lo)
+        first = self._theta_at(lo, cached_only)
         if first is None:
             return TimeAnswer(system_time, 0.0, self.unsync_bound, _UNSYNC, "system", 0.0, 0.0)
         _theta, _bound, status, as_of_raw = first
         low = math.inf
         high = -math.inf
         for raw_i in (lo, hi) if hi > lo else (lo,):
-            got = self._theta_at(raw_i)
+            got = self._theta_at(raw_i, cached_only)
             if got is None:  # past the void: the whole span cannot be vouched for
                 return TimeAnswer(system_time, 0.0, self.unsync_bound, _UNSYNC, "system",
                                   0.0, 0.0)
@@ -218,13 +228,14 @@ class ClockState:
         return TimeAnswer(system_time, offset, bound, status, self.source, as_of,
                           as_of + self.void_after_s if as_of else 0.0)
 
-    def _theta_at(self, raw: float) -> tuple[float, float, Status, float] | None:
+    def _theta_at(self, raw: float, cached_only: bool = False
+                  ) -> tuple[float, float, Status, float] | None:
         """(θ in UTC at ``raw``, bound, status, raw of the newest measurement used) from the
         history around ``raw`` (or the served fit); None when nothing is known."""
         fit = self.fit
         if fit is None or raw > fit.t_last + self.void_after_s:
             return None
-        got = self._retro(raw)
+        got = self._retro(raw, cached_only)
         if got is None:
             t_last = fit.t_last
             status = _FREE if self.restored or raw - t_last > self.stale_after else _SYNC
@@ -234,21 +245,24 @@ class ClockState:
             got = (got[0] + shift, got[1] + extra, got[2], got[3])
         return got
 
-    def _retro(self, t: float) -> tuple[float, float, Status, float] | None:
+    def _retro(self, t: float, cached_only: bool = False
+               ) -> tuple[float, float, Status, float] | None:
         hist = self.history
         if not hist:
             return None
         times = self._fits.get("times")
         if times is None:
+            if cached_only:  # a walk over the whole history: not on the event loop either
+                raise FitNeeded
             times = self._fits["times"] = [m.t for m in hist]
         k = bisect.bisect_right(self.steps, t)
         lo = bisect.bisect_left(times, self.steps[k - 1]) if k else 0
         hi = bisect.bisect_left(times, self.steps[k]) if k < len(self.steps) else len(hist)
         if lo >= hi:
             return None
-        ans = self._at_segment(t, hist, times, lo, hi)
+        ans = self._at_segment(t, hist, times, lo, hi, cached_only)
         if ans is not None and hi < len(hist) and t > times[hi - 1]:
-            after = self._at_segment(t, hist, times, hi, len(hist))
+            after = self._at_segment(t, hist, times, hi, len(hist), cached_only)
             if after is not None:  # in the gap where the reference stepped: cover both sides
                 low = min(ans[0] - ans[1], after[0] - after[1])
                 high = max(ans[0] + ans[1], after[0] + after[1])
@@ -256,7 +270,8 @@ class ClockState:
         return ans
 
     def _at_segment(self, t: float, hist: tuple[Measurement, ...], times: list[float],
-                    seg_lo: int, seg_hi: int) -> tuple[float, float, Status, float] | None:
+                    seg_lo: int, seg_hi: int, cached_only: bool = False
+                    ) -> tuple[float, float, Status, float] | None:
         """Local fit over the measurements ``hist[seg_lo:seg_hi]`` nearest to ``t``."""
         assert self.fit is not None
         i = bisect.bisect_left(times, t, seg_lo, seg_hi)
@@ -267,6 +282,8 @@ class ClockState:
         key = (lo, hi)
         if key in self._fits:
             local = self._fits[key]
+        elif cached_only:
+            raise FitNeeded
         else:
             local = self._fits[key] = fit_line(hist[lo:hi], self.fit_config,
                                                prior_freq=self.fit.freq)

@@ -73,10 +73,11 @@ class FusedClock:
         ahead = max(0.0, seconds_ahead)
         return TimeAnswer(r.real + ahead, *self.answer(r.raw + ahead, r.real + ahead, r.width))
 
-    def at(self, system_time: float, now: ClockReading | float | None = None) -> TimeAnswer:
+    def at(self, system_time: float, now: ClockReading | float | None = None,
+           cached_only: bool = False) -> TimeAnswer:
         """Retrospective: the engine's two-sided fit (measurements after the instant
         included) is better than any forecast of it, so ``at`` is the engine's."""
-        return self.base.at(system_time, now)
+        return self.base.at(system_time, now, cached_only)
 
     def __getattr__(self, name: str) -> Any:  # fit, source, tracks, history, epoch, ...
         return getattr(self.base, name)
