@@ -129,10 +129,8 @@ def test_at_answered_on_the_loop_once_its_fit_is_made(tmp_path: Path) -> None:
     serve(tmp_path, ServerLimits(), body)
 
 
-def test_refused_connections_cost_no_transport(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """Over its cap, a uid's connections are refused at accept with the `busy` frame: no
-    protocol object (transport, task) is made for them, so a reconnect loop stays cheap."""
+def count_connections(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that grows by one for each protocol object (`_Connection`) the server makes."""
     made: list[int] = []
     real_init = server_mod._Connection.__init__
 
@@ -141,6 +139,14 @@ def test_refused_connections_cost_no_transport(tmp_path: Path,
         real_init(self, *args, **kwargs)
 
     monkeypatch.setattr(server_mod._Connection, "__init__", counting)
+    return made
+
+
+def test_refused_connections_cost_no_transport(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over its cap, a uid's connections are refused at accept with the `busy` frame: no
+    protocol object (transport, task) is made for them, so a reconnect loop stays cheap."""
+    made = count_connections(monkeypatch)
 
     async def body(path: str, server: SocketServer) -> None:
         held = [await asyncio.open_unix_connection(path) for _ in range(2)]
@@ -184,14 +190,7 @@ def test_doomed_connections_cost_no_transport(tmp_path: Path,
     """A client that wrote an over-limit length prefix, or nothing, and hung up before it was
     accepted is answered (`too_large`) and closed at accept, with no protocol object made; a
     valid request already waiting at accept is not consumed by the look and is served."""
-    made: list[int] = []
-    real_init = server_mod._Connection.__init__
-
-    def counting(self: Any, *args: Any, **kwargs: Any) -> None:
-        made.append(1)
-        real_init(self, *args, **kwargs)
-
-    monkeypatch.setattr(server_mod._Connection, "__init__", counting)
+    made = count_connections(monkeypatch)
 
     async def body(path: str, server: SocketServer) -> None:
         loop = asyncio.get_running_loop()
