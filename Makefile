@@ -21,7 +21,20 @@ $(VENV)/.base: pyproject.toml
 $(VENV)/.dev: $(VENV)/.base
 	$(PIP) install -q "torch==$(TORCH_VERSION)" || $(PIP) install -q torch --index-url https://download.pytorch.org/whl/cpu
 	$(PIP) install -q -e ".[dev,chronos,mcp,metrics,bench]"
+	# PyPI's ClockBound client (pure Python; it declares Python >= 3.13 but runs on 3.11):
+	# tests/test_shm.py reads the ClockBound segment with it
+	$(PIP) install -q --no-deps --ignore-requires-python "clockbound==0.3.0" || \
+	  echo "clockbound not installed: its test in tests/test_shm.py will skip"
 	touch $@
+
+# promtool, from Debian's `prometheus` package unpacked (installing the package would start a
+# Prometheus server): tests/test_prometheus_kit.py checks packaging/prometheus/ with it.
+# Best effort: without it those tests skip.
+$(VENV)/bin/promtool: | $(VENV)/.base
+	@d=$$(mktemp -d) && ( cd $$d && apt-get download -q prometheus >/dev/null 2>&1 && \
+	  dpkg-deb -x prometheus_*.deb x && cp x/usr/bin/promtool $(CURDIR)/$@ ) || \
+	  echo "promtool not fetched (apt-get download prometheus): its tests will skip"; \
+	  rm -rf $$d
 
 venv: $(VENV)/.base
 
@@ -54,7 +67,7 @@ run: $(VENV)/.base
 	@echo "socket: $(RUN_DIR)/chronotick.sock  (try: CHRONOTICK_SOCKET=$(RUN_DIR)/chronotick.sock $(VENV)/bin/chronotick-cli now)"
 	$(VENV)/bin/chronotickd --config etc/chronotick.yaml --socket $(RUN_DIR)/chronotick.sock --state-dir $(RUN_DIR)/state
 
-test: system-deps $(VENV)/.dev
+test: system-deps $(VENV)/.dev $(VENV)/bin/promtool
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,10 +43,13 @@ def exported_names() -> set[str]:
 
 
 def promtool() -> str:
-    path = os.environ.get("PROMTOOL") or shutil.which("promtool")
+    """$PROMTOOL, promtool on PATH, or the one `make test` unpacks beside the venv's python."""
+    beside = Path(sys.executable).parent / "promtool"
+    path = os.environ.get("PROMTOOL") or shutil.which("promtool") or (
+        str(beside) if beside.exists() else None)
     if not path:
-        pytest.skip("promtool not installed (Debian package `prometheus`, not in "
-                    "make system-deps: large, starts a server); set PROMTOOL=/path/to/promtool")
+        pytest.skip("promtool not found (`make test` unpacks it from Debian's `prometheus` "
+                    "package into .venv/bin); set PROMTOOL=/path/to/promtool")
     return path
 
 
