@@ -24,7 +24,8 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -90,6 +91,11 @@ class RealtimeMap:
     epoch: float = 0.0
     points: tuple[MapPoint, ...] = ()
     tolerance: float = MAP_TOLERANCE_S
+    # lookup tables derived from ``points`` on first use (the map is immutable): reading it
+    # (``delta_at``, ``to_raw``: an `at` request) then costs a bisection, not a walk over
+    # every vertex of the history
+    _cache: dict[str, Any] = field(init=False, default_factory=dict, repr=False,
+                                   compare=False)
 
     # -- building ---------------------------------------------------------------------
     @staticmethod
@@ -189,17 +195,47 @@ class RealtimeMap:
         return self._slope(first, last)
 
     # -- reading ------------------------------------------------------------------------
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(raw, δ, jump) of the vertices as arrays, made once per map."""
+        got = self._cache.get("arrays")
+        if got is None:
+            p = self.points
+            got = self._cache["arrays"] = (
+                np.fromiter((q.raw for q in p), float, len(p)),
+                np.fromiter((q.delta for q in p), float, len(p)),
+                np.fromiter((q.jump for q in p), bool, len(p)))
+        return got
+
+    def _raws(self) -> list[float]:
+        """The vertices' raw instants as a list (for ``bisect``), made once per map."""
+        got = self._cache.get("raws")
+        if got is None:
+            got = self._cache["raws"] = [q.raw for q in self.points]
+        return got
+
+    def _reach(self) -> list[float]:
+        """For each segment j (vertices j, j+1): the latest system time (as real − epoch) shown
+        in segments 0..j. ``to_raw`` stops looking back once no earlier segment reaches the
+        time it maps."""
+        got = self._cache.get("reach")
+        if got is None:
+            got = []
+            top = -math.inf
+            for a, b in itertools.pairwise(self.points):
+                top = max(top, b.raw + max(a.delta, b.delta))
+                got.append(top)
+            self._cache["reach"] = got
+        return got
+
     def deltas_at(self, raws: np.ndarray) -> np.ndarray:
         """``delta_at`` for many raw instants at once (the engine's window of samples)."""
         raws = np.asarray(raws, dtype=float)
         p = self.points
         if not p:
             return np.zeros(len(raws))
-        xs = np.fromiter((q.raw for q in p), float, len(p))
-        ys = np.fromiter((q.delta for q in p), float, len(p))
+        xs, ys, jumps = self._arrays()
         i = np.searchsorted(xs, raws, side="right")
         out = np.interp(raws, xs, ys)  # constant outside, linear between vertices
-        jumps = np.fromiter((q.jump for q in p), bool, len(p))
         inside = (i > 0) & (i < len(p))
         in_jump = inside & jumps[np.minimum(i, len(p) - 1)]
         out[in_jump] = ys[i[in_jump] - 1]  # a jump segment: as before the jump until its end
@@ -207,8 +243,19 @@ class RealtimeMap:
 
     def delta_at(self, raw: float) -> float:
         """δ at a raw instant (linear between vertices; a jump segment counts as before the
-        jump until its end: the step's time is unknown)."""
-        return float(self.deltas_at(np.array([raw]))[0])
+        jump until its end: the step's time is unknown). ``deltas_at`` of one instant."""
+        p = self.points
+        if not p:
+            return 0.0
+        i = bisect.bisect_right(self._raws(), raw)
+        if i == 0:
+            return p[0].delta
+        if i == len(p):
+            return p[-1].delta
+        a, b = p[i - 1], p[i]
+        if b.jump:
+            return a.delta
+        return a.delta + (b.delta - a.delta) * (raw - a.raw) / (b.raw - a.raw)
 
     def to_raw(self, real: float, now: ClockReading | None = None) -> tuple[float, float, float]:
         """(lowest, highest raw instant a system time ``real`` may have been read at, slack).
@@ -217,22 +264,36 @@ class RealtimeMap:
         consistent with the map: after a backward step a system time was shown twice, before
         and after, and both are covered. ``slack`` is the map's own uncertainty in raw
         seconds (tolerance + read widths), for the caller to add to its bound.
+
+        Segments are examined newest first, and the walk ends at the first one before which
+        no segment reaches ``real`` (``_reach``): a recent time costs a few segments however
+        long the history.
         """
-        pts = list(self.points)
+        own = self.points
+        pts = own
         if now is not None:
             d = now.delta(self.epoch)
             if not pts or now.raw > pts[-1].raw:
-                tmp = self.add(now.raw, d, now.width) if pts else RealtimeMap(
-                    self.epoch, (MapPoint(now.raw, d, now.width),), self.tolerance)
-                pts = list(tmp.points)
+                pts = self.add(now.raw, d, now.width).points if pts else (
+                    MapPoint(now.raw, d, now.width),)
         if not pts:
             return real - self.epoch, real - self.epoch, 0.0
+        # segments 0..shared-1 are this map's own (reading ``now`` changes only the newest
+        # vertex or adds one), so their reach is known
+        shared = 0
+        if own and pts[0] is own[0]:
+            k = min(len(pts), len(own))
+            shared = max(0, k - 1 if pts[k - 1] is own[k - 1] else k - 2)
+        reach = self._reach() if shared else []
         base = real - self.epoch
         cands: list[float] = []
         widths = [pts[0].width]
         if base - pts[0].delta <= pts[0].raw:
             cands.append(base - pts[0].delta)
-        for a, b in itertools.pairwise(pts):
+        for j in range(len(pts) - 2, -1, -1):
+            if j < shared and reach[j] < base:
+                break  # no segment at or before j showed a time as late as ``real``
+            a, b = pts[j], pts[j + 1]
             if b.jump:
                 # δ went from a.delta to b.delta at unknown instants of the segment (a step,
                 # or a slew's start): every raw with base − raw between the two is possible,
