@@ -30,8 +30,9 @@ PREFACE = (
     "(last sample), `median` (of the last 8), `linear` (least squares over 16) and "
     "`theil-sen` (over 32), each with a simple bound. `adaptive` is the engine polled by the "
     "adaptive policy (core/poll_policy.py) on a budget of one poll per 64 s with minpoll 16 s, "
-    "`adaptive-64` the same with a public server's 64 s floor. Polls spent are requests sent "
-    "(replies or not).",
+    "`adaptive-64` the same with a public server's 64 s floor and no burst after the first "
+    "(what the daemon does with a public server and `ntp.poll_budget_s: 64`). Polls spent are "
+    "requests sent (replies or not).",
     "",
     "The bench runs on the time base (docs/design.md): the simulator has two clocks, the "
     "oscillator (θ = reference − oscillator) and the system clock, which other processes move "

@@ -95,6 +95,10 @@ SCHEMA: dict[str, Key] = {
                      1, 8),
     "ntp.burst_interval_s": Key("float", 2.0, "spacing of burst requests (public servers: at "
                                 "least 2 s)", 0.05, 60),
+    "ntp.poll_budget_s": Key("float", 0.0, "mean seconds between polls of one address: the "
+                             "adaptive policy spends polls where they help, no faster on "
+                             "average (0: no budget, the interval lengthens while predictions "
+                             "hold); never below the address's minpoll", 0, 86400),
     "ntp.resolve_interval_s": Key("float", 3600.0, "how often server and pool names are "
                                   "resolved again", 60, 86400),
     "ntp.max_delay_s": Key("float", 0.5, "samples with a longer round trip are dropped", 0, 16),

@@ -219,13 +219,17 @@ class Daemon:
             max_delay_s=cfg["ntp.max_delay_s"],
             max_root_distance_s=cfg["ntp.max_root_distance_s"],
             resolve_interval_s=cfg["ntp.resolve_interval_s"],
+            poll_budget_s=cfg["ntp.poll_budget_s"],
         )
         # TIME BASE: t1/t4 from CLOCK_MONOTONIC_RAW against the engine's epoch. An engine
         # without an epoch still models against CLOCK_REALTIME: read that, epoch 0.
         epoch = getattr(self.engine, "epoch", None)
         if epoch is None:
-            return NtpSource(settings, self.submit, read_raw_ns=time.time_ns, epoch=0)
-        return NtpSource(settings, self.submit, epoch=int(epoch))
+            source = NtpSource(settings, self.submit, read_raw_ns=time.time_ns, epoch=0)
+        else:
+            source = NtpSource(settings, self.submit, epoch=int(epoch))
+        source.judged = True  # the engine loop passes its verdicts back (_judge)
+        return source
 
     # -- live changes (chronotickd/reload.py decides what a reload may apply) ---------------
     def apply_admin_group(self) -> None:
@@ -351,6 +355,15 @@ class Daemon:
                         "system time)", step, when)
         return step is not None
 
+    def _judge(self, m: Measurement, verdict: str) -> None:
+        """The engine's verdict on an NTP sample goes back to that source's poll policy."""
+        if m.kind != "ntp":
+            return
+        residual, bound = self.engine.poll_feedback(m.source)
+        for source in self.sources:
+            if isinstance(source, NtpSource):
+                source.judge(m.source, verdict, residual, bound)
+
     def _engine_loop(self) -> None:
         next_publish = 0.0
         while not self._stop.is_set():
@@ -365,6 +378,7 @@ class Daemon:
             while m is not None:
                 self._observe_clock()
                 verdict = self.engine.add(m)
+                self._judge(m, verdict)
                 if verdict == "step":
                     log.warning("clock step detected on %s: offset now %.6f s; fit restarted",
                                 m.source, m.offset)

@@ -165,3 +165,24 @@ def test_a_budget_polls_a_silent_server_at_its_own_interval() -> None:
     now = sum(_run(p, 40, "accepted", 0.7))
     gaps = _run(p, 30, "no_reply", 0.0, now=now)
     assert min(gaps) >= 64.0 and max(gaps) < 70.0  # (the start's debt still being repaid)
+
+
+def test_without_confirming_bursts_a_surprise_halves_the_interval_only() -> None:
+    """A public server (``confirm_bursts`` off) gets its burst at start only: a step or an
+    outlier at a long interval shortens the interval, never below minpoll, with no burst."""
+    p = PollPolicy(PollConfig(minpoll_s=64.0, maxpoll_s=1024.0, burst=4,
+                              confirm_bursts=False))
+    now = 0.0
+    for _ in range(40):  # grow the interval: predictions hold
+        now = p.on_result(now, "accepted", 0.0, 1.0)
+    assert p.interval_s >= 256.0
+    gaps = []
+    for outcome in ("outlier", "step", "step", "step", "step"):
+        nxt = p.on_result(now, outcome, 5.0, 1.0)
+        gaps.append(nxt - now)
+        now = nxt
+    assert min(gaps) >= 64.0 and gaps[-1] == 64.0
+    q = PollPolicy(PollConfig(minpoll_s=64.0, maxpoll_s=1024.0, burst=4))  # a private one
+    for _ in range(40):
+        now = q.on_result(now, "accepted", 0.0, 1.0)
+    assert q.on_result(now, "step", 5.0, 1.0) - now == 2.0

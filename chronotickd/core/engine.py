@@ -549,6 +549,15 @@ class Engine:
         self.last_verdict = track.add(m)
         return self.last_verdict
 
+    def poll_feedback(self, source: str) -> tuple[float, float]:
+        """(residual of ``source``'s last measurement against the prediction served before
+        it, the bound it is judged against: 3 × the noise scale): what an adaptive poll
+        policy (core/poll_policy.py) judges the prediction by. (0, 0): nothing to judge."""
+        track = self.tracks.get(source)
+        if track is None:
+            return 0.0, 0.0
+        return track.last_residual, 3.0 * track.last_scale
+
     # -- selection and publication -------------------------------------------------------
     def _stale_after(self, track: Track) -> float:
         return max(self.cfg.stale_after_s, 4.0 * track.typical_gap())

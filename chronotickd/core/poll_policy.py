@@ -21,7 +21,8 @@ times 3 it is judged against; the replay bench and the engine's ``poll_feedback`
   it (the clock wandered more than this interval allows), never below ``minpoll_s``;
 - *confirm a suspected step at once*: an outlier at an interval of ``burst_after_s`` or more
   asks for a burst (at long polls waiting for the next poll to decide costs a whole interval
-  of wrong answers), and halves the interval;
+  of wrong answers), and halves the interval (a public server, ``confirm_bursts`` off: only
+  the halving);
 - *no reply* backs off to at most ``maxpoll_s`` / 4 (the estimate ages while nobody answers;
   the end of an outage is seen within minutes, not after the estimate has gone void).
 Without that judgement (``bound_s`` = 0) the behaviour is chrony's, above.
@@ -64,6 +65,9 @@ class PollConfig:
     burst_after_s: float = 128.0
     # the mean interval polls are budgeted at (module docstring); None: no budget
     budget_s: float | None = None
+    # bursts after the initial one (to confirm a suspected step); off for public servers,
+    # which get a burst at start only (their operators' terms): the interval halves instead
+    confirm_bursts: bool = True
 
 
 class PollPolicy:
@@ -135,7 +139,11 @@ class PollPolicy:
             self._interval = min(cap, max(self._interval * 2, cfg.minpoll_s * 2))
             return now + self._interval
         if outcome == "step" and self._burst_left == 0:
-            return self.request_burst(now)
+            if cfg.confirm_bursts:
+                return self.request_burst(now)
+            self._good_run = 0
+            self._interval = max(cfg.minpoll_s, self._interval / 2)
+            return now + self._interval
         if self._burst_left > 0:
             self._burst_left -= 1
             return now + cfg.burst_interval_s
@@ -168,7 +176,8 @@ class PollPolicy:
             self._good_run = 0
             if self._interval >= cfg.burst_after_s:
                 self._interval = max(cfg.minpoll_s, self._interval / 2)
-                return self.request_burst(now, 2)
+                if cfg.confirm_bursts:
+                    return self.request_burst(now, 2)
             return now + self._interval
         self._ramping = self._ramp
         if self._ramp:

@@ -191,10 +191,7 @@ class EngineMethod:
     def poll_feedback(self) -> tuple[float, float]:
         """(residual of the last measurement against the served prediction, noise scale),
         what the adaptive poll policy judges the prediction by."""
-        track = self.engine.tracks.get("ntp")
-        if track is None:
-            return 0.0, 0.0
-        return getattr(track, 'last_residual', 0.0), 3.0 * getattr(track, 'last_scale', 0.0)
+        return self.engine.poll_feedback("ntp")
 
     def answer(self, t: float) -> tuple[float, float]:
         a = self.state.query(t)

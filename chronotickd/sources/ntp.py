@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from chronotickd.core.measurement import Measurement
 from chronotickd.core.ntp_select import select_truechimers
-from chronotickd.core.poll_policy import PollConfig, PollPolicy
+from chronotickd.core.poll_policy import OUTCOMES, PollConfig, PollPolicy
 from chronotickd.sources import ntp_packet as pkt
 from chronotickd.sources import nts
 from chronotickd.sources.ntp_pool import (
@@ -76,6 +76,9 @@ class NtpSettings:
     max_delay_s: float = 0.5
     max_root_distance_s: float = 3.0
     resolve_interval_s: float = 3600.0
+    # mean seconds between polls of one address under a poll budget (PollConfig.budget_s); 0:
+    # none (chrony's lengthening). Never below the address's minpoll.
+    poll_budget_s: float = 0.0
 
 
 def check_reply(p: pkt.NtpPacket, delay_s: float, settings: NtpSettings) -> str | None:
@@ -192,6 +195,10 @@ class Track:
     logged: str = ""  # last reason logged, so a persistent fault logs one line
     latest: Measurement | None = None  # the last accepted sample, for selection
     latest_mono: float = 0.0
+    # a poll whose sample the engine is judging (``NtpSource.judge``): its monotonic time and
+    # the source's own outcome, used if no judgement comes
+    awaiting: float | None = None
+    awaiting_outcome: str = ""
 
     def as_dict(self, now: float) -> dict[str, Any]:
         return {
@@ -272,6 +279,9 @@ class NtpSource:
         self._wake = threading.Event()  # poll_now(): end the current wait early
         self._thread: threading.Thread | None = None
         self._warned_unusable = False
+        # set by whoever feeds the samples to the engine and passes its verdicts to ``judge``
+        self.judged = False
+        self._judgements: dict[str, tuple[str, float, float]] = {}  # name → (verdict, res, bound)
 
     @property
     def tracks(self) -> list[Track]:
@@ -313,10 +323,41 @@ class NtpSource:
                 t.next_poll = 0.0
         self._wake.set()
 
+    def judge(self, name: str, verdict: str, residual_s: float, bound_s: float) -> None:
+        """The engine's verdict on a sample this source handed on (any thread): ``accepted``,
+        ``outlier`` or ``step``, its residual against the prediction served before it and the
+        bound that residual is judged against. The track's poll policy hears it before it
+        chooses the next poll (the adaptive rules of core/poll_policy.py, as replayed by the
+        accuracy bench)."""
+        with self._lock:
+            self._judgements[name] = (verdict, residual_s, bound_s)
+        self._wake.set()
+
+    def _settle(self, now: float) -> None:
+        """Tell each awaiting track's policy how its last poll went: the engine's judgement
+        when it came, else, once the provisional time is reached, the source's own outcome."""
+        with self._lock:
+            got, self._judgements = self._judgements, {}
+        for t in self.tracks:
+            if t.awaiting is None:
+                continue
+            j = got.get(t.name)
+            if j is not None:
+                verdict, residual, bound = j
+                if verdict not in OUTCOMES:  # e.g. set aside near a leap second
+                    verdict = "accepted"
+                t.next_poll = t.policy.on_result(t.awaiting, verdict, residual, bound)
+            elif t.next_poll <= now:
+                t.next_poll = t.policy.on_result(t.awaiting, t.awaiting_outcome)
+            else:
+                continue
+            t.awaiting = None
+
     # -- one scheduling step --------------------------------------------------------------
     def step(self, now: float) -> float:
         """Resolve what is due, poll the due tracks concurrently, select, replace; return
         the monotonic time of the next thing to do."""
+        self._settle(now)
         for e in self.entries:
             if e.next_resolve <= now:
                 self._resolve(e, now)
@@ -327,7 +368,13 @@ class NtpSource:
         for t, out in zip(due, outcomes, strict=True):
             self._apply(t, out, done)
         if due:
-            self._select(due, done)
+            handed_on = self._select(due, done)
+            for t in due:  # nothing for the engine to judge: the policy hears the source's view
+                if t.awaiting is not None and t.name not in handed_on:
+                    outcome = "outlier" if t.state == "falseticker" else t.awaiting_outcome
+                    t.next_poll = t.policy.on_result(t.awaiting, outcome)
+                    t.awaiting = None
+            self._settle(done)  # verdicts given while the samples were handed on
             self._replace(done)
             self._log_usable(due)
         times = [t.next_poll for t in self.tracks if t.state != "stopped"]
@@ -355,8 +402,10 @@ class NtpSource:
                                   s.burst_interval_s, n_addr)
                 name = f"ntp:{e.spec.spec}/{format_address(a)}" if e.spec.pool \
                     else f"ntp:{e.spec.spec}"
+                budget = max(s.poll_budget_s, lim.minpoll_s) if s.poll_budget_s else None
                 e.tracks.append(Track(name, e.spec, a, PollPolicy(PollConfig(
-                    lim.minpoll_s, lim.maxpoll_s, lim.burst, lim.burst_interval_s)),
+                    lim.minpoll_s, lim.maxpoll_s, lim.burst, lim.burst_interval_s,
+                    budget_s=budget, confirm_bursts=not e.spec.public)),
                     lim.burst, next_poll=now))
         full = len(e.tracks) >= e.target
         e.next_resolve = now + (s.resolve_interval_s if full and not e.error
@@ -492,8 +541,14 @@ class NtpSource:
             t.unreach_run += 1
         if out.state in ("rejected", "stopped") and t.spec.nts:
             t.authenticated = False
+        t.awaiting = None
         if out.stop:
             t.next_poll = float("inf")
+        elif self.judged and out.measurement is not None:
+            # the engine judges the sample (``judge``, ``_settle``); until then the current
+            # interval stands
+            t.awaiting, t.awaiting_outcome = now, out.outcome
+            t.next_poll = now + t.policy.interval_s
         else:
             t.next_poll = t.policy.on_result(now, out.outcome)
         if out.reason and out.reason != t.logged and out.state in ("stopped", "rejected") and (
@@ -507,9 +562,10 @@ class NtpSource:
         elif out.state == "ok":
             t.logged = ""
 
-    def _select(self, due: list[Track], now: float) -> None:
+    def _select(self, due: list[Track], now: float) -> set[str]:
         """Marzullo over each track's latest sample (older ones widened by their age);
-        the new samples that survive go to the engine."""
+        the new samples that survive go to the engine. Returns the names of the tracks whose
+        sample went."""
         fresh: list[Measurement] = []
         owner: dict[str, Track] = {}
         for t in self.tracks:
@@ -523,7 +579,7 @@ class NtpSource:
             fresh.append(m)
             owner[m.source] = t
         if not fresh:
-            return
+            return set()
         sel = select_truechimers(fresh)
         new = {t.name for t in due if t.state == "ok"}
         for m in sel.falsetickers:
@@ -533,6 +589,7 @@ class NtpSource:
                 "no majority among servers")
             if m.source in new:
                 t.false_run += 1
+        handed_on: set[str] = set()
         for m in sel.survivors:
             t = owner[m.source]
             t.state, t.reason = "ok", ""
@@ -541,6 +598,8 @@ class NtpSource:
                 t.good += 1
                 assert t.latest is not None
                 self.on_measurement(t.latest)
+                handed_on.add(t.name)
+        return handed_on
 
     def _replace(self, now: float) -> None:
         """Drop pool addresses that stay unreachable, tick false or said DENY; re-resolve."""
