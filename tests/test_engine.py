@@ -400,3 +400,23 @@ def test_first_fits_cover_honest_delayed_samples() -> None:
                     misses.append((i, ahead, a.offset - truth, a.bound))
             t += rng.choice((0.5, 0.5, 1.0))
     assert not misses, misses[:5]
+
+
+def test_the_sample_far_from_a_burst_is_not_outvoted_by_it() -> None:
+    """A burst of 4 samples 2 s apart, two more, and one 2 minutes out (offsets measured on
+    the bench's congestion clock, 5 ppm): the far sample is the only one that can tell the
+    slope, and its residual is judged against the young line's own uncertainty there, not
+    against the burst's spread. Set aside, the fit served a slope that put the next minute's
+    answers 250–350 µs off; kept, 10 µs."""
+    from chronotickd.core.estimator import fit_line
+
+    times = [0.0, 2.0, 4.0, 6.0, 22.0, 54.0, 118.0]
+    measured = [987.7, 1090.0, 998.2, 1028.7, 1142.1, 1404.6, 1577.1]  # µs
+    delays = [854.5, 1065.1, 883.0, 812.8, 875.9, 1198.8, 852.1]
+    ms = [Measurement.from_ntp(t, y * 1e-6, d * 1e-6)
+          for t, y, d in zip(times, measured, delays, strict=True)]
+    fit = fit_line(ms)
+    assert fit is not None
+    truth_160 = 1800e-6  # 1000 µs + 5 ppm × 160 s
+    assert abs(fit.predict(160.0) - truth_160) < 50e-6
+    assert fit.freq == pytest.approx(5e-6, abs=1e-6)

@@ -57,6 +57,11 @@ class FitConfig:
     # 1024 s polls) fit a line well and extrapolate it badly (issue 13: the bound missed 5 %
     # of the truth there). 0 keeps the floor at the 2–3 samples above.
     young_fit_samples: int = 8
+    # Judge each residual against the larger of one sample's noise and the line's own
+    # uncertainty at that sample's time (``_spread``): a sample far from the others in time
+    # is not set aside for disagreeing with a line the others cannot pin down. False: the
+    # residual alone (the estimator before issue 13's last round, ``EngineConfig.v1``).
+    leverage_aware: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +182,32 @@ def small_sample_inflation(dof: float, z: float = 3.0) -> float:
     return (t / z) ** 2
 
 
+def _spread(t: np.ndarray, w: np.ndarray, t_ref: float, use_slope: bool,
+            w_typ: float) -> np.ndarray:
+    """How much wider than one sample's noise a residual may be at each sample's time.
+
+    The line fitted with weights ``w`` is itself uncertain there (its offset, and its slope
+    times the distance from the weighted centre: the sample's leverage). A sample far from
+    the others in time (the first after a burst, after an outage, the newest of a young fit)
+    is judged against the larger of one sample's noise and the line's own prediction error
+    there, not against the spread of the clustered samples alone (studentized residuals).
+    Judged by the residual alone, the one sample that could tell the slope was the one set
+    aside: four burst samples 2 s apart and two more outvoted the sample 2 minutes later, and
+    the young fit served a slope that put it 266 µs off. Where the line is better known than
+    a sample (evenly spread samples: leverage under 1) nothing changes, so a long window
+    rejects outliers at its ends as before. In units of a typical sample (``w_typ``)."""
+    sw = float(w.sum())
+    if sw <= 0 or w_typ <= 0:
+        return np.ones(len(t))
+    lever = w_typ / sw
+    if use_slope:
+        dt = t - t_ref
+        sxx = float(w.dot(dt * dt))
+        if sxx > 0:
+            lever = lever + w_typ * dt * dt / sxx
+    return np.sqrt(np.maximum(1.0, lever))
+
+
 def _irls(
     t: np.ndarray,
     y: np.ndarray,
@@ -197,7 +228,8 @@ def _irls(
     res = y - freq * (t - t_ref)
     res = res - _weighted_median(res, w0)
     scale = max(MAD_TO_SIGMA * _weighted_median(np.abs(res), w0), cfg.noise_floor_s * 0.1)
-    u = np.abs(res) / scale
+    w_typ = float(np.median(w0)) if cfg.leverage_aware else 0.0  # 0: no leverage term
+    u = np.abs(res) / (scale * _spread(t, w0, t_ref, use_slope, w_typ))
     w = w0 * np.where(u <= cfg.huber_k, 1.0, cfg.huber_k / np.maximum(u, 1e-12))
     w[u > cfg.reject_k] = 0.0
     if w.sum() <= 0:
@@ -214,7 +246,7 @@ def _irls(
         res = y - offset_ref - freq * dt
         ares = np.abs(res)
         scale = max(MAD_TO_SIGMA * _weighted_median(ares, w0), cfg.noise_floor_s * 0.1)
-        u = ares / scale
+        u = ares / (scale * _spread(t, w, t_ref, use_slope, w_typ))
         robust = np.minimum(1.0, cfg.huber_k / np.maximum(u, 1e-12))
         robust[u > cfg.reject_k] = 0.0
         w_new = w0 * robust
