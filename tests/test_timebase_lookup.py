@@ -111,3 +111,10 @@ def test_a_recent_time_does_not_walk_the_whole_history() -> None:
     spied.to_raw(newest.raw - 5.0 + newest.delta + m.epoch)
     segment_reads = [j for j in seen if j >= 0]
     assert len(segment_reads) < 100, f"{len(segment_reads)} vertex reads for a recent time"
+
+
+def test_last_jump_is_the_newest_jump_vertex() -> None:
+    m = random_map(2)
+    jumps = [p.raw for p in m.points if p.jump]
+    assert jumps and m.last_jump_raw() == jumps[-1]
+    assert RealtimeMap().last_jump_raw() is None

@@ -286,9 +286,12 @@ class Track:
         if agg is not None and self.fit is not None:
             longest = fits[self.windows[-1]]
             # "selected": the window the prediction scores chose (the engine before issue 13)
+            jump = self.realtime.last_jump_raw()
             line = agg.propose([fits[self.window], *(fits[w] for w in self.windows)], t, y,
                                longest.freq if longest is not None else 0.0,
-                               delay_weights(d, self.cfg.fit), dl, self.freq_guess)
+                               delay_weights(d, self.cfg.fit), dl, self.freq_guess,
+                               since=n - int(np.searchsorted(t, jump, side="right"))
+                               if jump is not None else n)
             if line is not None:
                 moved = widen(self.fit, line, self.cfg.confidence_k)
                 gap = max(self._gap, 1.0)

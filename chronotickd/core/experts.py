@@ -238,7 +238,7 @@ class Aggregator:
     # -- proposing -----------------------------------------------------------------------
     def propose(self, fits: list[LineFit | None], t: np.ndarray, y: np.ndarray,
                 slope: float, w0: np.ndarray | None = None, dl: np.ndarray | None = None,
-                rate: float = 0.0) -> Line | None:
+                rate: float = 0.0, since: int | None = None) -> Line | None:
         """Refresh every expert's line from the window (oldest first) and return the
         weighted combination. ``fits`` are the track's robust candidate fits in
         ``line_names`` order; ``slope`` is the longest fit's frequency (de-sloped levels);
@@ -252,7 +252,10 @@ class Aggregator:
         at the system clock's rate: "the system clock keeps its offset" is what they mean,
         and on a host another daemon disciplines that is the right reading (its oscillator
         drifts, its REALTIME does not). Where nobody moves REALTIME (δ constant, rate 0)
-        they are plain levels of θ."""
+        they are plain levels of θ. ``since``: how many of the newest samples were taken
+        after REALTIME last jumped (a step or a fast slew, ``RealtimeMap.last_jump_raw``); a
+        median of the system clock's offsets takes only those, since before the jump it was
+        another clock (mixing them put a fleet host stepped by 2 s 142 ms off for a poll)."""
         n = len(t)
         if n == 0:
             return None
@@ -273,7 +276,9 @@ class Aggregator:
             elif kind == "hold":
                 lines[i] = (t_last, float(y[-1]), rate)
             elif kind == "median":
-                lines[i] = (t_last, _median(sys_y[-k:], wk) + d_last, rate)
+                kk = k if since is None or since <= 0 or since >= k else since
+                lines[i] = (t_last, _median(sys_y[-kk:], None if w0 is None else w0[-kk:])
+                            + d_last, rate)
             elif kind == "median-slope":
                 lines[i] = (t_last, _median(yk - slope * (tk - t_last), wk), slope)
             elif kind == "linear":

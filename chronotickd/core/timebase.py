@@ -227,6 +227,13 @@ class RealtimeMap:
             self._cache["reach"] = got
         return got
 
+    def last_jump_raw(self) -> float | None:
+        """The raw instant by which REALTIME last jumped (a step, or a change of rate the
+        samples before did not explain: the newest ``jump`` vertex); None: never seen."""
+        if "jump" not in self._cache:
+            self._cache["jump"] = next((q.raw for q in reversed(self.points) if q.jump), None)
+        return self._cache["jump"]
+
     def deltas_at(self, raws: np.ndarray) -> np.ndarray:
         """``delta_at`` for many raw instants at once (the engine's window of samples)."""
         raws = np.asarray(raws, dtype=float)
