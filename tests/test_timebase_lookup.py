@@ -117,4 +117,6 @@ def test_last_jump_is_the_newest_jump_vertex() -> None:
     m = random_map(2)
     jumps = [p.raw for p in m.points if p.jump]
     assert jumps and m.last_jump_raw() == jumps[-1]
+    assert m.last_jump_raw(before=jumps[-1] - 1e-6) == (jumps[-2] if len(jumps) > 1 else None)
+    assert m.last_jump_raw(before=jumps[0] - 1e-6) is None
     assert RealtimeMap().last_jump_raw() is None

@@ -286,7 +286,9 @@ class Track:
         if agg is not None and self.fit is not None:
             longest = fits[self.windows[-1]]
             # "selected": the window the prediction scores chose (the engine before issue 13)
-            jump = self.realtime.last_jump_raw()
+            # the newest sample's system clock began at the last jump before it (a jump
+            # after it changes nothing: each sample's offset is read with its own δ)
+            jump = self.realtime.last_jump_raw(before=float(t[-1]))
             line = agg.propose([fits[self.window], *(fits[w] for w in self.windows)], t, y,
                                longest.freq if longest is not None else 0.0,
                                delay_weights(d, self.cfg.fit), dl, self.freq_guess,

@@ -253,9 +253,10 @@ class Aggregator:
         and on a host another daemon disciplines that is the right reading (its oscillator
         drifts, its REALTIME does not). Where nobody moves REALTIME (δ constant, rate 0)
         they are plain levels of θ. ``since``: how many of the newest samples were taken
-        after REALTIME last jumped (a step or a fast slew, ``RealtimeMap.last_jump_raw``); a
-        median of the system clock's offsets takes only those, since before the jump it was
-        another clock (mixing them put a fleet host stepped by 2 s 142 ms off for a poll)."""
+        on the newest one's system clock, after REALTIME last jumped before it (a step or a
+        fast slew, ``RealtimeMap.last_jump_raw``); a median of the system clock's offsets
+        takes only those, since before the jump it was another clock (mixing them put a fleet
+        host stepped by 2 s 142 ms off for a poll)."""
         n = len(t)
         if n == 0:
             return None
@@ -276,7 +277,7 @@ class Aggregator:
             elif kind == "hold":
                 lines[i] = (t_last, float(y[-1]), rate)
             elif kind == "median":
-                kk = k if since is None or since <= 0 or since >= k else since
+                kk = k if since is None else max(1, min(k, since))
                 lines[i] = (t_last, _median(sys_y[-kk:], None if w0 is None else w0[-kk:])
                             + d_last, rate)
             elif kind == "median-slope":

@@ -227,12 +227,15 @@ class RealtimeMap:
             self._cache["reach"] = got
         return got
 
-    def last_jump_raw(self) -> float | None:
+    def last_jump_raw(self, before: float = math.inf) -> float | None:
         """The raw instant by which REALTIME last jumped (a step, or a change of rate the
-        samples before did not explain: the newest ``jump`` vertex); None: never seen."""
-        if "jump" not in self._cache:
-            self._cache["jump"] = next((q.raw for q in reversed(self.points) if q.jump), None)
-        return self._cache["jump"]
+        samples before did not explain: a ``jump`` vertex), the newest at or before
+        ``before``; None: none seen."""
+        jumps = self._cache.get("jumps")
+        if jumps is None:
+            jumps = self._cache["jumps"] = [q.raw for q in self.points if q.jump]
+        i = bisect.bisect_right(jumps, before)
+        return jumps[i - 1] if i else None
 
     def deltas_at(self, raws: np.ndarray) -> np.ndarray:
         """``delta_at`` for many raw instants at once (the engine's window of samples)."""
