@@ -5,7 +5,6 @@ over the history are only faster, never different."""
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
 
@@ -17,40 +16,17 @@ from chronotickd.core.timebase import ClockReading, MapPoint, RealtimeMap
 
 def reference_to_raw(m: RealtimeMap, real: float,
                      now: ClockReading | None = None) -> tuple[float, float, float]:
-    """The definition: every segment of the map (extended by ``now``) examined."""
-    pts = list(m.points)
+    """The definition: every segment of the map (extended by ``now``) examined, oldest first,
+    with no table and no early end (the per-segment arithmetic is ``to_raw``'s own)."""
+    pts = m.points
     if now is not None:
         d = now.delta(m.epoch)
         if not pts or now.raw > pts[-1].raw:
-            pts = list(m.add(now.raw, d, now.width).points) if pts else [
-                MapPoint(now.raw, d, now.width)]
+            pts = m.add(now.raw, d, now.width).points if pts else (
+                MapPoint(now.raw, d, now.width),)
     if not pts:
         return real - m.epoch, real - m.epoch, 0.0
-    base = real - m.epoch
-    cands: list[float] = []
-    widths = [pts[0].width]
-    if base - pts[0].delta <= pts[0].raw:
-        cands.append(base - pts[0].delta)
-    for a, b in itertools.pairwise(pts):
-        if b.jump:
-            lo = max(a.raw, base - max(a.delta, b.delta))
-            hi = min(b.raw, base - min(a.delta, b.delta))
-            if lo <= hi:
-                cands.extend((lo, hi))
-                widths.append(max(a.width, b.width))
-        else:
-            slope = (b.delta - a.delta) / (b.raw - a.raw)
-            r = a.raw + (base - a.raw - a.delta) / (1.0 + slope)
-            if a.raw <= r <= b.raw:
-                cands.append(r)
-                widths.append(max(a.width, b.width))
-    last = pts[-1]
-    if base - last.delta >= last.raw:
-        cands.append(base - last.delta)
-        widths.append(last.width)
-    if not cands:
-        cands = [base - p.delta for p in pts]
-    return min(cands), max(cands), m.tolerance + max(widths) / 2
+    return m._raw_span(pts, real - m.epoch, range(len(pts) - 1))
 
 
 def random_map(seed: int, n: int = 1500) -> RealtimeMap:

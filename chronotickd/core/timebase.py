@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -296,13 +297,24 @@ class RealtimeMap:
             shared = max(0, k - 1 if pts[k - 1] is own[k - 1] else k - 2)
         reach = self._reach() if shared else []
         base = real - self.epoch
+
+        def newest_first() -> Iterator[int]:
+            for seg in range(len(pts) - 2, -1, -1):
+                if seg < shared and reach[seg] < base:
+                    return  # no segment at or before seg showed a time as late as ``real``
+                yield seg
+        return self._raw_span(pts, base, newest_first())
+
+    def _raw_span(self, pts: tuple[MapPoint, ...], base: float,
+                  segments: Iterable[int]) -> tuple[float, float, float]:
+        """``to_raw``'s answer for the system time ``base`` (real − epoch) on the vertices
+        ``pts``, examining the segments (j: vertices j, j+1) ``segments`` names, plus the
+        times before the first vertex and after the last."""
         cands: list[float] = []
         widths = [pts[0].width]
         if base - pts[0].delta <= pts[0].raw:
             cands.append(base - pts[0].delta)
-        for j in range(len(pts) - 2, -1, -1):
-            if j < shared and reach[j] < base:
-                break  # no segment at or before j showed a time as late as ``real``
+        for j in segments:
             a, b = pts[j], pts[j + 1]
             if b.jump:
                 # δ went from a.delta to b.delta at unknown instants of the segment (a step,
