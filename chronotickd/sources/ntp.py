@@ -200,6 +200,12 @@ class Track:
     awaiting: float | None = None
     awaiting_outcome: str = ""
 
+    def settle(self, outcome: str, residual_s: float = 0.0, bound_s: float = 0.0) -> None:
+        """The awaited poll's outcome reaches the policy, which sets the next poll time."""
+        assert self.awaiting is not None
+        self.next_poll = self.policy.on_result(self.awaiting, outcome, residual_s, bound_s)
+        self.awaiting = None
+
     def as_dict(self, now: float) -> dict[str, Any]:
         return {
             "name": self.name, "kind": "ntp", "address": format_address(self.address),
@@ -346,12 +352,9 @@ class NtpSource:
                 verdict, residual, bound = j
                 if verdict not in OUTCOMES:  # e.g. set aside near a leap second
                     verdict = "accepted"
-                t.next_poll = t.policy.on_result(t.awaiting, verdict, residual, bound)
+                t.settle(verdict, residual, bound)
             elif t.next_poll <= now:
-                t.next_poll = t.policy.on_result(t.awaiting, t.awaiting_outcome)
-            else:
-                continue
-            t.awaiting = None
+                t.settle(t.awaiting_outcome)
 
     # -- one scheduling step --------------------------------------------------------------
     def step(self, now: float) -> float:
@@ -371,9 +374,7 @@ class NtpSource:
             handed_on = self._select(due, done)
             for t in due:  # nothing for the engine to judge: the policy hears the source's view
                 if t.awaiting is not None and t.name not in handed_on:
-                    outcome = "outlier" if t.state == "falseticker" else t.awaiting_outcome
-                    t.next_poll = t.policy.on_result(t.awaiting, outcome)
-                    t.awaiting = None
+                    t.settle("outlier" if t.state == "falseticker" else t.awaiting_outcome)
             self._settle(done)  # verdicts given while the samples were handed on
             self._replace(done)
             self._log_usable(due)
