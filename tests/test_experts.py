@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 
 from chronotickd.core.engine import Engine, EngineConfig
 from chronotickd.core.estimator import LineFit
@@ -281,6 +282,21 @@ def test_where_a_daemon_disciplines_the_system_clock_its_clock_is_the_prior() ->
     mixed = agg.propose([fit], t, y, -6e-6, None, dl, -6e-6)
     assert mixed is not None
     assert abs(mixed[1] - (line_level + dl[-1]) / 2) < 1e-12  # half the weight on "zero"
+
+
+def test_the_disciplined_prior_holds_as_much_weight_as_all_the_robust_lines_together() -> None:
+    """After the warm-up too: the robust lines (one per window) are one hypothesis, so "the
+    system clock is right" starts level with all of them, not with each. Level with each, it
+    fell to a sixth of the mass once the warm-up ended, and at 1024 s polls (22 noisy samples
+    in 6 h) the engine served lines it could not yet pin down: 1.095 × the uncorrected
+    clock's error (bench_accuracy, disciplined)."""
+    lines = ("selected", "line-8", "line-16", "line-32", "line-64")
+    agg = Aggregator(ExpertConfig(), lines)
+    agg.note_disciplined()
+    w = agg.weights
+    zero = w[agg.names.index("zero")]
+    assert zero == pytest.approx(float(w[: len(lines)].sum()), rel=0.02)
+    assert zero > 0.45
 
 
 def test_a_disciplined_clock_is_the_prior_only_where_it_agrees_with_the_measurements() -> None:

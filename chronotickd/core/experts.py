@@ -160,16 +160,20 @@ class Aggregator:
 
     def note_disciplined(self) -> None:
         """Another daemon visibly steers the system clock: the ``zero`` expert ("it is
-        right") gets the robust lines' head start, and half the weight while nothing has
-        been learned. That daemon has a reference of its own; until this track's
-        measurements show they do better, not making its clock worse is the prior (with 22
-        polls at 1024 s over 6 h, 141 µs of path noise could not tell a line from it). The
-        bound is unaffected: the combination never narrows it (``widen``)."""
+        right") gets as much weight as the robust lines together, during the warm-up and
+        after it, until losses are scored. That daemon has a reference of its own; until
+        this track's measurements show they do better, not making its clock worse is the
+        prior (with 22 polls at 1024 s over 6 h, 141 µs of path noise could not tell a line
+        from it). The bound is unaffected: the combination never narrows it (``widen``)."""
         if self.disciplined or "zero" not in self.names:
             return
         self.disciplined = True
         i = self.names.index("zero")
-        self.loss[i] = min(self.loss[i], float(self.loss.min()))
+        # as much weight as the robust lines together (they are one hypothesis, "the
+        # oscillator is a line", fitted over several windows): a head start of ln(n_lines)/η
+        # over the best of them, which fades as losses are scored (``discount``)
+        lead = math.log(max(1, self.n_lines)) / self.cfg.eta
+        self.loss[i] = min(self.loss[i], float(self.loss[: max(1, self.n_lines)].min()) - lead)
         self.weights = self._normalize(self.loss)
 
     def _normalize(self, loss: np.ndarray) -> np.ndarray:
