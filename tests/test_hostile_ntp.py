@@ -6,7 +6,6 @@ lost (no crash, no traceback, the honest source keeps its samples)."""
 
 from __future__ import annotations
 
-import statistics
 import time
 
 from ntp_responder import HostileNtp, responder
@@ -27,6 +26,11 @@ def test_hostile_ntp_server_never_moves_the_answer() -> None:
                 ntp__minpoll_s=0.5, ntp__maxpoll_s=0.5,
                 clock__stale_after_s=2) as d, Client(d.socket) as c:
             wait_for(lambda: c.status()["status"] == "synchronized", 30, "synchronized")
+            # past the young fit (FitConfig.young_fit_samples): with 3 samples taken 0.2 s
+            # apart under load (ms of delay), its frequency is ±1700 ppm and the bound tens
+            # of ms wide for a second or two, which said nothing about the hostile server
+            # but made the comparison below fail in one CI run of many
+            wait_for(lambda: c.call("tracking")["samples"] >= 8, 30, "8 samples")
             widths = []
             for _ in range(30):  # both servers answering
                 r = c.now()
@@ -42,10 +46,11 @@ def test_hostile_ntp_server_never_moves_the_answer() -> None:
                 time.sleep(0.1)
             assert r["status"] != "synchronized", r  # the honest source went stale
             # Only the hostile server left: the bound grows steadily with the honest fit's age
-            # and ends wider than it typically was while both answered. (Not against the last
-            # single answer before the silence: early fits have spikes of a few ms.)
+            # and ends wider than the tightest it was while both answered. (Not than their
+            # median: under load each new sample's ms of delay widen the fit while it is
+            # polled, by as much as 8 s of silence widens it: 0.43 ms vs 0.32 ms in one run.)
             assert late[-1] > late[40] > late[20], f"the bound did not widen: {late[::10]}"
-            assert late[-1] > statistics.median(widths), (late[-1], widths)
+            assert late[-1] > min(widths), (late[-1], widths)
             assert d.proc.poll() is None and "Traceback" not in d.log(), d.log()
             rows = {row["name"]: row for row in c.call("sources")["sources"]}
             assert any(good.server in n and row.get("samples") for n, row in rows.items())
