@@ -338,3 +338,48 @@ def test_a_step_of_the_system_clock_is_not_mixed_into_its_levels() -> None:
     assert abs(level - theta[-1]) < 1e-5  # θ at the newest sample, not 2 s off
     agg.propose([], t, theta, 2e-6, None, dl, 0.0, since=None)  # without knowing the step
     assert abs(agg.lines[0][1] - theta[-1]) > 1.0
+
+
+def test_a_disciplined_clock_keeps_what_the_measurements_cannot_tell_apart_from_it() -> None:
+    """Empirical Bayes on a disciplined host (engine ``_shrink_to_system_clock``): a line
+    whose claimed offset of the system clock lies inside its own standard error is moved
+    most of the way back to that clock; a line sure of a 1 ms offset keeps it."""
+    from chronotickd.core.engine import _shrink_to_system_clock
+
+    fit = LineFit(t_ref=0.0, offset_ref=0.0, freq=0.0, var_offset=(60e-6) ** 2, var_freq=0.0,
+                  sigma=1e-4, systematic=0.0, n=4, t_first=-3072.0, t_last=0.0)
+    unsure = _shrink_to_system_clock((0.0, 5e-3 + 40e-6, 1e-6), fit, 5e-3, 1024.0)
+    assert abs(unsure[1] - 5e-3) < 0.35 * 40e-6  # 40 µs claimed, σ 60 µs: ≤ 14 µs kept
+    assert unsure[2] == 1e-6  # the frequency is the line's
+    sure = _shrink_to_system_clock((0.0, 5e-3 + 1e-3, 0.0), fit, 5e-3, 1024.0)
+    assert abs(sure[1] - 6e-3) < 0.01 * 1e-3
+
+
+def test_the_engine_shrinks_only_on_a_disciplined_host() -> None:
+    """22 polls 1024 s apart with 141 µs of path noise on a host another daemon keeps
+    within 50 µs: the level served sits nearer that daemon's clock than the experts'
+    combination does (the engine applies the shrink); the same samples without a steered
+    REALTIME are served as combined."""
+    from chronotickd.core.timebase import ClockReading
+
+    def served_and_combined(rate: float) -> tuple[float, float, float]:
+        eng = Engine()
+        rng = np.random.default_rng(7)
+        for k in range(0, 601, 2):
+            eng.observe_clock(ClockReading(float(k), k + rate * k, 0.0))
+        for i in range(12):
+            t = 600.0 + i * 1024.0
+            for k in range(0, 1024, 64):  # the loop reads both clocks meanwhile
+                eng.observe_clock(ClockReading(t - 1024 + k, t - 1024 + k + rate * (t - 1024 + k),
+                                               0.0))
+            eng.observe_clock(ClockReading(t, t + rate * t, 0.0))
+            eng.add(Measurement(t, rate * t + rng.normal(0, 141e-6), 1e-3, 5e-4))
+        track = eng.tracks["ntp"]
+        assert track.agg is not None and track.agg.combined is not None and track.fit
+        t_last = track.agg.combined[0]
+        return (track.fit.predict(t_last), at(track.agg.combined, t_last), rate * t_last)
+
+    served, combined, system = served_and_combined(-6e-6)
+    assert abs(served - system) < 0.9 * abs(combined - system)
+    served0, combined0, _ = served_and_combined(0.0)
+    assert served0 == pytest.approx(combined0, abs=1e-12)
