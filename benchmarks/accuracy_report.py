@@ -66,7 +66,7 @@ PREFACE = (
     "after the warm-up) where δ shows a daemon at work *and* its clock agrees with the "
     "newest measurements. And the combined level is shrunk towards that clock by as much "
     "as the robust fit's own standard error cannot tell them apart (empirical Bayes, "
-    "`engine._shrink_to_system_clock`). Here: 0.98 × `none` (1.095 × before both). Over "
+    "`experts.shrink_to_system_clock`). Here: 0.98 × `none` (1.095 × before both). Over "
     "24 seeds (`--quick --seeds 24`) 1024 s is still 1.19 × `none` (47.1 vs 39.7 µs; "
     "1.23 × with the head start alone), and 16/64/256 s are 22.3/24.3/31.8 µs, unchanged "
     "within 1 % by the shrink. On seeds 101–106 the shrink took 1024 s from 1.25 to "

@@ -10,7 +10,13 @@ import pytest
 
 from chronotickd.core.engine import Engine, EngineConfig
 from chronotickd.core.estimator import LineFit
-from chronotickd.core.experts import Aggregator, ExpertConfig, at, widen
+from chronotickd.core.experts import (
+    Aggregator,
+    ExpertConfig,
+    at,
+    shrink_to_system_clock,
+    widen,
+)
 from chronotickd.core.measurement import Measurement
 
 
@@ -341,42 +347,48 @@ def test_a_step_of_the_system_clock_is_not_mixed_into_its_levels() -> None:
 
 
 def test_a_disciplined_clock_keeps_what_the_measurements_cannot_tell_apart_from_it() -> None:
-    """Empirical Bayes on a disciplined host (engine ``_shrink_to_system_clock``): a line
+    """Empirical Bayes on a disciplined host (``shrink_to_system_clock``): a line
     whose claimed offset of the system clock lies inside its own standard error is moved
     most of the way back to that clock; a line sure of a 1 ms offset keeps it."""
-    from chronotickd.core.engine import _shrink_to_system_clock
-
     fit = LineFit(t_ref=0.0, offset_ref=0.0, freq=0.0, var_offset=(60e-6) ** 2, var_freq=0.0,
                   sigma=1e-4, systematic=0.0, n=4, t_first=-3072.0, t_last=0.0)
-    unsure = _shrink_to_system_clock((0.0, 5e-3 + 40e-6, 1e-6), fit, 5e-3, 1024.0)
+    unsure = shrink_to_system_clock((0.0, 5e-3 + 40e-6, 1e-6), fit, 5e-3, 1024.0)
     assert abs(unsure[1] - 5e-3) < 0.35 * 40e-6  # 40 µs claimed, σ 60 µs: ≤ 14 µs kept
     assert unsure[2] == 1e-6  # the frequency is the line's
-    sure = _shrink_to_system_clock((0.0, 5e-3 + 1e-3, 0.0), fit, 5e-3, 1024.0)
+    sure = shrink_to_system_clock((0.0, 5e-3 + 1e-3, 0.0), fit, 5e-3, 1024.0)
     assert abs(sure[1] - 6e-3) < 0.01 * 1e-3
 
 
 def test_the_engine_shrinks_only_on_a_disciplined_host() -> None:
-    """22 polls 1024 s apart with 141 µs of path noise on a host another daemon keeps
-    within 50 µs: the level served sits nearer that daemon's clock than the experts'
-    combination does (the engine applies the shrink); the same samples without a steered
-    REALTIME are served as combined."""
+    """12 polls 1024 s apart with 141 µs of path noise on a host another daemon keeps
+    30 µs behind the reference: the level served sits nearer that daemon's clock than the
+    experts' combination does (the engine applies the shrink), and the bound served still
+    holds the true offset; the same samples without a steered REALTIME are served as
+    combined."""
     from chronotickd.core.timebase import ClockReading
+
+    true_offset = 30e-6  # the system clock's, against the reference
 
     def served_and_combined(rate: float) -> tuple[float, float, float]:
         eng = Engine()
         rng = np.random.default_rng(7)
         for k in range(0, 601, 2):
             eng.observe_clock(ClockReading(float(k), k + rate * k, 0.0))
+        last = 600.0
         for i in range(12):
-            t = 600.0 + i * 1024.0
-            for k in range(0, 1024, 64):  # the loop reads both clocks meanwhile
-                eng.observe_clock(ClockReading(t - 1024 + k, t - 1024 + k + rate * (t - 1024 + k),
-                                               0.0))
+            t = 1624.0 + i * 1024.0
+            for raw in np.arange(last + 64.0, t, 64.0):  # the loop reads both clocks meanwhile
+                eng.observe_clock(ClockReading(float(raw), float(raw) + rate * raw, 0.0))
             eng.observe_clock(ClockReading(t, t + rate * t, 0.0))
-            eng.add(Measurement(t, rate * t + rng.normal(0, 141e-6), 1e-3, 5e-4))
+            eng.add(Measurement(t, rate * t + true_offset + rng.normal(0, 141e-6), 1e-3,
+                                5e-4))
+            last = t
         track = eng.tracks["ntp"]
         assert track.agg is not None and track.agg.combined is not None and track.fit
         t_last = track.agg.combined[0]
+        answer = eng.snapshot(t_last).query(t_last)
+        truth = rate * t_last + true_offset
+        assert abs(answer.offset - truth) <= answer.bound, (answer, truth)
         return (track.fit.predict(t_last), at(track.agg.combined, t_last), rate * t_last)
 
     served, combined, system = served_and_combined(-6e-6)

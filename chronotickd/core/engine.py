@@ -34,7 +34,12 @@ from chronotickd.core.estimator import (
     fit_arrays,
     fit_line,
 )
-from chronotickd.core.experts import Aggregator, ExpertConfig, Line, at, widen
+from chronotickd.core.experts import (
+    Aggregator,
+    ExpertConfig,
+    shrink_to_system_clock,
+    widen,
+)
 from chronotickd.core.leap import Leap, leap_seconds, next_midnight
 from chronotickd.core.measurement import Measurement
 from chronotickd.core.state import KERNEL_UNSYNC_MAXERROR_S, ClockState, TrackSummary
@@ -95,26 +100,6 @@ class EngineConfig:
         return cls(experts=None, step_long_gap_s=None, serve_collecting=False,
                    void_after_polls=None,
                    fit=FitConfig(young_fit_samples=0, leverage_aware=False))
-
-
-def _shrink_to_system_clock(line: Line, fit: LineFit, d_last: float, gap: float) -> Line:
-    """On a host another daemon keeps on time, move the combined line's level towards that
-    daemon's clock by as much as the measurements cannot tell them apart.
-
-    Empirical Bayes: the system clock's offset the line claims, D, is judged against the
-    robust fit's own standard error σ one poll ahead; the level served is the system
-    clock's plus D·D²/(D² + σ²). Where the line is sure (σ ≪ |D|) nothing changes; where
-    |D| is inside its noise (a young fit at 1024 s polls: 3–8 samples with 141 µs of path
-    noise, slopes off by 0.05 ppm) the answer stays near a clock that was right, instead of
-    following a line that got lucky. Never narrows the bound (``widen`` grows it by the
-    distance moved)."""
-    t_last = line[0]
-    d = at(line, t_last) - d_last
-    sigma = fit.stddev(fit.t_last + gap)
-    if d == 0.0 or sigma <= 0.0:
-        return line
-    keep = d * d / (d * d + sigma * sigma)
-    return (t_last, d_last + d * keep, line[2])
 
 
 class Track:
@@ -314,12 +299,11 @@ class Track:
                                delay_weights(d, self.cfg.fit), dl, self.freq_guess,
                                since=n - int(np.searchsorted(t, jump, side="right"))
                                if jump is not None else n)
+            gap = max(self._gap, 1.0)
             if line is not None and agg.disciplined and dl is not None:
-                line = _shrink_to_system_clock(line, self.fit, float(dl[-1]),
-                                               max(self._gap, 1.0))
+                line = shrink_to_system_clock(line, self.fit, float(dl[-1]), gap)
             if line is not None:
                 moved = widen(self.fit, line, self.cfg.confidence_k)
-                gap = max(self._gap, 1.0)
                 at_gap = (moved.systematic + self.cfg.confidence_k
                           * moved.bound_stddev(moved.t_last + gap)
                           + self.cfg.max_drift_ppm * 1e-6 * gap)

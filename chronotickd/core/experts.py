@@ -346,3 +346,23 @@ def widen(base: LineFit, line: Line, confidence_k: float, extra: float = 0.0) ->
     return replace(base, offset_ref=base.offset_ref + d_off, freq=line[2],
                    systematic=base.systematic + abs(d_off) + max(0.0, extra),
                    serve_var_offset=vo, serve_var_freq=vf)
+
+
+def shrink_to_system_clock(line: Line, fit: LineFit, d_last: float, gap: float) -> Line:
+    """On a host another daemon keeps on time, move the combined line's level towards that
+    daemon's clock by as much as the measurements cannot tell them apart.
+
+    Empirical Bayes: the system clock's offset the line claims, D, is judged against the
+    robust fit's own standard error σ one poll ahead; the level served is the system
+    clock's plus D·D²/(D² + σ²). Where the line is sure (σ ≪ |D|) nothing changes; where
+    |D| is inside its noise (a young fit at 1024 s polls: 3–8 samples with 141 µs of path
+    noise, slopes off by 0.05 ppm) the answer stays near a clock that was right, instead of
+    following a line that got lucky. Never narrows the bound (``widen`` grows it by the
+    distance moved). The engine applies it where ``Aggregator.disciplined``.."""
+    t_last = line[0]
+    d = at(line, t_last) - d_last
+    sigma = fit.stddev(fit.t_last + gap)
+    if d == 0.0 or sigma <= 0.0:
+        return line
+    keep = d * d / (d * d + sigma * sigma)
+    return (t_last, d_last + d * keep, line[2])
