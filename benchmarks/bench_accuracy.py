@@ -120,6 +120,52 @@ def checks(cells: list[dict]) -> list[str]:
     return fails
 
 
+def paired_spread(rows: list[dict], a: tuple[str, str], b: tuple[str, str]
+                  ) -> dict[str, tuple[float, float, int]]:
+    """Per scenario, the MAE ratio of ``a`` = (poll, method) to ``b`` seed by seed: (mean,
+    standard error, seeds). Why: the checks compare means over a few seeds, and one seed's
+    ratio moves by ±10–30 % with where its poll grid falls among the clock's events (a 64 s
+    grid shifted by 16 s changes a congestion seed's MAE from 4.5 to 8.0 µs, docs/accuracy.md);
+    a 1 % difference is only a finding when it stands out of that spread."""
+    by = {(r["scenario"], r["seed"], r["poll"], r["method"]): r["mae_s"] for r in rows}
+    ratios: dict[str, list[float]] = {}
+    for (sc, seed, poll, meth), mae in by.items():
+        if (poll, meth) == a and (sc, seed, *b) in by and by[(sc, seed, *b)] > 0:
+            ratios.setdefault(sc, []).append(mae / by[(sc, seed, *b)])
+    out = {}
+    for sc, rs in ratios.items():
+        se = float(np.std(rs, ddof=1) / np.sqrt(len(rs))) if len(rs) > 1 else float("nan")
+        out[sc] = (float(np.mean(rs)), se, len(rs))
+    return out
+
+
+def print_spread(rows: list[dict], cells: list[dict]) -> None:
+    """The checks' ratios seed by seed, mean ± standard error (``paired_spread``): the
+    adaptive policy against fixed 64 s, and at each fixed poll the engine against the
+    cell's best baseline (by mean, as ``checks`` picks it)."""
+    best: dict[tuple[str, str], str] = {}
+    for c in sorted(cells, key=lambda c: c["mae_s"], reverse=True):
+        if c["method"] != "engine" and not c["poll"].startswith("adaptive"):
+            best[(c["scenario"], c["poll"])] = c["method"]
+    cols = {"adaptive/64": paired_spread(rows, ("adaptive", "engine"), ("64", "engine"))}
+    for poll in (f"{p:g}" for p in FIXED_POLLS):
+        ratio: dict[str, tuple[float, float, int]] = {}
+        for (sc, p2), meth in best.items():
+            if p2 == poll:
+                ratio.update({k: v for k, v in paired_spread(rows, (poll, "engine"),
+                                                             (poll, meth)).items() if k == sc})
+        cols[f"{poll} s/best"] = ratio
+    print("\nseed-by-seed MAE ratios, mean ± standard error over seeds (a check's margin is "
+          "a finding only outside it):")
+    print(f"{'scenario':<14}" + "".join(f"{k:>17}" for k in cols))
+    for sc in sorted({sc for col in cols.values() for sc in col}):
+        line = f"{sc:<14}"
+        for col in cols.values():
+            m, se, _ = col.get(sc, (float("nan"), float("nan"), 0))
+            line += f"{m:>10.3f} ±{se:>5.3f}" if np.isfinite(se) else f"{m:>10.3f}       "
+        print(line)
+
+
 def print_matrix(cells: list[dict]) -> None:
     polls = [f"{p:g}" for p in FIXED_POLLS] + list(ADAPTIVE)
     for sc in dict.fromkeys(c["scenario"] for c in cells):
@@ -167,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     speed = [r["rows_per_s"] for r in rows if r["method"] == "engine" and r["poll"] == "16"]
     print(f"\nwhole run {wall:.0f} s on {args.jobs} processes; engine replay at poll 16: "
           f"median {np.median(speed):,.0f} rows/s")
+    print_spread(rows, cells)
     fails = checks(cells)
     print("checks: all met" if not fails else "checks failed:\n  " + "\n  ".join(fails))
     if args.json:

@@ -114,6 +114,27 @@ def test_replay_polls_when_the_policy_asks_and_counts_every_request() -> None:
     assert run.metrics["coverage"] >= 0.99 and run.metrics["mae_s"] < 20e-6
 
 
+def test_a_shifted_fixed_grid_polls_where_it_is_told() -> None:
+    """bench_poll_phase's fixed grid through replay_adaptive's ``schedule``: the start, then
+    every interval from the shifted phase (the spread it measures rests on this)."""
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.bench_poll_phase import FixedGrid
+    from chronotickd.replay.adaptive import replay_adaptive
+    from chronotickd.replay.trace import Trace
+
+    t = np.arange(100.0, 1100.0, 1.0)
+    truth = 1e-3 + 5e-6 * (t - 100.0)
+    tr = Trace("dense", t, truth.copy(), np.full(len(t), 1e-3), truth, "true_offset")
+    run = replay_adaptive(tr, "engine", schedule=FixedGrid(100.0, 64.0, 16.0))
+    assert list(t[run.polled][:4]) == [100.0, 116.0, 180.0, 244.0]
+    assert np.all(np.diff(t[run.polled][1:]) == 64.0)
+
+
 BUDGET = PollConfig(minpoll_s=16, maxpoll_s=1024, burst=4, burst_interval_s=2, budget_s=64)
 
 

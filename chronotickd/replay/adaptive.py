@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -31,15 +32,23 @@ class AdaptiveRun:
     seconds: float
 
 
-def replay_adaptive(trace: Trace, method: str = "engine",
-                    cfg: PollConfig | None = None) -> AdaptiveRun:
+class PollSchedule(Protocol):
+    """What chooses poll times: ``PollPolicy``, or a bench's fixed grid."""
+
+    def on_result(self, now: float, outcome: str, residual_s: float = 0.0,
+                  bound_s: float = 0.0) -> float: ...
+
+
+def replay_adaptive(trace: Trace, method: str = "engine", cfg: PollConfig | None = None,
+                    schedule: PollSchedule | None = None) -> AdaptiveRun:
     """Replay ``trace`` through ``method`` with poll times chosen by a ``PollPolicy``.
 
     The policy hears each poll's outcome: the method's verdict where it has one
     (``last_verdict``, the engine's accepted/outlier/step) and the residual against the
     prediction it served, judged against the noise scale it reports (``poll_feedback``).
+    ``schedule`` replaces the policy (``benchmarks/bench_poll_phase.py``: fixed grids).
     """
-    policy = PollPolicy(cfg or PollConfig())
+    policy = schedule or PollPolicy(cfg or PollConfig())
     m_obj = make_method(method)
     feedback = getattr(m_obj, "poll_feedback", None)
     t = trace.t
