@@ -136,7 +136,9 @@ def test_seqlock_no_torn_reads(shim) -> None:
 
 @pytest.mark.parametrize("offset_s", [-2.0, 2.0])
 def test_timed_waits_are_not_distorted(shim, offset_s: float) -> None:
-    """CPython turns timeouts into absolute MONOTONIC deadlines; the shim translates them."""
+    """CPython turns timeouts into absolute MONOTONIC deadlines; the shim translates them,
+    also for a CLOCK_MONOTONIC condition variable (the GIL's: read as REALTIME, a shimmed
+    daemon whose REALTIME ran ahead spun on the GIL, benchmarks/bench_fleet.py's CPU)."""
     so, ctl = shim
     ctl.reboot(raw_start_s=1000.0 + offset_s)  # fake MONOTONIC far from the real one
     ctl.set(freq_ppm=50.0)

@@ -421,9 +421,12 @@ static struct timespec to_real(clockid_t clk, const struct timespec *abs, struct
     return ns_ts(real_now + remaining);
 }
 
-/* glibc keeps a condition variable's clock in bit 0 of __wrefs (1: CLOCK_MONOTONIC). */
+/* glibc keeps a condition variable's clock in bit 1 of __wrefs (set: CLOCK_MONOTONIC; bit 0
+ * is process-shared). CPython's GIL waits on a CLOCK_MONOTONIC condition variable: read as
+ * REALTIME, its 5 ms waits ended D(t) early or late (a host whose REALTIME ran ahead spun on
+ * the GIL whenever two threads wanted it). */
 static clockid_t cond_clock(const pthread_cond_t *cond) {
-    return (cond->__data.__wrefs & 1) ? CLOCK_MONOTONIC : CLOCK_REALTIME;
+    return (cond->__data.__wrefs & 2) ? CLOCK_MONOTONIC : CLOCK_REALTIME;
 }
 
 int pthread_cond_timedwait(pthread_cond_t *restrict cond, pthread_mutex_t *restrict mutex,

@@ -44,6 +44,25 @@ def clocks(n: int) -> None:
     print(json.dumps(out))
 
 
+def mono_cond_wait(seconds: float) -> None:
+    """pthread_cond_timedwait on a CLOCK_MONOTONIC condition variable, the wait CPython's GIL
+    makes (a deadline from the shimmed MONOTONIC, as ``_PyThread_cond_after`` reads it)."""
+    attr, cond, mutex = (ctypes.create_string_buffer(64) for _ in range(3))
+    libc.pthread_condattr_init(attr)
+    libc.pthread_condattr_setclock(attr, CLOCKS["MONOTONIC"])
+    libc.pthread_cond_init(cond, attr)
+    libc.pthread_mutex_init(mutex, None)
+    libc.pthread_mutex_lock(mutex)
+    now = Timespec()
+    libc.clock_gettime(CLOCKS["MONOTONIC"], ctypes.byref(now))
+    ns = now.sec * 1_000_000_000 + now.nsec + round(seconds * 1e9)
+    deadline = Timespec(ns // 1_000_000_000, ns % 1_000_000_000)
+    for _ in range(100):  # 0: a spurious wakeup; ETIMEDOUT ends it
+        if libc.pthread_cond_timedwait(cond, mutex, ctypes.byref(deadline)) != 0:
+            break
+    libc.pthread_mutex_unlock(mutex)
+
+
 def waits(seconds: float) -> None:
     """Wall time (real MONOTONIC) taken by each kind of timed wait CPython makes."""
     lock = threading.Lock()
@@ -58,7 +77,8 @@ def waits(seconds: float) -> None:
     for name, fn in (("sleep", lambda: time.sleep(seconds)),
                      ("event", lambda: threading.Event().wait(seconds)),
                      ("lock", lambda: lock.acquire(timeout=seconds)),
-                     ("condition", cond_wait)):
+                     ("condition", cond_wait),
+                     ("monotonic_condvar", lambda: mono_cond_wait(seconds))):
         t = real(1)
         fn()
         res[name] = (real(1) - t) / 1e9
