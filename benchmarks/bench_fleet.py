@@ -18,21 +18,34 @@ one real chronyd (-x) on loopback, each serving Prometheus metrics on its own po
     python benchmarks/bench_fleet.py --hosts 6 --stagger 0 --starve 10 --starve-s 45  # saturated
 
 Needs root (chronyd, setpriv) and gcc. Every daemon and chronyd is killed by PID at the end,
-on Ctrl-C and on SIGTERM too. Exits 1 when a goal is missed (coverage ≥ 0.99, 0 ordering
-violations, every scrape parsed with counts that agree).
+on Ctrl-C and on SIGTERM too (exit status 130), also when the bench was started with SIGINT
+ignored or blocked, as a shell starts a background command. Exits 1 when a goal is missed
+(coverage ≥ 0.99, 0 ordering violations, every scrape parsed with counts that agree).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
+import shutil
+import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
+
+if __name__ == "__main__":
+    # Before the imports below, which take seconds on a loaded machine: a Ctrl-C during them
+    # must not be lost when SIGINT came in ignored or blocked (StopSignals says why). Nothing
+    # runs yet, so Python's own KeyboardInterrupt will do until main() takes over.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "tests"), str(REPO), str(REPO / "clients")]
@@ -49,7 +62,6 @@ from rig.fleet import (  # noqa: E402
     mcp_stamp_and_order,
     order_stamps,
     settled,
-    terminating_on_sigterm,
     worst_host,
 )
 from rig.harness import Rig  # noqa: E402
@@ -91,32 +103,143 @@ def load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Everything between starting chronyd and reaping the last daemon; returns the figures."""
+class StopSignals:
+    """SIGINT and SIGTERM raise KeyboardInterrupt in the main thread, whatever this process
+    inherited, until the reaping begins; from then on they are only noted.
+
+    Why install SIGINT at all: Python sets up its KeyboardInterrupt for SIGINT at start-up
+    only when SIGINT is at its default. A shell that runs a command in the background without
+    job control (a CI script's ``pytest ... &``, many job runners) starts it with SIGINT
+    ignored, exec keeps that for every descendant, and the bench then ignored ``kill -INT``
+    and Ctrl-C altogether: it measured on for the whole --duration with every daemon running
+    (tests/test_fleet.py timed out after 60 s). A blocked signal mask is inherited the same
+    way, so both signals are unblocked. SIGTERM's default would kill the bench without its
+    clean-up and leave the daemons running.
+
+    Why only noted once reaping: a second Ctrl-C, or the SIGTERM a supervisor sends after a
+    SIGINT, would otherwise raise inside the clean-up it interrupts (between two daemons'
+    kills) and leave the rest running. Until then every signal raises again, so a swallowed
+    KeyboardInterrupt (a finaliser's "Exception ignored in ...") cannot keep the bench going.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None  # the first stop signal, once one came
+        self.reaping = False
+
+    def install(self) -> None:
+        """Handlers first, then unblock: a signal that waited in the mask is delivered at
+        once, to the handler, not discarded as ignored."""
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._on_signal)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is None:
+            self.received = signum
+        if not self.reaping:
+            raise KeyboardInterrupt
+
+    def ignore(self) -> None:
+        """Once everything is reaped a late signal has nothing left to stop; ignored, it
+        cannot turn the exit status into a death by signal either (while it shuts down,
+        Python puts the signals it handled back to their defaults, not ignored ones)."""
+        for sig in self.SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def own_children() -> dict[int, str]:
+    """PID → state ("Z": exited, not yet waited for) of every process whose parent is this
+    one, from /proc/PID/stat: exactly the processes this bench started itself."""
+    me, out = os.getpid(), {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as fh:
+                state, ppid = fh.read().rsplit(")", 1)[1].split()[:2]
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        if int(ppid) == me:
+            out[int(entry.name)] = state
+    return out
+
+
+def reap_children(grace_s: float = 5.0) -> list[int]:
+    """SIGTERM every child still running, SIGKILL what is left after ``grace_s``, and wait
+    for every child; returns the PIDs that were still running.
+
+    The net under the orderly clean-up: a child whose ``Popen`` never came back (an interrupt
+    between its fork and the assignment) or whose kill an exception skipped is found here
+    all the same. Our own children only, so only what this bench started; none of their PIDs
+    can be reused before we have waited for it."""
+    kids = own_children()
+    running = sorted(pid for pid, state in kids.items() if state != "Z")
+    for pid in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    pending, deadline = set(kids), time.monotonic() + grace_s
+    while pending:
+        for pid in list(pending):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    pending.discard(pid)
+            except ChildProcessError:  # its Popen waited for it meanwhile
+                pending.discard(pid)
+        if pending and time.monotonic() > deadline:
+            for pid in pending:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            for pid in pending:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+            break
+        time.sleep(0.05)
+    return running
+
+
+def run(args: argparse.Namespace, stop: StopSignals) -> dict[str, Any]:
+    """Everything between starting chronyd and reaping the last daemon; returns the figures.
+
+    Each thing started goes on ``started`` as soon as it exists, so an interrupt at any moment
+    (chronyd coming up, daemons half spawned, measuring) unwinds exactly what was started,
+    last first: cap lifted, every daemon SIGTERMed at once (they save state in parallel) and
+    reaped by PID, chronyd killed, their directories removed. The ``finally`` marks the
+    unwinding as begun before any of it runs, so no later signal cuts it short."""
     began = time.monotonic()
     harness_cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     out: dict[str, Any] = {"hosts": args.hosts, "measure_s": args.duration,
                            "poll_s": args.poll, "stagger_s": args.stagger,
                            "load_before": load()}
-    with terminating_on_sigterm(), chronyd_server() as ref, Rig() as rig:
-        fleet = Fleet(rig, ref.server, args.hosts, seed=args.seed, measure_s=args.duration,
-                      poll_s=args.poll)
-        starver: CpuStarver | None = None
-        lift: threading.Timer | None = None
-        out["starve"] = {"percent": args.starve, "for_s": args.starve_s} if args.starve \
-            else None
+    with contextlib.ExitStack() as started:
         try:
+            ref = started.enter_context(chronyd_server())
+            # our directory, removed after Rig.close: a Rig removes its own only once built,
+            # and an interrupt while it compiles the clock shim left that behind
+            work = Path(tempfile.mkdtemp(prefix="ct-rig-"))
+            started.callback(shutil.rmtree, work, ignore_errors=True)
+            rig = started.enter_context(Rig(work))
+            fleet = Fleet(rig, ref.server, args.hosts, seed=args.seed,
+                          measure_s=args.duration, poll_s=args.poll)
+            started.callback(fleet.close)  # before Rig.close, which kills them one by one
+            starver: CpuStarver | None = None
+            out["starve"] = {"percent": args.starve, "for_s": args.starve_s} if args.starve \
+                else None
             if args.starve:
                 starver = CpuStarver(args.starve)
+                # unwound before fleet.close: a capped daemon would take long to save and exit
+                started.callback(starver.close)
                 lift = threading.Timer(args.starve_s, starver.release)
+                started.callback(lift.cancel)
                 lift.start()
             fleet.start(stagger_s=args.stagger, starver=starver)
             pids = " ".join(str(h.pid) for h in fleet.hosts)
             print(f"chronyd pid {ref.proc.pid}; daemon pids {pids}", flush=True)
-            started = time.monotonic() - began
+            up_s = time.monotonic() - began
             sync = [h.to_sync_s or 0.0 for h in fleet.hosts]
             print(f"{args.hosts} daemons ({args.stagger:g} s apart) up and synchronized "
-                  f"{started:.1f} s after start "
+                  f"{up_s:.1f} s after start "
                   f"(per daemon: median {sorted(sync)[len(sync) // 2]:.1f} s, max "
                   f"{max(sync):.1f} s); measuring {args.duration:.0f} s", flush=True)
             cpu_at_sync = {h.name: cpu_seconds(h.pid) for h in fleet.hosts}
@@ -144,13 +267,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 plot(rows, args.plot, args.settle)
                 out["plot"] = str(args.plot)
         finally:
-            if lift is not None:
-                lift.cancel()
-            if starver is not None:
-                starver.release()  # a capped daemon would take long to save and exit
-            fleet.close()
-            if starver is not None:
-                starver.close()
+            stop.reaping = True
     usage = resource.getrusage(resource.RUSAGE_SELF)
     out["cpu"]["harness_s"] = (usage.ru_utime + usage.ru_stime - harness_cpu0.ru_utime
                                - harness_cpu0.ru_stime)
@@ -307,10 +424,21 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads(args.replot.read_text())
         plot(saved["host_rows"], args.plot, saved["settled"]["after_s"])
         return 0
-    print(f"load average {load()}; {os.cpu_count()} CPUs", flush=True)
+    stop = StopSignals()
+    out: dict[str, Any] | None = None
     try:
-        out = run(args)
+        stop.install()
+        print(f"load average {load()}; {os.cpu_count()} CPUs", flush=True)
+        out = run(args, stop)
     except KeyboardInterrupt:
+        pass
+    finally:
+        stop.reaping = True
+        stray = reap_children()
+        stop.ignore()
+        if stray:
+            print(f"killed by PID after the clean-up: {stray}", file=sys.stderr)
+    if out is None or stop.received is not None:
         print("interrupted: every daemon and chronyd was stopped", file=sys.stderr)
         return 130
     ok = report(out)

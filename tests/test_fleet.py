@@ -1,7 +1,7 @@
 """benchmarks/bench_fleet.py kept honest: its machinery run with 3 rig daemons for a few
 seconds (behaviour only, no timing): metrics scraped and parsed, counts that agree with what
 the harness did, events ordered without a violation, and every process it started reaped by
-PID, also when it is interrupted."""
+PID, also when it is interrupted, whatever signal dispositions it inherited."""
 
 from __future__ import annotations
 
@@ -23,10 +23,23 @@ BENCH = REPO / "benchmarks" / "bench_fleet.py"
 PIDS = re.compile(r"chronyd pid (\d+); daemon pids ([\d ]+)")
 
 
-def bench(*args: str) -> subprocess.Popen:
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def hostile_parent() -> None:
+    """In the child before exec: SIGINT and SIGTERM ignored and blocked, both of which exec
+    keeps. A shell running a command in the background without job control (a CI script's
+    ``cmd &``) hands it SIGINT ignored; the bench used to keep ignoring it and measured on."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def bench(*args: str, hostile: bool = False) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(BENCH), "--hosts", "3", *args], cwd=REPO,
                             env={**os.environ, "PYTHONPATH": PYTHONPATH},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=hostile_parent if hostile else None)
 
 
 def pids_of(line: str) -> list[int]:
@@ -80,9 +93,11 @@ def test_bench_fleet_three_daemons(tmp_path: Path) -> None:
     assert "fleet: 3 daemons" in text and "worst host:" in text and "RSS per daemon" in text
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_bench_fleet_interrupted_reaps_everything(sig: int) -> None:
-    p = bench("--duration", "300", "--mcp-rounds", "0")
+@pytest.mark.parametrize("hostile", [False, True], ids=["inherited-default",
+                                                      "inherited-ignored-blocked"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_bench_fleet_interrupted_reaps_everything(sig: int, hostile: bool) -> None:
+    p = bench("--duration", "300", "--mcp-rounds", "0", hostile=hostile)
     pids: list[int] = []
     try:
         assert p.stdout is not None

@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -460,19 +460,6 @@ def host_rows(hosts: Sequence[Host], settle_s: float = 0.0) -> list[dict[str, An
 def dump(path: os.PathLike[str] | str, data: Any) -> None:
     with open(path, "w") as fh:
         json.dump(data, fh, indent=1, default=float)
-
-
-@contextlib.contextmanager
-def terminating_on_sigterm() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt so ``finally`` blocks reap every daemon."""
-    def raise_interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, raise_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 # -- scenario (h) of the truth suite --------------------------------------------------------
