@@ -359,6 +359,43 @@ def test_a_disciplined_clock_keeps_what_the_measurements_cannot_tell_apart_from_
     assert abs(sure[1] - 6e-3) < 0.01 * 1e-3
 
 
+def test_a_disciplined_clock_keeps_the_rate_the_measurements_cannot_tell_apart() -> None:
+    """The frequency is shrunk like the level: a line whose slope differs from the rate the
+    other daemon steers REALTIME at by less than its own standard error goes most of the way
+    to that rate (between polls the answer is the line less REALTIME's course, so a slope
+    left 0.2 ppm off walks 200 µs over a 1024 s poll); a slope sure of 2 ppm keeps it."""
+    fit = LineFit(t_ref=0.0, offset_ref=0.0, freq=0.0, var_offset=(60e-6) ** 2,
+                  var_freq=(0.3e-6) ** 2, sigma=1e-4, systematic=0.0, n=4, t_first=-3072.0,
+                  t_last=0.0)
+    rate = -6e-6
+    unsure = shrink_to_system_clock((0.0, 5e-3 + 40e-6, rate + 0.2e-6), fit, 5e-3, 1024.0,
+                                    rate)
+    assert abs(unsure[2] - rate) < 0.35 * 0.2e-6
+    sure = shrink_to_system_clock((0.0, 5e-3 + 40e-6, rate + 2e-6), fit, 5e-3, 1024.0, rate)
+    assert abs(sure[2] - (rate + 2e-6)) < 0.03 * 2e-6
+
+
+def test_a_disciplined_host_is_believed_from_its_first_agreeing_sample() -> None:
+    """δ shows another daemon steering REALTIME and the first sample's interval holds the
+    system clock: the experts' prior is that clock from then on (at 1024 s polls, waiting for
+    three samples left 2048 s to a line through one or two). A first sample 50 ms off is not
+    agreement."""
+    from chronotickd.core.timebase import ClockReading
+
+    def disciplined_after_one(system_offset: float) -> bool:
+        eng = Engine()
+        rate = -6e-6
+        for k in range(0, 601, 2):
+            eng.observe_clock(ClockReading(float(k), k + rate * k, 0.0))
+        eng.add(Measurement(600.0, rate * 600.0 + system_offset, 1e-3, 5e-4))
+        track = eng.tracks["ntp"]
+        assert track.agg is not None
+        return track.agg.disciplined
+
+    assert disciplined_after_one(-90e-6)
+    assert not disciplined_after_one(50e-3)
+
+
 def test_the_engine_shrinks_only_on_a_disciplined_host() -> None:
     """12 polls 1024 s apart with 141 µs of path noise on a host another daemon keeps
     30 µs behind the reference: the level served sits nearer that daemon's clock than the

@@ -284,9 +284,13 @@ class Track:
             # another daemon steers REALTIME; if its clock agrees with these measurements
             # (the median system-clock offset of the newest ones within their typical
             # half-delay), it is the experts' prior. One 50 ms off is not (rig scenario a:
-            # favouring it there widened the served bound tenfold for minutes).
+            # favouring it there widened the served bound tenfold for minutes). From the
+            # first sample on: at 1024 s polls waiting for three left the first 2048 s to a
+            # line through one or two samples (2.4 × the clock's own error in the first
+            # hour); a clock wrongly believed loses its weight to the measurements' losses
+            # and its shrink to their standard error as samples come.
             k = min(n, DISCIPLINED_CHECK_SAMPLES)
-            if k >= 3 and abs(fast_median((y - dl)[-k:])) <= fast_median(b[-k:]):
+            if abs(fast_median((y - dl)[-k:])) <= fast_median(b[-k:]):
                 agg.note_disciplined()
         if agg is not None and self.fit is not None:
             longest = fits[self.windows[-1]]
@@ -301,7 +305,7 @@ class Track:
                                if jump is not None else n)
             gap = max(self._gap, 1.0)
             if line is not None and agg.disciplined and dl is not None:
-                line = shrink_to_system_clock(line, self.fit, float(dl[-1]), gap)
+                line = shrink_to_system_clock(line, self.fit, float(dl[-1]), gap, self.freq_guess)
             if line is not None:
                 moved = widen(self.fit, line, self.cfg.confidence_k)
                 at_gap = (moved.systematic + self.cfg.confidence_k

@@ -348,21 +348,32 @@ def widen(base: LineFit, line: Line, confidence_k: float, extra: float = 0.0) ->
                    serve_var_offset=vo, serve_var_freq=vf)
 
 
-def shrink_to_system_clock(line: Line, fit: LineFit, d_last: float, gap: float) -> Line:
-    """On a host another daemon keeps on time, move the combined line's level towards that
-    daemon's clock by as much as the measurements cannot tell them apart.
+def shrink_to_system_clock(line: Line, fit: LineFit, d_last: float, gap: float,
+                           system_rate: float | None = None) -> Line:
+    """On a host another daemon keeps on time, move the combined line towards that daemon's
+    clock by as much as the measurements cannot tell them apart: its level, and its
+    frequency towards the rate that daemon steers REALTIME at (``system_rate``).
 
     Empirical Bayes: the system clock's offset the line claims, D, is judged against the
     robust fit's own standard error σ one poll ahead; the level served is the system
     clock's plus D·D²/(D² + σ²). Where the line is sure (σ ≪ |D|) nothing changes; where
     |D| is inside its noise (a young fit at 1024 s polls: 3–8 samples with 141 µs of path
     noise, slopes off by 0.05 ppm) the answer stays near a clock that was right, instead of
-    following a line that got lucky. Never narrows the bound (``widen`` grows it by the
-    distance moved). The engine applies it where ``Aggregator.disciplined``.."""
+    following a line that got lucky. The frequency is judged the same way, its difference S
+    from the system rate against the fit's frequency variance: what is left of S is
+    S·S²/(S² + var_freq). Why both: between polls the answer is the line less REALTIME's
+    own course, so a level put back on the clock with a slope 0.2 ppm off it walks 200 µs
+    away over a 1024 s poll (the disciplined host's first hour at 1024 s was 2.4 × the
+    clock's own error with the level alone). Never narrows the bound (``widen`` grows it
+    by the distance moved). The engine applies it where ``Aggregator.disciplined``."""
     t_last = line[0]
     d = at(line, t_last) - d_last
     sigma = fit.stddev(fit.t_last + gap)
     if d == 0.0 or sigma <= 0.0:
         return line
     keep = d * d / (d * d + sigma * sigma)
-    return (t_last, d_last + d * keep, line[2])
+    freq = line[2]
+    if system_rate is not None and fit.var_freq > 0.0:
+        s = freq - system_rate
+        freq = system_rate + s * (s * s / (s * s + fit.var_freq))
+    return (t_last, d_last + d * keep, freq)
