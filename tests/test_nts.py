@@ -143,7 +143,11 @@ def test_authenticated_samples_and_cookies(ntsd: Any) -> None:
         poll(src)
     (t,) = src.tracks
     row = src.describe()[0]
-    assert len(got) == 3 and all(abs(m.offset) < 0.001 for m in got)
+    # chronyd -x on loopback serves this host's own clock: the true offset is 0, and each
+    # reply's interval (offset ± delay/2) must hold it. A fixed 1 ms was too tight under
+    # load: a CI run's first reply waited 3.6 ms and read −1.79 ms, inside its ±1.80 ms.
+    assert len(got) == 3 and all(abs(m.offset) <= m.bound + 10e-6 for m in got), got
+    assert min(abs(m.offset) for m in got) < 0.001
     assert row["nts"] is True and row["authenticated"] is True and row["state"] == "ok"
     assert row["nts_ke"] == 1 and row["cookies"] == 8  # one used, one back per reply
     assert t.keys is not None and t.keys.handshake_s < 1.0
