@@ -375,6 +375,22 @@ def test_a_disciplined_clock_keeps_the_rate_the_measurements_cannot_tell_apart()
     assert abs(sure[2] - (rate + 2e-6)) < 0.03 * 2e-6
 
 
+def test_a_young_fit_is_not_surer_of_the_clock_than_its_samples_intervals() -> None:
+    """One sample with ±500 µs of interval, whose fit's scale claims 5 µs: a 60 µs claimed
+    offset of the system clock is inside what that sample can tell, so it is mostly shrunk
+    away; the same claim from a mature fit with that scale is kept."""
+    def fit_of(n: int) -> LineFit:
+        return LineFit(t_ref=0.0, offset_ref=0.0, freq=0.0, var_offset=(5e-6) ** 2,
+                       var_freq=0.0, sigma=5e-6, systematic=500e-6, n=n, t_first=-1.0 * n,
+                       t_last=0.0)
+
+    line = (0.0, 5e-3 + 60e-6, 0.0)
+    young = shrink_to_system_clock(line, fit_of(1), 5e-3, 1024.0, None, 8)
+    assert abs(young[1] - 5e-3) < 0.1 * 60e-6
+    mature = shrink_to_system_clock(line, fit_of(40), 5e-3, 1024.0, None, 8)
+    assert abs(mature[1] - (5e-3 + 60e-6)) < 0.02 * 60e-6
+
+
 def test_a_disciplined_host_is_believed_from_its_first_agreeing_sample() -> None:
     """δ shows another daemon steering REALTIME and the first sample's interval holds the
     system clock: the experts' prior is that clock from then on (at 1024 s polls, waiting for

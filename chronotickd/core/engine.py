@@ -305,7 +305,8 @@ class Track:
                                if jump is not None else n)
             gap = max(self._gap, 1.0)
             if line is not None and agg.disciplined and dl is not None:
-                line = shrink_to_system_clock(line, self.fit, float(dl[-1]), gap, self.freq_guess)
+                line = shrink_to_system_clock(line, self.fit, float(dl[-1]), gap, self.freq_guess,
+                                              self.cfg.fit.young_fit_samples)
             if line is not None:
                 moved = widen(self.fit, line, self.cfg.confidence_k)
                 at_gap = (moved.systematic + self.cfg.confidence_k

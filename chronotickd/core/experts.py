@@ -349,7 +349,7 @@ def widen(base: LineFit, line: Line, confidence_k: float, extra: float = 0.0) ->
 
 
 def shrink_to_system_clock(line: Line, fit: LineFit, d_last: float, gap: float,
-                           system_rate: float | None = None) -> Line:
+                           system_rate: float | None = None, young_n: int = 0) -> Line:
     """On a host another daemon keeps on time, move the combined line towards that daemon's
     clock by as much as the measurements cannot tell them apart: its level, and its
     frequency towards the rate that daemon steers REALTIME at (``system_rate``).
@@ -364,11 +364,18 @@ def shrink_to_system_clock(line: Line, fit: LineFit, d_last: float, gap: float,
     S·S²/(S² + var_freq). Why both: between polls the answer is the line less REALTIME's
     own course, so a level put back on the clock with a slope 0.2 ppm off it walks 200 µs
     away over a 1024 s poll (the disciplined host's first hour at 1024 s was 2.4 × the
-    clock's own error with the level alone). Never narrows the bound (``widen`` grows it
-    by the distance moved). The engine applies it where ``Aggregator.disciplined``."""
+    clock's own error with the level alone). A fit of fewer than ``young_n`` samples is
+    judged with σ no smaller than its samples' own intervals allow: one sample with 1 ms of
+    delay cannot tell a 100 µs offset, whatever scale its lone residual suggests. Never
+    narrows the bound (``widen`` grows it by the distance moved). The engine applies it
+    where ``Aggregator.disciplined``."""
     t_last = line[0]
     d = at(line, t_last) - d_last
     sigma = fit.stddev(fit.t_last + gap)
+    if fit.n < young_n:
+        # a scale from a handful of residuals claims more than those samples know: no less
+        # than their own intervals (half-width ``systematic``, ~uniform: /√3) averaged
+        sigma = max(sigma, fit.systematic / math.sqrt(3.0 * max(fit.n, 1)))
     if d == 0.0 or sigma <= 0.0:
         return line
     keep = d * d / (d * d + sigma * sigma)
