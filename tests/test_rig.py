@@ -57,6 +57,7 @@ def probe(so: Path, ctl: ClockControl, *args: str, drop_caps: bool = False,
 def test_build_is_quick_and_cached(tmp_path: Path) -> None:
     a = build_shim(tmp_path)
     assert a.exists() and build_shim(tmp_path) == a
+    assert [p.name for p in tmp_path.iterdir()] == [a.name]  # gcc's scratch is gone too
 
 
 def test_shim_arithmetic_matches_the_control_file(shim) -> None:

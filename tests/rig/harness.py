@@ -69,8 +69,12 @@ def build_shim(dest: Path) -> Path:
     out = Path(dest) / f"clockshim-{digest}.so"
     if not out.exists():
         tmp = out.with_suffix(".tmp.so")
-        r = subprocess.run([gcc, "-O2", "-Wall", "-shared", "-fPIC", "-o", str(tmp),
-                            str(SHIM_SRC)], capture_output=True, text=True, timeout=60)
+        # gcc's own temporaries in a directory of ours: interrupted (Ctrl-C kills the driver
+        # only), its cc1/as left /tmp/cc*.s, .o and .res behind
+        with tempfile.TemporaryDirectory(dir=dest, prefix="gcc-") as scratch:
+            r = subprocess.run([gcc, "-O2", "-Wall", "-shared", "-fPIC", "-o", str(tmp),
+                                str(SHIM_SRC)], capture_output=True, text=True, timeout=60,
+                               env={**os.environ, "TMPDIR": scratch})
         if r.returncode != 0:
             raise RuntimeError(f"building {SHIM_SRC} failed:\n{r.stderr}")
         tmp.replace(out)
