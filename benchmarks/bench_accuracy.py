@@ -91,16 +91,28 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
+def best_baselines(cells: list[dict]) -> dict[tuple[str, str], dict]:
+    """(scenario, fixed poll) → the baseline cell with the lowest MAE, the one the engine
+    is checked against."""
+    best: dict[tuple[str, str], dict] = {}
+    for c in cells:
+        if c["method"] == "engine" or c["poll"].startswith("adaptive"):
+            continue
+        key = (c["scenario"], c["poll"])
+        if key not in best or c["mae_s"] < best[key]["mae_s"]:
+            best[key] = c
+    return best
+
+
 def checks(cells: list[dict]) -> list[str]:
     """Issue 13's must-show checks, one line per failure (empty: all met)."""
     by = {(c["scenario"], c["poll"], c["method"]): c for c in cells}
+    bests = best_baselines(cells)
     fails = []
     for (sc, poll, meth), c in sorted(by.items()):
         if meth != "engine" or poll.startswith("adaptive"):
             continue
-        base = [v for (s2, p2, m2), v in by.items() if s2 == sc and p2 == poll
-                and m2 != "engine"]
-        best = min(base, key=lambda v: v["mae_s"])
+        best = bests[(sc, poll)]
         if c["mae_s"] > 1.05 * best["mae_s"]:
             fails.append(f"{sc} poll {poll}: engine MAE {c['mae_s'] * 1e6:.1f} µs > 1.05 × "
                          f"{best['method']} {best['mae_s'] * 1e6:.1f} µs")
@@ -143,17 +155,14 @@ def print_spread(rows: list[dict], cells: list[dict]) -> None:
     """The checks' ratios seed by seed, mean ± standard error (``paired_spread``): the
     adaptive policy against fixed 64 s, and at each fixed poll the engine against the
     cell's best baseline (by mean, as ``checks`` picks it)."""
-    best: dict[tuple[str, str], str] = {}
-    for c in sorted(cells, key=lambda c: c["mae_s"], reverse=True):
-        if c["method"] != "engine" and not c["poll"].startswith("adaptive"):
-            best[(c["scenario"], c["poll"])] = c["method"]
+    best = best_baselines(cells)
     cols = {"adaptive/64": paired_spread(rows, ("adaptive", "engine"), ("64", "engine"))}
     for poll in (f"{p:g}" for p in FIXED_POLLS):
         ratio: dict[str, tuple[float, float, int]] = {}
-        for (sc, p2), meth in best.items():
-            if p2 == poll:
-                ratio.update({k: v for k, v in paired_spread(rows, (poll, "engine"),
-                                                             (poll, meth)).items() if k == sc})
+        for meth in {c["method"] for (_, p2), c in best.items() if p2 == poll}:
+            spread = paired_spread(rows, (poll, "engine"), (poll, meth))
+            ratio.update({sc: v for sc, v in spread.items()
+                          if best[(sc, poll)]["method"] == meth})
         cols[f"{poll} s/best"] = ratio
     print("\nseed-by-seed MAE ratios, mean ± standard error over seeds (a check's margin is "
           "a finding only outside it):")
