@@ -49,6 +49,29 @@ def test_levels_win_on_a_noisy_level_and_lose_weight_on_a_drift() -> None:
     assert _weight(agg, "theil-sen-32") > 0.5, agg.top()
 
 
+def test_a_parabola_wins_where_the_frequency_itself_moves() -> None:
+    """Thermal wander: the frequency ramps (here 0.8 ppb/s, the bench's wander at its
+    steepest). A line through 16 polls lags it by half its span; the parabola's tangent
+    does not, earns the weight, and the combined level follows the clock."""
+    cfg = ExpertConfig(experts=(("linear", 16), ("quadratic", 16)))
+    agg = Aggregator(cfg, ())
+    c = 0.8e-9  # frequency change, 1/s
+
+    def truth(t: float) -> float:
+        return 5e-6 * t + 0.5 * c * t * t
+
+    _run(agg, truth, 120, noise=10e-6)
+    assert _weight(agg, "quadratic-16") > 0.9, agg.top()
+    assert agg.combined is not None
+    t_next = 120 * 64.0
+    assert abs(at(agg.combined, t_next) - truth(t_next)) < 20e-6
+    # the line alone is behind by about c·W²/12 + c·W·gap/2 (W = 15 gaps): ~85 µs here
+    lin = Aggregator(ExpertConfig(experts=(("linear", 16),)), ())
+    _run(lin, truth, 120, noise=10e-6)
+    assert lin.combined is not None
+    assert abs(at(lin.combined, t_next) - truth(t_next)) > 60e-6
+
+
 def test_fixed_share_keeps_every_expert_recoverable() -> None:
     cfg = ExpertConfig(experts=(("median", 16), ("hold", 1)))
     agg = Aggregator(cfg, ())

@@ -1,11 +1,13 @@
 """Online aggregation of simple estimators ("experts") of one track's offset. Pure arithmetic.
 
 Why: no single estimator is best on every clock. A long robust line wins where the frequency
-is steady, a short one where it wanders, a median of the last few samples where the host is
-already disciplined (no learnable drift, noise that reverts to the mean), the last sample
-right after a change, zero where another daemon keeps the clock on time. Which one applies is
-not known in advance and changes with time, so the track keeps all of them and weighs each by
-how well it *predicted* measurements it had not seen yet:
+is steady, a short one where it wanders, a parabola's tangent where the frequency itself
+moves steadily (thermal wander: a line through the window lags it by half the span), a
+median of the last few samples where the host is already disciplined (no learnable drift,
+noise that reverts to the mean), the last sample right after a change, zero where another
+daemon keeps the clock on time. Which one applies is not known in advance and changes with
+time, so the track keeps all of them and weighs each by how well it *predicted* measurements
+it had not seen yet:
 
 - After every accepted measurement each expert proposes a line
   ``offset(t) = level + freq·(t − t_anchor)``. When the next accepted measurement arrives,
@@ -47,7 +49,9 @@ from chronotickd.core.estimator import LineFit, fast_median, weighted_median
 # on time), "hold" = the last sample, "median" = median of the last k (these three are levels
 # of the system clock's offset: ``Aggregator.propose``), "median-slope" =
 # median level of the last k after removing the longest robust fit's slope, "linear" = least
-# squares line over the last k, "theil-sen" = Theil–Sen line over the last k. The track's own
+# squares line over the last k, "theil-sen" = Theil–Sen line over the last k, "quadratic" =
+# the tangent at the newest sample of a delay-weighted least squares parabola through the last
+# k (the frequency's own drift; only the level is combined, ``propose``). The track's own
 # robust fits (one per candidate window) are experts too (``line-W``).
 DEFAULT_EXPERTS: tuple[tuple[str, int], ...] = (
     ("zero", 0),
@@ -61,6 +65,8 @@ DEFAULT_EXPERTS: tuple[tuple[str, int], ...] = (
     ("linear", 16),
     ("theil-sen", 16),
     ("theil-sen", 32),
+    ("quadratic", 16),
+    ("quadratic", 32),
 )
 
 
@@ -118,6 +124,22 @@ def linear_line(t: np.ndarray, y: np.ndarray) -> Line:
     sxx = float(dt.dot(dt))
     freq = float(dt.dot(y)) / sxx if sxx > 0 else 0.0
     return (t0, float(y.mean()) + freq * (t0 - float(t.mean())), freq)
+
+
+def quadratic_line(t: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> Line | None:
+    """Weighted least squares parabola through the window, as its tangent at the newest
+    sample: where the frequency itself moves (thermal wander), a line through the window
+    lags it by half the window's span; the parabola's tangent does not. None below 6
+    samples (three coefficients need more than a handful of points to be any better)."""
+    n = len(t)
+    if n < 6:
+        return None
+    t0 = float(t[-1])
+    x = (t - t0) / max(float(t0 - t[0]), 1e-9)  # scaled to [-1, 0]: a well conditioned fit
+    a = np.column_stack((np.ones(n), x, x * x))
+    sw = np.ones(n) if w is None else np.sqrt(np.maximum(w, 0.0))
+    coef, *_ = np.linalg.lstsq(a * sw[:, None], y * sw, rcond=None)
+    return (t0, float(coef[0]), float(coef[1]) / max(float(t0 - t[0]), 1e-9))
 
 
 def _median(y: np.ndarray, w: np.ndarray | None) -> float:
@@ -290,6 +312,8 @@ class Aggregator:
                 lines[i] = linear_line(tk, yk)
             elif kind == "theil-sen":
                 lines[i] = theil_sen_line(tk, yk)
+            elif kind == "quadratic":
+                lines[i] = quadratic_line(tk, yk, wk)
             else:
                 raise ValueError(f"unknown expert kind {kind!r}")
             i += 1
