@@ -155,13 +155,32 @@ def test_a_budget_is_spent_at_the_start_then_repaid_and_never_exceeded() -> None
     assert len([t for t in times if t <= 6 * 3600]) <= fixed
 
 
+def test_a_repaid_budget_polls_on_a_fixed_polls_grid_and_spends_what_it_would() -> None:
+    """A token bucket anchored at the first poll: once the start's debt is repaid the polls
+    fall on first + k·64 s, a fixed 64 s poll's own times (so the two measure the same
+    instants); a reply that came 1.5 s late does not shift the polls after it; and over 6 h
+    the policy spends exactly the polls a fixed 64 s poll does (its first one included)."""
+    p = PollPolicy(BUDGET)
+    now, times = 0.0, [0.0]
+    while True:
+        nxt = p.on_result(now, "accepted", 0.7, 1.0)
+        if nxt > 6 * 3600:
+            break
+        now = nxt + (1.5 if len(times) == 150 else 0.0)  # one answered late
+        times.append(now)
+    assert len(times) == 6 * 3600 // 64 + 1
+    late = [t for t in times[100:] if t % 64.0 != 0.0]
+    assert len(late) == 1  # the late one alone; the one after it is back on the grid
+    assert all(t % 64.0 == 0.0 for t in times[-100:])
+
+
 def test_under_a_budget_large_residuals_spend_only_saved_credit() -> None:
     p = PollPolicy(BUDGET)
     now = sum(_run(p, 40, "accepted", 0.7))
     assert p.credit <= 0.0
     assert _run(p, 1, "accepted", 5.0, now=now)[0] >= 64.0 - 1e-9  # nothing saved: no rush
     q = PollPolicy(BUDGET)
-    now = sum(_run(q, 40, "accepted", 0.7))
+    now = sum(_run(q, 100, "accepted", 0.7))  # the start's debt repaid
     now += sum(_run(q, 2, "kod_rate", 0.0, now=now))  # a RATE kiss: the back-off saves
     assert q.credit > 0
     gaps = _run(q, 5, "accepted", 5.0, now=now)  # ... which large residuals spend

@@ -29,13 +29,19 @@ Without that judgement (``bound_s`` = 0) the behaviour is chrony's, above.
 
 A poll *budget* (``budget_s``, issue 13): polls are spent no faster than one per
 ``budget_s`` on average, as a fixed poll at that interval would spend them, but where they
-help most. The policy keeps a credit (polls earned at one per ``budget_s``, one spent per
-poll, at most ``CREDIT_MAX`` saved): the initial burst, a ramp after it (the interval doubles
-from ``minpoll_s`` with every accepted sample up to ``budget_s``) and the bursts that confirm
-a suspected step borrow (up to ``DEBT_MAX``); intervals then stretch until the debt is repaid
-over about ``REPAY_POLLS`` polls, never past the time polled so far (a young fit). Shortening
-on large residuals spends only credit saved before (a Kiss-o'-Death back-off saves it); the
-interval is not lengthened past ``budget_s``, and a silent server is polled at it too.
+help most. The policy keeps a credit (a token bucket: a fixed poll sends its first request at
+once, so the first poll is free, then one is earned per ``budget_s``, one spent per poll, at
+most ``CREDIT_MAX`` saved): the initial burst, a ramp after it (the interval doubles from
+``minpoll_s`` with every accepted sample up to ``budget_s``) and the bursts that confirm a
+suspected step borrow (up to ``DEBT_MAX``); intervals then stretch by 1/``REPAY_POLLS`` until
+the debt is repaid exactly, never past the time polled so far (a young fit). Without a debt
+the polls fall on the budget's grid, the first poll + k·``budget_s``: a fixed poll's times,
+so a late reply does not shift every later poll, and once the start's debt is repaid the
+policy and a fixed poll measure the same instants (what the two are compared on is then what
+the policy did differently, not where each grid fell among the clock's events:
+``benchmarks/bench_poll_phase.py``). Shortening on large residuals spends only credit saved
+before (a Kiss-o'-Death back-off saves it); the interval is not lengthened past
+``budget_s``, and a silent server is polled at it too.
 Why: on a stationary clock a uniform interval is already the best use of a fixed number of
 polls (the error grows convexly with the interval), so the gain is in moving polls to where
 the clock is new or changed: the start, and after a step.
@@ -52,7 +58,8 @@ SHORTEN_RATIO = 1.0  # ... over this: the interval is too long for this clock
 KOD_RATE_CAP_S = 1024.0  # a RATE kiss may push the interval up to this even over maxpoll_s
 CREDIT_MAX = 4.0  # polls a budgeted policy may save for later
 DEBT_MAX = 8.0  # polls it may borrow (bursts)
-REPAY_POLLS = 16.0  # a debt is repaid over about this many polls
+REPAY_POLLS = 16.0  # a debt is repaid at most 1/REPAY_POLLS of a poll per interval
+DEBT_EPS = 1e-6  # credit this close to 0 is no debt (float rounding of the sums)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +100,9 @@ class PollPolicy:
             return
         if self._last_poll is not None:
             self.credit += max(0.0, now - self._last_poll) / b
-        else:
+        else:  # a fixed poll at b sends its first request at once: the first poll is free
             self._first_poll = now
+            self.credit = 1.0
         self.credit = min(CREDIT_MAX, self.credit - 1.0)
         self._last_poll = now
 
@@ -109,9 +117,18 @@ class PollPolicy:
         floor = -DEBT_MAX if self._ramp or self._ramping else 0.0
         if tau < b and self.credit + tau / b - 1.0 >= floor:
             return t_next
-        # otherwise at least the budget's interval, stretched to earn back a debt over
-        # REPAY_POLLS polls
-        least = b * (1.0 - min(0.0, self.credit) / REPAY_POLLS)
+        # otherwise at least the budget's interval, stretched by at most 1/REPAY_POLLS of it
+        # while a debt is left (the last stretch repays exactly what is left)
+        debt = -self.credit if self.credit < -DEBT_EPS else 0.0
+        least = b * (1.0 + min(debt, 1.0 / REPAY_POLLS))
+        if debt == 0.0 and tau >= b * (1.0 - DEBT_EPS):
+            # no debt: on the budget's own grid, the first poll + k·b (a fixed poll's times),
+            # the slot nearest the rules' time. Why: a token bucket anchored at the start
+            # spends exactly what a fixed poll would, and a poll answered late (a slow reply,
+            # a coarse timer) does not shift every later one
+            slot = self._first_poll + round((t_next - self._first_poll) / b) * b
+            if slot >= now + 0.5 * b:
+                return slot
         # ... but not past the time polled so far: a young fit extrapolated further than its
         # own span multiplies its slope error (after the ramp, the first stretches were the
         # largest errors of a run)
