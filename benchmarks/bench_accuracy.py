@@ -31,7 +31,7 @@ from chronotickd.replay.adaptive import replay_adaptive
 from chronotickd.replay.results import data_dir
 from chronotickd.replay.runner import replay
 from chronotickd.replay.trace import Trace, load_trace
-from chronotickd.sim.model import simulate
+from chronotickd.sim.model import ClockModel, simulate
 from chronotickd.sim.scenarios import SCENARIOS
 
 FIXED_POLLS = (16.0, 64.0, 256.0, 1024.0)
@@ -47,17 +47,26 @@ ADAPTIVE = {"adaptive": PollConfig(minpoll_s=16.0, maxpoll_s=1024.0, budget_s=64
                                       confirm_bursts=False)}
 
 
+def sim_trace(name: str, model: ClockModel, seed: int, hours: float) -> Trace:
+    """A simulated clock as a replay trace, with its known truth."""
+    s = simulate(dataclasses.replace(model, hours=hours), seed)
+    return Trace(f"{name}#{seed}", s.t, s.offset, s.delay, s.truth, "true_offset", s.delta)
+
+
 def _trace(scenario: str, seed: int, hours: float) -> Trace:
     if scenario == "synced_tacc":
         return load_trace(data_dir() / "synced_tacc.csv")
-    model = dataclasses.replace(SCENARIOS[scenario][1], hours=hours)
-    s = simulate(model, seed)
-    return Trace(f"{scenario}#{seed}", s.t, s.offset, s.delay, s.truth, "true_offset", s.delta)
+    return sim_trace(scenario, SCENARIOS[scenario][1], seed, hours)
 
 
 def _cell_job(args: tuple[str, int, float, tuple[str, ...]]) -> list[dict]:
     scenario, seed, hours, methods = args
-    tr = _trace(scenario, seed, hours)
+    return score_trace(_trace(scenario, seed, hours), scenario, seed, methods)
+
+
+def score_trace(tr: Trace, scenario: str, seed: int, methods: tuple[str, ...]) -> list[dict]:
+    """One trace's rows of the matrix: every method at every fixed poll, and the engine
+    under each adaptive policy (``aggregate`` turns rows into cells)."""
     rows: list[dict] = []
     for poll in FIXED_POLLS:
         res = replay(tr, poll, methods)
