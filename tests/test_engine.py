@@ -420,3 +420,30 @@ def test_the_sample_far_from_a_burst_is_not_outvoted_by_it() -> None:
     truth_160 = 1800e-6  # 1000 µs + 5 ppm × 160 s
     assert abs(fit.predict(160.0) - truth_160) < 50e-6
     assert fit.freq == pytest.approx(5e-6, abs=1e-6)
+
+
+def test_a_young_slope_resting_on_a_queued_reply_is_shrunk_not_served() -> None:
+    """Two replies 256 s apart, the second queued 21 ms (its offset 10 ms off, honest within
+    its delay/2): a line through them claims 40 ppm on a 2 ppm clock, and served as is it put
+    the next 256 s 10–20 ms off (held-out ``spikes-heavy``, docs/heldout.md). The slope is
+    shrunk towards the guess by how little the queued reply can tell it; the bound still
+    covers the samples' own slope. Two clean replies keep theirs."""
+    from chronotickd.core.estimator import FitConfig, fit_line
+
+    truth = linear(1.5e-3, 2e-6)
+    queued = [Measurement.from_ntp(T0, truth(T0), 0.83e-3),
+              Measurement.from_ntp(T0 + 256, truth(T0 + 256) + 10e-3, 21.3e-3)]
+    fit = fit_line(queued)
+    assert fit is not None
+    assert abs(fit.freq - 2e-6) < 5e-6
+    later = T0 + 512
+    assert abs(fit.predict(later) - truth(later)) < 2e-3
+    raw = fit_line(queued, FitConfig(young_slope_prior_sigma=0.0))
+    assert raw is not None and raw.freq > 35e-6  # what it served before
+    assert 3 * fit.bound_stddev(later) > abs(raw.predict(later) - fit.predict(later))
+
+    clean = [Measurement.from_ntp(T0, truth(T0), 0.83e-3),
+             Measurement.from_ntp(T0 + 16, truth(T0 + 16) + 3e-6, 0.85e-3)]
+    fit = fit_line(clean)
+    assert fit is not None
+    assert fit.freq == pytest.approx(2e-6 + 3e-6 / 16, rel=0.05)

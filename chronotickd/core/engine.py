@@ -99,7 +99,8 @@ class EngineConfig:
         """The engine as it was before issue 13 (replay baseline ``engine-v1``)."""
         return cls(experts=None, step_long_gap_s=None, serve_collecting=False,
                    void_after_polls=None,
-                   fit=FitConfig(young_fit_samples=0, leverage_aware=False))
+                   fit=FitConfig(young_fit_samples=0, leverage_aware=False,
+                                 young_slope_prior_sigma=0.0))
 
 
 class Track:

@@ -57,6 +57,16 @@ class FitConfig:
     # 1024 s polls) fit a line well and extrapolate it badly (issue 13: the bound missed 5 %
     # of the truth there). 0 keeps the floor at the 2–3 samples above.
     young_fit_samples: int = 8
+    # A young fit's slope (fewer than hard_slope_below samples, no prior) is shrunk towards
+    # the guess (``fit_arrays``' ``freq_guess``) by as much as its samples cannot tell it,
+    # each sample's error taken as half its delay above the window's fastest reply (what
+    # queueing can do to an offset; the noise floor below that). The prior is this spread
+    # of a free-running clock's frequency. Two samples fix a line whatever their weights: a
+    # second reply queued by 21 ms (offset 10 ms off) made a 2 ppm clock a 42 ppm one for
+    # the 256 s to the next poll (held-out ``spikes-heavy``, docs/heldout.md). Clean
+    # samples are not touched (their slope's error is µs over the span, far inside it).
+    # 0 turns it off (``EngineConfig.v1``).
+    young_slope_prior_sigma: float = 10e-6
     # Judge each residual against the larger of one sample's noise and the line's own
     # uncertainty at that sample's time (``_spread``): a sample far from the others in time
     # is not set aside for disagreeing with a line the others cannot pin down. False: the
@@ -208,6 +218,22 @@ def _spread(t: np.ndarray, w: np.ndarray, t_ref: float, use_slope: bool,
     return np.sqrt(np.maximum(1.0, lever))
 
 
+def _shrink_young_slope(t: np.ndarray, d: np.ndarray, freq: float, guess: float,
+                        cfg: FitConfig) -> float:
+    """The young fit's slope ``freq`` moved towards ``guess`` by how little its samples
+    can tell it (``FitConfig.young_slope_prior_sigma``): a normal prior around the guess,
+    and each sample's error σ_i = max(noise floor, (delay_i − fastest delay)/2), so the
+    slope's variance is 1 / Σ (t_i − t̄)²/σ_i². Bayes' posterior mean of the two."""
+    sig = np.maximum(cfg.noise_floor_s, (d - float(d.min())) / 2.0)
+    wq = 1.0 / (sig * sig)
+    tq = float(wq.dot(t)) / float(wq.sum())
+    sxx = float(wq.dot((t - tq) ** 2))
+    if sxx <= 0:
+        return guess
+    prior = cfg.young_slope_prior_sigma**2
+    return guess + (freq - guess) * prior / (prior + 1.0 / sxx)
+
+
 def _irls(
     t: np.ndarray,
     y: np.ndarray,
@@ -351,6 +377,16 @@ def fit_arrays(
             hard_var = (hard / cfg.hard_slope_z) ** 2
         var_freq = max(var_freq, hard_var)
         serve_var_freq = max(serve_var_freq, hard_var)
+        if prior_freq is None and cfg.young_slope_prior_sigma > 0 and freq != freq_guess:
+            shrunk = _shrink_young_slope(tt, d[start:], freq, freq_guess, cfg)
+            if shrunk != freq:
+                # the served bound still covers the samples' own slope: what the shrink
+                # moved it by is added to the frequency's uncertainty, never taken off
+                moved = (freq - shrunk) ** 2
+                freq = shrunk
+                offset_ref = float(w.dot(yy - freq * (tt - t_ref))) / sw
+                var_freq += moved
+                serve_var_freq += moved
     return LineFit(
         t_ref=t_ref,
         offset_ref=offset_ref,
