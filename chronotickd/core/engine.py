@@ -776,11 +776,16 @@ class Engine:
         # anchored at the newest measurement, not at ``now``: a stale estimate saved later must
         # not come back with its age (and the bound grown with it) forgotten
         t = fit.t_last
+        # the frequency kept is the longest robust line's, like chrony's driftfile: a restart
+        # is extrapolated over a gap of unknown length, and the served line's slope is a vote
+        # of every window's (experts.py), short ones included
+        track = self.tracks.get(self.selected) if self.selected is not None else None
+        longest = track.cand_fits.get(track.windows[-1]) if track is not None else None
         return {
             "raw": t,
             "epoch": self.epoch,
             "offset": fit.predict(t),
-            "freq": fit.freq,
+            "freq": longest.freq if longest is not None else fit.freq,
             "offset_stddev": fit.bound_stddev(t),
             "freq_stddev": math.sqrt(fit.var_freq if fit.serve_var_freq is None
                                      else fit.serve_var_freq),
