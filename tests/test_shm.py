@@ -421,17 +421,28 @@ def test_c_reader_agrees_with_socket(synced, tmp_path: Path) -> None:
     exe = tmp_path / "chronotick_now"
     subprocess.run([GCC, "-O2", "-Wall", "-Wextra", "-Werror", "-std=c11", "-o", str(exe),
                     str(REPO / "clients/c/chronotick_now.c"), "-lm"], check=True)
-    answers = []
-    for _ in range(3):  # the narrowest of three runs: a preempted read is wider by its spread
-        out = subprocess.run([str(exe), str(d.workdir / "shm0")], capture_output=True,
-                             text=True, timeout=10)
-        assert out.returncode == 0, out.stderr
-        answers.append(json.loads(out.stdout))
-    a = min(answers, key=lambda x: x["bound_ns"])
-    b = min((c.now() for _ in range(3)), key=lambda x: x["bound_ns"])
-    assert a["status"] == "synchronized" and a["source"] == b["source"]
-    shift = b["system_time_ns"] - a["system_time_ns"]
-    assert a["earliest_ns"] + shift <= b["latest_ns"] and b["earliest_ns"] <= a["latest_ns"] + shift
+    same_state = False
+    for _ in range(5):
+        answers = []
+        for _ in range(3):  # the narrowest of three runs: a preempted read is wider by its spread
+            out = subprocess.run([str(exe), str(d.workdir / "shm0")], capture_output=True,
+                                 text=True, timeout=10)
+            assert out.returncode == 0, out.stderr
+            answers.append(json.loads(out.stdout))
+        a = min(answers, key=lambda x: x["bound_ns"])
+        b = min((c.now() for _ in range(3)), key=lambda x: x["bound_ns"])
+        assert a["status"] == "synchronized" and a["source"] == b["source"]
+        shift = b["system_time_ns"] - a["system_time_ns"]
+        # both always hold the truth, whichever measurement each was computed from
+        assert (a["earliest_ns"] + shift <= b["latest_ns"]
+                and b["earliest_ns"] <= a["latest_ns"] + shift)
+        # the widths compare only between answers from the same measurement: right after
+        # synchronizing, one more sample between the two reads narrows a young fit's bound
+        # several-fold (CI once saw 352 against 153 µs: as_of differed)
+        if abs(a["as_of_ns"] - b["as_of_ns"]) < 1_000_000:
+            same_state = True
+            break
+    assert same_state, "a measurement arrived between the reads of every attempt"
     assert 0.5 <= a["bound_ns"] / b["bound_ns"] <= 2.0
 
 
