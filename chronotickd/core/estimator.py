@@ -232,8 +232,9 @@ def _shrink_young_slope(t: np.ndarray, d: np.ndarray, freq: float, guess: float,
     sxx = float(wq.dot((t - tq) ** 2))
     if sxx <= 0:
         return guess
+    # the same samples, every one at the noise floor (sxx > 0 makes this positive too)
     clean = float(((t - t.mean()) ** 2).sum()) / cfg.noise_floor_s**2
-    extra = 1.0 / sxx - (1.0 / clean if clean > 0 else 0.0)
+    extra = 1.0 / sxx - 1.0 / clean
     if extra <= 0:
         return freq
     prior = cfg.young_slope_prior_sigma**2
