@@ -450,3 +450,24 @@ def test_a_young_slope_resting_on_a_queued_reply_is_shrunk_not_served() -> None:
     fit = fit_line(clean)
     assert fit is not None
     assert fit.freq == pytest.approx(20e-6, rel=1e-6)
+
+
+def test_the_reference_delay_never_sinks_below_the_tracks_typical_delay() -> None:
+    """A window half filled by a faster route's replies has its median between the routes;
+    judged against it the typical replies look queued by 1 ms and lose their weight to the
+    minority (the real trace at 150 s polls followed it for hours). Against the track's
+    typical delay they keep it. A window that queued more than typical keeps its own median
+    (judged against the quiet path, all of it would look queued alike)."""
+    import numpy as np
+
+    from chronotickd.core.estimator import FitConfig, delay_weights
+
+    cfg = FitConfig()
+    window = np.array([0.8e-3, 2.8e-3, 0.8e-3, 2.8e-3, 0.8e-3, 2.8e-3, 0.8e-3, 2.8e-3])
+    typical = window == 2.8e-3
+    own = delay_weights(window, cfg)
+    assert own[typical].max() < 0.01 * own[~typical].min()  # what it did: the minority wins
+    floored = delay_weights(window, cfg, typical_delay=2.8e-3)
+    assert floored[typical] == pytest.approx(floored[~typical])
+    busy = np.array([3.0e-3, 3.4e-3, 3.1e-3, 3.6e-3, 3.2e-3])
+    assert delay_weights(busy, cfg, typical_delay=2.8e-3) == pytest.approx(delay_weights(busy, cfg))

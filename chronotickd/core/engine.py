@@ -100,7 +100,7 @@ class EngineConfig:
         return cls(experts=None, step_long_gap_s=None, serve_collecting=False,
                    void_after_polls=None,
                    fit=FitConfig(young_fit_samples=0, leverage_aware=False,
-                                 young_slope_prior_sigma=0.0))
+                                 young_slope_prior_sigma=0.0, typical_delay_floor=False))
 
 
 class Track:
@@ -154,7 +154,7 @@ class Track:
             if cfg.experts is not None else None)
         self.last_residual = 0.0  # last measurement − served prediction (the poll policy's)
         self.last_scale = 0.0  # the noise scale that residual is judged against
-        self.last_delay = 0.0  # median delay of the window (cached at each refit)
+        self.last_delay = 0.0  # median delay of all samples: the track's typical delay
 
     def _threshold(self, fit: LineFit, m: Measurement) -> float:
         spread = math.hypot(fit.stddev(m.t), fit.sigma)
@@ -259,6 +259,9 @@ class Track:
         self._gap = fast_median(np.diff(t)) if n >= 2 else 0.0
         fits: dict[int, LineFit | None] = {}
         full: LineFit | None = None
+        # the typical delay: a new sample is judged against it, and no window's reference of
+        # excess delay sinks below it (``estimator.delay_weights``)
+        typical = fast_median(d)
         for w in self.windows:
             if w >= n:  # every candidate this long sees all samples: one fit for them all
                 if full is None:
@@ -267,7 +270,7 @@ class Track:
                 fits[w] = full
             else:
                 fits[w] = fit_arrays(t[-w:], y[-w:], d[-w:], b[-w:], self.cfg.fit,
-                                     self.prior_freq, False, self.freq_guess)
+                                     self.prior_freq, False, self.freq_guess, typical)
         self.cand_fits = fits
         scored = {w: s for w, s in self.cand_score.items() if fits.get(w) is not None}
         if scored:
@@ -277,7 +280,7 @@ class Track:
         else:
             self.window = self.windows[-1]
         self.base_fit = self.fit = self.served = fits[self.window]
-        self.last_delay = fast_median(d)  # the typical delay a new sample is judged against
+        self.last_delay = typical
         agg = self.agg
         dl = self.realtime.deltas_at(t) if agg is not None and self.realtime.points else None
         if (agg is not None and dl is not None and abs(self.freq_guess) > DISCIPLINED_RATE
