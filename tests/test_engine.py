@@ -471,3 +471,28 @@ def test_the_reference_delay_never_sinks_below_the_tracks_typical_delay() -> Non
     assert floored[typical] == pytest.approx(floored[~typical])
     busy = np.array([3.0e-3, 3.4e-3, 3.1e-3, 3.6e-3, 3.2e-3])
     assert delay_weights(busy, cfg, typical_delay=2.8e-3) == pytest.approx(delay_weights(busy, cfg))
+
+
+def test_a_reply_from_a_faster_route_weighs_as_one_queued_by_the_difference() -> None:
+    """Past the spread of the track's delays a faster reply came by another route, whose
+    offset may sit half the difference away (the real trace: 2 ms faster, 1 ms lower); it
+    weighs as a reply queued by that much. Within the spread, and on a path with one route,
+    faster replies keep their full weight: there the fastest are the least queued."""
+    import numpy as np
+
+    from chronotickd.core.estimator import FitConfig, delay_weights
+
+    cfg = FitConfig()
+    window = np.array([2.78e-3, 2.80e-3, 0.80e-3, 2.76e-3, 0.75e-3, 2.82e-3, 2.74e-3, 2.79e-3])
+    w = delay_weights(window, cfg, typical_delay=2.78e-3, delay_spread=30e-6)
+    fast = window < 1e-3
+    assert w[fast].max() < 1e-3 * w[~fast].min()
+    assert delay_weights(window, FitConfig(route_k=0.0), 2.78e-3, 30e-6)[fast] == pytest.approx(
+        w[~fast].max())  # what it did: full weight for the other route
+    # one route, exponential queueing: every reply at or below the median keeps full weight
+    rng = np.random.default_rng(3)
+    one = 0.8e-3 + rng.exponential(200e-6, 64)
+    med = float(np.median(one))
+    mad = 1.4826 * float(np.median(np.abs(one - med)))
+    w1 = delay_weights(one, cfg, typical_delay=med, delay_spread=mad)
+    assert w1[one <= med] == pytest.approx(w1.max())

@@ -27,6 +27,7 @@ import numpy as np
 
 from chronotickd.core.crosscheck import Disagreement, Estimate, cross_check
 from chronotickd.core.estimator import (
+    MAD_TO_SIGMA,
     FitConfig,
     LineFit,
     delay_weights,
@@ -52,6 +53,8 @@ SYSTEM_RATE_MAX = 50e-6
 # δ moving faster than this: another daemon disciplines the system clock (nobody: exactly 0)
 DISCIPLINED_RATE = 10e-9
 DISCIPLINED_CHECK_SAMPLES = 8  # ... whose clock must agree with this many newest samples
+# samples before the spread of a track's delays is known well enough to tell another route
+ROUTE_MIN_SAMPLES = 8
 GUESS_REFIT_S = 0.1e-6  # a young track is refitted when the system rate moved by this
 LEAP_GUARD_S = 2.0  # measurements this close to a leap instant are not fitted (which side?)
 LEAP_CONFIRM = 3  # measurements after a leap that show it was not applied → it was not
@@ -100,7 +103,8 @@ class EngineConfig:
         return cls(experts=None, step_long_gap_s=None, serve_collecting=False,
                    void_after_polls=None,
                    fit=FitConfig(young_fit_samples=0, leverage_aware=False,
-                                 young_slope_prior_sigma=0.0, typical_delay_floor=False))
+                                 young_slope_prior_sigma=0.0, typical_delay_floor=False,
+                                 route_k=0.0))
 
 
 class Track:
@@ -260,17 +264,21 @@ class Track:
         fits: dict[int, LineFit | None] = {}
         full: LineFit | None = None
         # the typical delay: a new sample is judged against it, and no window's reference of
-        # excess delay sinks below it (``estimator.delay_weights``)
+        # excess delay sinks below it; past its spread a faster reply came by another route
+        # (``estimator.delay_weights``; unknown below 8 samples)
         typical = fast_median(d)
+        spread = (MAD_TO_SIGMA * fast_median(np.abs(d - typical))
+                  if n >= ROUTE_MIN_SAMPLES else math.inf)
         for w in self.windows:
             if w >= n:  # every candidate this long sees all samples: one fit for them all
                 if full is None:
                     full = fit_arrays(t, y, d, b, self.cfg.fit, self.prior_freq, False,
-                                      self.freq_guess)
+                                      self.freq_guess, typical, spread)
                 fits[w] = full
             else:
                 fits[w] = fit_arrays(t[-w:], y[-w:], d[-w:], b[-w:], self.cfg.fit,
-                                     self.prior_freq, False, self.freq_guess, typical)
+                                     self.prior_freq, False, self.freq_guess, typical,
+                                     spread)
         self.cand_fits = fits
         scored = {w: s for w, s in self.cand_score.items() if fits.get(w) is not None}
         if scored:
@@ -304,7 +312,8 @@ class Track:
             jump = self.realtime.last_jump_raw(before=float(t[-1]))
             line = agg.propose([fits[self.window], *(fits[w] for w in self.windows)], t, y,
                                longest.freq if longest is not None else 0.0,
-                               delay_weights(d, self.cfg.fit), dl, self.freq_guess,
+                               delay_weights(d, self.cfg.fit, typical, spread), dl,
+                               self.freq_guess,
                                since=n - int(np.searchsorted(t, jump, side="right"))
                                if jump is not None else n)
             gap = max(self._gap, 1.0)

@@ -15,7 +15,10 @@ Why this shape (each point measured on the replay bench, docs/replay.md):
   majority contradicts, and trusting it makes the estimate jump between routes. For the
   same reason a short window's median is not let sink below the track's typical delay (the
   median of all its samples, ``typical_delay``): eight polls can hold as many minority
-  replies as majority ones by chance, and then the majority would be judged queued.
+  replies as majority ones by chance, and then the majority would be judged queued. And a
+  reply faster than that typical delay by more than the delays' spread explains came by the
+  other route: it weighs as one queued by the difference (``delay_weights``), so the
+  estimate follows one route, the typical one, whatever the windows hold.
 - A frequency that wanders makes old samples misleading; like chrony, a runs test on the
   residual signs can drop the oldest samples until the residuals look random (the engine
   instead chooses among several window lengths by their prediction error, see engine.Track).
@@ -79,6 +82,10 @@ class FitConfig:
     # ``typical_delay``, ``delay_weights``). False: the window's median alone (the estimator
     # before, ``EngineConfig.v1``).
     typical_delay_floor: bool = True
+    # A reply faster than the track's typical delay by more than route_k × its delays' spread
+    # came by another route and weighs as one queued by the difference (``delay_weights``).
+    # 0 turns it off (``EngineConfig.v1``).
+    route_k: float = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +143,8 @@ def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     return _weighted_median(values, weights)
 
 
-def delay_weights(d: np.ndarray, cfg: FitConfig, typical_delay: float = 0.0) -> np.ndarray:
+def delay_weights(d: np.ndarray, cfg: FitConfig, typical_delay: float = 0.0,
+                  delay_spread: float = math.inf) -> np.ndarray:
     """Base weights of samples with delays ``d``: falling with the delay in excess of the
     window's median (not its minimum: see the module docstring), or of ``typical_delay``
     where that is larger.
@@ -149,8 +157,20 @@ def delay_weights(d: np.ndarray, cfg: FitConfig, typical_delay: float = 0.0) -> 
     A window whose replies all queued more than typical (a congested stretch) keeps its own
     median: against the quiet path's delay its replies would all be judged queued alike,
     and the held-out noisy path lost half its accuracy to that (a track-wide reference in
-    place of the window's: 1.98 × at 64 s)."""
+    place of the window's: 1.98 × at 64 s).
+
+    A reply *faster* than ``typical_delay`` by more than ``cfg.route_k`` × ``delay_spread``
+    (the track's delays' robust σ, at least the noise floor) came by another route: its
+    offset may differ from the typical route's by half the difference (the extra delay is
+    one-way), so it weighs as a reply queued by as much beyond that allowance. Within it a
+    faster reply keeps its full weight: on a path with one route the fastest replies are the
+    least queued. Why: the estimate follows the typical route (the reference is a median),
+    and a minority route's replies, each within its own honest interval, tilted every window
+    they filled: the real trace at 180 s polls 0.218 → 0.036 ms, 100 s 0.042 → 0.019 ms."""
     excess = np.maximum(d - max(fast_median(d), typical_delay), 0.0) / 2.0
+    if cfg.route_k > 0.0 and typical_delay > 0.0 and math.isfinite(delay_spread):
+        allowance = cfg.route_k * max(delay_spread, cfg.noise_floor_s)
+        excess = np.maximum(excess, np.maximum(typical_delay - allowance - d, 0.0) / 2.0)
     return 1.0 / (cfg.noise_floor_s**2 + excess * excess)
 
 
@@ -340,6 +360,7 @@ def fit_arrays(
     runs_test: bool = True,
     freq_guess: float = 0.0,
     typical_delay: float = 0.0,
+    delay_spread: float = math.inf,
 ) -> LineFit | None:
     """``fit_line`` on arrays of times, offsets, delays and bounds (oldest first).
 
@@ -348,11 +369,12 @@ def fit_arrays(
     known; the uncertainty served is the unknown-frequency one all the same. The engine
     passes the rate at which another daemon moves the system clock (0 where none does):
     until measured otherwise, the system clock's rate is the best guess, as every plain NTP
-    client assumes. ``typical_delay``: the track's typical delay, below which the window's
-    own median is not taken as the reference of excess delay (``delay_weights``)."""
+    client assumes. ``typical_delay``, ``delay_spread``: the track's typical delay, below
+    which the window's own median is not taken as the reference of excess delay, and its
+    spread, beyond which a faster reply came by another route (``delay_weights``)."""
     if len(t) == 0:
         return None
-    w0 = delay_weights(d, cfg, typical_delay if cfg.typical_delay_floor else 0.0)
+    w0 = delay_weights(d, cfg, typical_delay if cfg.typical_delay_floor else 0.0, delay_spread)
 
     start = 0
     while True:
