@@ -167,7 +167,8 @@ def delay_weights(d: np.ndarray, cfg: FitConfig, typical_delay: float = 0.0,
     least queued. Why: the estimate follows the typical route (the reference is a median),
     and a minority route's replies, each within its own honest interval, tilted every window
     they filled: the real trace at 180 s polls 0.218 → 0.036 ms, 100 s 0.042 → 0.019 ms."""
-    excess = np.maximum(d - max(fast_median(d), typical_delay), 0.0) / 2.0
+    ref = max(fast_median(d), typical_delay) if cfg.typical_delay_floor else fast_median(d)
+    excess = np.maximum(d - ref, 0.0) / 2.0
     if cfg.route_k > 0.0 and typical_delay > 0.0 and math.isfinite(delay_spread):
         allowance = cfg.route_k * max(delay_spread, cfg.noise_floor_s)
         excess = np.maximum(excess, np.maximum(typical_delay - allowance - d, 0.0) / 2.0)
@@ -374,7 +375,7 @@ def fit_arrays(
     spread, beyond which a faster reply came by another route (``delay_weights``)."""
     if len(t) == 0:
         return None
-    w0 = delay_weights(d, cfg, typical_delay if cfg.typical_delay_floor else 0.0, delay_spread)
+    w0 = delay_weights(d, cfg, typical_delay, delay_spread)
 
     start = 0
     while True:
