@@ -151,7 +151,7 @@ PREFACE = (
     "lottery. Over 24 seeds (`--quick --seeds 24`), paired seed by seed against fixed 64 s: "
     "`wander` 0.980 ± 0.011, `congestion` 0.936 ± 0.034, `mixed` 0.996 ± 0.011, "
     "`random-walk` 0.992 ± 0.015, `asymmetric` 0.996 ± 0.003, `outage` 1.003 ± 0.014, "
-    "`disciplined` 1.015 ± 0.029 (1.002 on the summed MAE), `step` 0.850, `drift` 0.729, "
+    "`disciplined` 1.012 ± 0.030 (0.997 on the summed MAE), `step` 0.850, `drift` 0.729, "
     "`spikes` 0.672 (measured 2026-12-03 on stop 26's engine; on stop 25's, before the floor "
     "under a window's reference delay: `outage` 0.986, `mixed` 0.980, `disciplined` 1.010; "
     "before the anchored budget: "
