@@ -3,6 +3,7 @@ persistence, retrospective answers and source selection."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Iterator
 
@@ -496,3 +497,27 @@ def test_a_reply_from_a_faster_route_weighs_as_one_queued_by_the_difference() ->
     mad = 1.4826 * float(np.median(np.abs(one - med)))
     w1 = delay_weights(one, cfg, typical_delay=med, delay_spread=mad)
     assert w1[one <= med] == pytest.approx(w1.max())
+
+
+def test_a_window_left_with_one_weighted_sample_keeps_a_sane_slope() -> None:
+    """The real trace at 180 s polls, one candidate window of 8: six replies from the fast
+    route (weighted as queued by the route rule) and two typical ones; the robust pass
+    rejected all but one. A least-squares slope through one sample is the rounding error
+    of its reference time: it served 2.2e7 s/s (an offset 3e10 s off, with a bound wider
+    still). A slope needs two samples with weight; otherwise the robust start's stays."""
+    import numpy as np
+
+    from chronotickd.core.estimator import FitConfig, fit_arrays
+
+    t = np.array([59207.54511, 59387.54517, 59567.54518, 59747.54517, 60107.54519,
+                  60647.54518, 60827.54521, 61009.54519])
+    y = np.array([-0.000236273, -0.00122118, -0.000160456, -0.000966787, -0.001043558,
+                  -0.000912189, -0.000926971, -0.000659227])
+    d = np.array([0.002836704, 0.000736237, 0.002767086, 0.001067638, 0.000757694,
+                  0.000844955, 0.000732422, 0.001169682])
+    fit = fit_arrays(t, y, d, d / 2, FitConfig(), None, False, 0.0, 0.002758503,
+                     6.751389750000026e-05)
+    assert fit is not None
+    assert abs(fit.freq) < 100e-6  # a crystal's tolerance, not seconds per second
+    assert abs(fit.predict(t[-1] + 180.0)) < 5e-3
+    assert math.isfinite(fit.var_freq) and fit.var_freq < (100e-6) ** 2

@@ -310,7 +310,10 @@ def _irls(
         sw = float(w.sum())
         t_ref = float(w.dot(t)) / sw
         dt = t - t_ref
-        if use_slope:
+        # a slope needs two samples with weight: through one, sxx is the rounding error of
+        # t_ref (t is ~1e9 s) and the "slope" was 2e7 s/s (the real trace at 180 s polls, a
+        # window of 8 whose other replies were all rejected); keep the robust start's slope
+        if use_slope and np.count_nonzero(w) >= 2:
             wdt = w * dt
             sxx = float(wdt.dot(dt))
             freq = float(wdt.dot(y)) / sxx if sxx > 0 else freq
@@ -393,7 +396,7 @@ def fit_arrays(
     dt = tt - t_ref
     sxx = float((w * dt * dt).sum()) / sw if sw > 0 else 0.0
     var_offset = scale * scale / max(n_eff, 1.0)
-    if len(tt) >= cfg.min_samples_for_slope and sxx > 0:
+    if len(tt) >= cfg.min_samples_for_slope and sxx > 0 and np.count_nonzero(w) >= 2:
         var_freq = scale * scale / (max(n_eff, 1.0) * sxx)
     else:
         var_freq = cfg.prior_freq_sigma**2
