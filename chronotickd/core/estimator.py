@@ -304,7 +304,9 @@ def _irls(
     u = np.abs(res) / (scale * _spread(t, w0, t_ref, use_slope, w_typ))
     w = w0 * np.where(u <= cfg.huber_k, 1.0, cfg.huber_k / np.maximum(u, 1e-12))
     w[u > cfg.reject_k] = 0.0
-    if w.sum() <= 0:
+    # a robust pass that leaves fewer than two samples judged them with a scale only one of
+    # them set: not a fit. Keep the delay weights alone (before, only an empty pass fell back)
+    if np.count_nonzero(w) < min(2, len(w)):
         w = w0.copy()
     for _ in range(4):
         sw = float(w.sum())
@@ -325,7 +327,7 @@ def _irls(
         robust = np.minimum(1.0, cfg.huber_k / np.maximum(u, 1e-12))
         robust[u > cfg.reject_k] = 0.0
         w_new = w0 * robust
-        if w_new.sum() <= 0:
+        if np.count_nonzero(w_new) < min(2, len(w_new)):
             break
         done = bool(np.abs(w_new - w).max() <= 1e-2 * float(w.max()))
         w = w_new
