@@ -166,7 +166,8 @@ def delay_weights(d: np.ndarray, cfg: FitConfig, typical_delay: float = 0.0,
     faster reply keeps its full weight: on a path with one route the fastest replies are the
     least queued. Why: the estimate follows the typical route (the reference is a median),
     and a minority route's replies, each within its own honest interval, tilted every window
-    they filled: the real trace at 180 s polls 0.218 → 0.036 ms, 100 s 0.042 → 0.019 ms."""
+    they filled: the real trace at 180 s polls 0.218 → 0.036 ms, 100 s 0.042 → 0.019 ms
+    when this rule was added (docs/replay.md)."""
     ref = max(fast_median(d), typical_delay) if cfg.typical_delay_floor else fast_median(d)
     excess = np.maximum(d - ref, 0.0) / 2.0
     if cfg.route_k > 0.0 and typical_delay > 0.0 and math.isfinite(delay_spread):
@@ -313,8 +314,9 @@ def _irls(
         t_ref = float(w.dot(t)) / sw
         dt = t - t_ref
         # a slope needs two samples with weight: through one, sxx is the rounding error of
-        # t_ref (t is ~1e9 s) and the "slope" was 2e7 s/s (the real trace at 180 s polls, a
-        # window of 8 whose other replies were all rejected); keep the robust start's slope
+        # t_ref (times are large: 6e4 s into the trace, 1e9 s of CLOCK_REALTIME) and the
+        # "slope" was 2e7 s/s (the real trace at 180 s polls, a window of 8 whose other
+        # replies were all rejected); keep the robust start's slope
         if use_slope and np.count_nonzero(w) >= 2:
             wdt = w * dt
             sxx = float(wdt.dot(dt))
