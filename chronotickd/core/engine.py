@@ -55,6 +55,8 @@ DISCIPLINED_RATE = 10e-9
 DISCIPLINED_CHECK_SAMPLES = 8  # ... whose clock must agree with this many newest samples
 # samples before the spread of a track's delays is known well enough to tell another route
 ROUTE_MIN_SAMPLES = 8
+# samples before the longest window's noise scale is taken as the path's (``Track.path_noise``)
+PATH_NOISE_MIN_SAMPLES = 8
 GUESS_REFIT_S = 0.1e-6  # a young track is refitted when the system rate moved by this
 LEAP_GUARD_S = 2.0  # measurements this close to a leap instant are not fitted (which side?)
 LEAP_CONFIRM = 3  # measurements after a leap that show it was not applied → it was not
@@ -174,13 +176,21 @@ class Track:
         drifted 4 ms on its slope (held-out ``disc-internet`` at 100 s polls: 607 µs against
         206 µs for no correction at all; now 162 µs)."""
         sigma = fit.sigma
-        if fit.n < self.cfg.outlier_scale_below:
-            longest = self.cand_fits.get(self.windows[-1])
-            if longest is not None and longest.n >= self.cfg.outlier_scale_below // 2:
-                sigma = max(sigma, longest.sigma)
+        path = self.path_noise()
+        if fit.n < self.cfg.outlier_scale_below and path is not None:
+            sigma = max(sigma, path)
         spread = math.hypot(fit.stddev(m.t), sigma)
         drift = self.cfg.max_drift_ppm * 1e-6 * max(0.0, m.t - fit.t_last)
         return max(self.cfg.outlier_k * spread, self.cfg.outlier_floor_s) + drift
+
+    def path_noise(self) -> float | None:
+        """The path's noise scale: the longest window's, once it holds
+        ``PATH_NOISE_MIN_SAMPLES`` (None before). Shorter windows follow the clock better,
+        but their own scale rests on fewer samples."""
+        longest = self.cand_fits.get(self.windows[-1])
+        if longest is None or longest.n < PATH_NOISE_MIN_SAMPLES:
+            return None
+        return longest.sigma
 
     def step_confirm(self) -> int:
         """Agreeing consecutive outliers needed to call a step at the current outlier rate."""
@@ -353,8 +363,8 @@ class Track:
         much it fell outside the bound served before it (the calibration term)."""
         agg = self.agg
         assert agg is not None
-        longest = self.cand_fits.get(self.windows[-1])
-        noise = longest.sigma if longest is not None and longest.n >= 8 else served.sigma
+        path = self.path_noise()
+        noise = path if path is not None else served.sigma
         agg.score(m.t, m.offset, max(noise, self.cfg.fit.noise_floor_s),
                   max(0.0, m.delay - self.last_delay) / 2.0)
         age = max(0.0, m.t - served.t_last)

@@ -315,8 +315,8 @@ def _irls(
         dt = t - t_ref
         # a slope needs two samples with weight: through one, sxx is the rounding error of
         # t_ref (times are large: 6e4 s into the trace, 1e9 s of CLOCK_REALTIME) and the
-        # "slope" was 2e7 s/s (the real trace at 180 s polls, a window of 8 whose other
-        # replies were all rejected); keep the robust start's slope
+        # "slope" was 2e7 s/s. The fallbacks above and below keep two whenever there are
+        # two; this covers a single sample, whose robust start's slope stays
         if use_slope and np.count_nonzero(w) >= 2:
             wdt = w * dt
             sxx = float(wdt.dot(dt))
@@ -400,7 +400,7 @@ def fit_arrays(
     dt = tt - t_ref
     sxx = float((w * dt * dt).sum()) / sw if sw > 0 else 0.0
     var_offset = scale * scale / max(n_eff, 1.0)
-    if len(tt) >= cfg.min_samples_for_slope and sxx > 0 and np.count_nonzero(w) >= 2:
+    if len(tt) >= cfg.min_samples_for_slope and sxx > 0:  # _irls keeps two weighted samples
         var_freq = scale * scale / (max(n_eff, 1.0) * sxx)
     else:
         var_freq = cfg.prior_freq_sigma**2
