@@ -113,8 +113,9 @@ SCHEMA: dict[str, Key] = {
     "clock.restore_drift_ppm": Key("float", 50.0, "bound growth of a restored estimate",
                                    0, 1000),
     "clock.stale_after_s": Key("float", 64.0, "age before status turns freerunning", 1, 86400),
-    "clock.void_after_s": Key("float", 3600.0, "age after which the estimate is dropped",
-                              1, 10 * 86400),
+    "clock.void_after_s": Key("float", 3600.0,
+                              "age after which the estimate is no longer vouched for", 1,
+                              10 * 86400),
     "ptp.enabled": Key("bool", False, "poll ptp4l through pmc (PTP preferred over NTP)"),
     "ptp.uds": Key("str", "/var/run/ptp4l", "ptp4l's management socket (its uds_address)"),
     "ptp.phc_device": Key("str", "", "PHC ptp4l disciplines/measures, e.g. /dev/ptp0; "

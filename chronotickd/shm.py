@@ -3,7 +3,7 @@
 The publish side of the shared-memory read path (the daemon only wires it to the
 ``Publisher``). Every published state is also written to
 
-* ChronoTick's segment (``shm.path``, layout v2 in docs/protocol.md, read by
+* ChronoTick's segment (``shm.path``, layout v3 in docs/protocol.md, read by
   ``chronotick_client.shm`` and ``clients/c/chronotick_shm.h``): the engine's fit on the
   CLOCK_MONOTONIC_RAW axis (chronotickd/core/timebase.py) with everything a reader needs to
   compute the corrected time and its bound from its own clock reads, the same arithmetic as
@@ -141,7 +141,9 @@ def segment_params(clock: Any, reading: WriteReading, boot: bytes,
         offset_ref=float(fit.offset_ref + shift), freq=float(fit.freq), var_offset=float(vo),
         var_freq=float(vf), systematic=float(fit.systematic + extra), leap_raw_ns=leap_raw_ns,
         state=layout.STATE_RESTORED if base.restored else layout.STATE_TRACKING,
-        leap=leap, leap_flags=leap_flags, flags=0 if fits else layout.FLAG_SOCKET,
+        leap=leap, leap_flags=leap_flags,
+        flags=((0 if fits else layout.FLAG_SOCKET)
+               | (layout.FLAG_HOLDOVER if getattr(base, "holdover", False) else 0)),
         source=str(base.source), **common)
 
 
@@ -214,7 +216,7 @@ class SegmentFile:
 
 
 class ChronoTickSegment:
-    """ChronoTick's own segment (layout v2); generation u64, odd while writing."""
+    """ChronoTick's own segment (layout v3); generation u64, odd while writing."""
 
     def __init__(self, path: str, mode: int) -> None:
         self.file = SegmentFile(path, layout.SEGMENT_SIZE, mode, self._header_ok)

@@ -190,6 +190,21 @@ def test_status_shaping_health_and_unknown_source_fields() -> None:
     assert never.last_sync is None and "never synced" in never.summary
 
 
+def test_a_held_over_answer_says_so() -> None:
+    """Past the void on a free-running host the answer is the old line held over (source
+    ntp, an age), not the system clock: the summary must not call it the system clock."""
+    r = {"corrected_time_ns": 1_700_000_000 * 10**9, "system_time_ns": 1_700_000_000 * 10**9,
+         "offset_ns": 72_000_000, "bound_ns": 16 * 10**9,
+         "earliest_ns": 1_684_000_000 * 10**9, "latest_ns": 1_716_000_000 * 10**9,
+         "status": "unsynchronized", "source": "ntp", "as_of_ns": 1_699_992_800 * 10**9,
+         "age_ns": 7200 * 10**9, "void_after_ns": 1_699_996_400 * 10**9}
+    held = tools.time_result(r).summary
+    assert "ntp estimate held over" in held and "system clock" not in held, held
+    bare = tools.time_result({**r, "source": "system", "as_of_ns": 0, "age_ns": None,
+                              "offset_ns": 0}).summary
+    assert "system clock" in bare, bare
+
+
 def test_console_script_declared() -> None:
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["chronotick-mcp"] == "chronotick_mcp.server:main"

@@ -153,6 +153,26 @@ def test_unsynchronized_and_void_states() -> None:
     p = shm.segment_params(synced, reading(real_w, raw_w), BOOT)
     late = 3601 * 10**9  # past void_after (3600 s after the last measurement)
     assert shm_answer(p, real_w + late, raw_w + late)["status"] == "unsynchronized"
+    # a free-running host (REALTIME not steered): past the void the line is held over, with
+    # the unsynchronized bound, as the socket answers it (flag HOLDOVER)
+    assert synced.holdover and p.flags & layout.FLAG_HOLDOVER
+    for later, width in ((late, 0), (late + 7200 * 10**9, 40)):
+        real, raw = real_w + later, raw_w + later
+        got, want = shm_answer(p, real, raw, width), socket_answer(synced, real, raw, width)
+        assert (got["status"], got["source"]) == (want["status"], want["source"])
+        assert (got["status"], got["source"]) == ("unsynchronized", "ntp")
+        assert abs(got["offset_ns"] - want["offset_ns"]) <= 2
+        assert abs(got["offset_ns"] - (0.001 + 2e-6 * later / 1e9) * 1e9) < 1e4  # not 0
+        assert got["bound_ns"] >= 16 * 10**9
+        assert got["earliest_ns"] <= want["earliest_ns"] and got["latest_ns"] >= want["latest_ns"]
+    # a host another daemon keeps on time: the system clock, as before
+    kept = replace(synced, holdover=False)
+    p = shm.segment_params(kept, reading(real_w, raw_w), BOOT)
+    assert not p.flags & layout.FLAG_HOLDOVER
+    for got in (shm_answer(p, real_w + late, raw_w + late),
+                socket_answer(kept, real_w + late, raw_w + late)):
+        assert (got["offset_ns"], got["status"], got["source"]) == (0, "unsynchronized",
+                                                                    "system")
 
 
 def test_realtime_step_between_updates_never_gives_a_wrong_narrow_bound() -> None:
@@ -216,7 +236,7 @@ def test_writer_reader_round_trip_and_layout(tmp_path: Path) -> None:
     raw = Path(path).read_bytes()
     assert len(raw) == 256
     magic, version, _, size, _, gen = struct.unpack_from("=IHHIIQ", raw)
-    assert (magic, version, size, gen) == (0x4B544843, 2, 256, 2) and raw[:4] == b"CHTK"
+    assert (magic, version, size, gen) == (0x4B544843, 3, 256, 2) and raw[:4] == b"CHTK"
     with ShmReader(path) as reader:
         assert reader.snapshot() == p
         ans = reader.now()
@@ -444,6 +464,48 @@ def test_c_reader_agrees_with_socket(synced, tmp_path: Path) -> None:
             break
     assert same_state, "a measurement arrived between the reads of every attempt"
     assert 0.5 <= a["bound_ns"] / b["bound_ns"] <= 2.0
+
+
+@pytest.mark.skipif(GCC is None, reason="gcc not installed")
+def test_c_reader_holds_the_line_over_past_the_void_like_python(tmp_path: Path) -> None:
+    """A segment whose newest measurement is 2 h old, on a free-running host (flag
+    HOLDOVER): the C reader answers unsynchronized, with the kernel's 16 s bound, around the
+    line extrapolated (not the system clock), as the Python reader does for the same
+    segment; without the flag both serve the system clock."""
+    exe = tmp_path / "chronotick_now"
+    subprocess.run([GCC, "-O2", "-Wall", "-Wextra", "-Werror", "-std=c11", "-o", str(exe),
+                    str(REPO / "clients/c/chronotick_now.c"), "-lm"], check=True)
+    real_ns, raw_ns = time.clock_gettime_ns(time.CLOCK_REALTIME), time.clock_gettime_ns(
+        time.CLOCK_MONOTONIC_RAW)
+    epoch = (real_ns - raw_ns) // 10**9  # whole seconds: δ = REALTIME − RAW − epoch ∈ [0, 1)
+    delta = (real_ns - raw_ns - epoch * 10**9) / 1e9
+    t_last = raw_ns / 1e9 - 7200.0
+    e = Engine(EngineConfig(), epoch=float(epoch))
+    for i in range(20):  # θ = δ + 1 ms + 2 ppm: the system clock 1 ms behind and slowing
+        t = t_last - 19 + i
+        e.add(Measurement(t, delta + 0.001 + 2e-6 * (t - t_last), 1e-4, 5e-5, "srv", "ntp"))
+    st = e.snapshot(ClockReading(raw_ns / 1e9, real_ns / 1e9, 0.0))
+    assert st.holdover
+    path = tmp_path / "shm0"
+    seg = shm.ChronoTickSegment(str(path), 0o644)
+    for held in (True, False):
+        state = st if held else replace(st, holdover=False)
+        p = shm.segment_params(state, reading(real_ns, raw_ns), layout.boot_id())
+        seg.write(p)
+        out = subprocess.run([str(exe), str(path)], capture_output=True, text=True, timeout=10)
+        assert out.returncode == 0, out.stderr
+        a = json.loads(out.stdout)
+        want = shm_answer(p, a["system_time_ns"], a["system_time_ns"] - epoch * 10**9
+                          - round(delta * 1e9), 0, layout.boot_id())
+        assert a["status"] == want["status"] == "unsynchronized"
+        assert a["source"] == want["source"] == ("ntp" if held else "system")
+        assert a["bound_ns"] >= 16 * 10**9
+        if held:  # 1 ms + 2 ppm × 7200 s = 15.4 ms ahead of the system clock
+            assert abs(a["offset_ns"] - 15_400_000) < 100_000, a
+            assert abs(a["offset_ns"] - want["offset_ns"]) < 100_000, (a, want)
+        else:
+            assert a["offset_ns"] == want["offset_ns"] == 0
+    seg.close(None)
 
 
 def test_stopped_daemon_sends_readers_to_the_socket(tmp_path: Path) -> None:

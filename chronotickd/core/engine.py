@@ -102,12 +102,16 @@ class EngineConfig:
     # the estimate is void after ``void_after_s`` or this many typical poll gaps, whichever
     # is longer (at 1024 s polls one hour is three missed replies); None: ``void_after_s``
     void_after_polls: float | None = 6.0
+    # past the void the answer is unsynchronized with the kernel's unsynchronised bound;
+    # True: its midpoint is the last line extrapolated (holdover) unless another daemon was
+    # seen keeping the system clock on time (then the system clock, ``Track.keeps_system_clock``)
+    holdover: bool = True
 
     @classmethod
     def v1(cls) -> EngineConfig:
         """The engine as it was before issue 13 (replay baseline ``engine-v1``)."""
         return cls(experts=None, step_long_gap_s=None, serve_collecting=False,
-                   void_after_polls=None, outlier_scale_below=0,
+                   void_after_polls=None, outlier_scale_below=0, holdover=False,
                    fit=FitConfig(young_fit_samples=0, leverage_aware=False,
                                  young_slope_prior_sigma=0.0, typical_delay_floor=False,
                                  route_k=0.0))
@@ -146,6 +150,9 @@ class Track:
         # the engine's δ history (set by the engine at each measurement): the level experts
         # are levels of the system clock's offset, θ − δ
         self.realtime = RealtimeMap()
+        # another daemon steers REALTIME and its clock agreed with the newest measurements at
+        # the last refit: past the void, the system clock is the better guess (ClockState)
+        self.keeps_system_clock = False
         self.last: Measurement | None = None
         self.steps = 0
         self.step_times: list[float] = []  # first measurement after each step (for ``at``)
@@ -317,20 +324,26 @@ class Track:
         self.base_fit = self.fit = self.served = fits[self.window]
         self.last_delay = typical
         agg = self.agg
-        dl = self.realtime.deltas_at(t) if agg is not None and self.realtime.points else None
-        if (agg is not None and dl is not None and abs(self.freq_guess) > DISCIPLINED_RATE
-                and not agg.disciplined):
-            # another daemon steers REALTIME; if its clock agrees with these measurements
-            # (the median system-clock offset of the newest ones within their typical
-            # half-delay), it is the experts' prior. One 50 ms off is not (rig scenario a:
-            # favouring it there widened the served bound tenfold for minutes). From the
-            # first sample on: at 1024 s polls waiting for three left the first 2048 s to a
-            # line through one or two samples (2.4 × the clock's own error in the first
-            # hour); a clock wrongly believed loses its weight to the measurements' losses
-            # and its shrink to their standard error as samples come.
+        dl = (self.realtime.deltas_at(t)
+              if (agg is not None or self.cfg.holdover) and self.realtime.points else None)
+        # another daemon steers REALTIME; does its clock agree with these measurements (the
+        # median system-clock offset of the newest ones within their typical half-delay)?
+        # One 50 ms off does not (rig scenario a: favouring it there widened the served bound
+        # tenfold for minutes).
+        self.keeps_system_clock = False
+        if dl is not None and abs(self.freq_guess) > DISCIPLINED_RATE:
             k = min(n, DISCIPLINED_CHECK_SAMPLES)
-            if abs(fast_median((y - dl)[-k:])) <= fast_median(b[-k:]):
-                agg.note_disciplined()
+            self.keeps_system_clock = bool(abs(fast_median((y - dl)[-k:]))
+                                           <= fast_median(b[-k:]))
+        if agg is not None and self.keeps_system_clock and not agg.disciplined:
+            # then it is the experts' prior, from the first sample on: at 1024 s polls waiting
+            # for three left the first 2048 s to a line through one or two samples (2.4 × the
+            # clock's own error in the first hour); a clock wrongly believed loses its weight
+            # to the measurements' losses and its shrink to their standard error as samples
+            # come.
+            agg.note_disciplined()
+        if agg is None:
+            dl = None
         if agg is not None and self.fit is not None:
             longest = fits[self.windows[-1]]
             # "selected": the window the prediction scores chose (the engine before issue 13)
@@ -714,6 +727,7 @@ class Engine:
             common["void_after_s"] = self._void_after(chosen)
             return ClockState(
                 fit=fit,
+                holdover=self.cfg.holdover and not chosen.keeps_system_clock,
                 disagreement=disagreement.describe() if disagreement else "",
                 source=chosen.kind,
                 max_drift=self.cfg.max_drift_ppm * 1e-6,

@@ -117,6 +117,14 @@ class ClockState:
     # the fit is a collecting track's (fewer than min_samples): served with its own honest
     # (wide) bound while that is tighter than ``unsync_bound``, status unsynchronized
     collecting: bool = False
+    # past the void (``void_after_s`` after the newest measurement) nothing is vouched for:
+    # the answer is unsynchronized with at least ``unsync_bound``. Its midpoint is the system
+    # clock (offset 0, source ``system``), or with ``holdover`` the line extrapolated: a
+    # free-running oscillator keeps its rate far better than 16 s (a 10 ppm clock is 72 ms
+    # off after 2 h without replies; the stale line about 0.4 ms). The engine sets it unless
+    # another daemon was seen keeping the system clock on time (then the system clock is the
+    # better guess: it still has that daemon's sources).
+    holdover: bool = False
     epoch_ns: int = field(init=False, default=0, repr=False)
     # ``at``'s local fits, memoized per snapshot: (lo, hi) → LineFit | None, "times" → the
     # history's times. A fit depends only on fields of this immutable snapshot, so the cache
@@ -161,11 +169,15 @@ class ClockState:
         if fit is None:
             return 0.0, self.unsync_bound, _UNSYNC, "system", 0.0, 0.0
         t_last = fit.t_last
-        if raw > t_last + self.void_after_s:
+        void = raw > t_last + self.void_after_s
+        if void and not (self.holdover and not self.collecting):
             return 0.0, self.unsync_bound, _UNSYNC, "system", 0.0, 0.0
         status = _FREE if self.restored or raw - t_last > self.stale_after else _SYNC
         offset = fit.predict(raw) - delta
         bound = self._bound(fit, raw, t_last) + width / 2
+        if void:  # holdover: the line's guess, vouched for no better than the system clock
+            status = _UNSYNC
+            bound = max(bound, self.unsync_bound + width / 2)
         if self.collecting:
             if bound >= self.unsync_bound:
                 return 0.0, self.unsync_bound, _UNSYNC, "system", 0.0, 0.0

@@ -1,4 +1,4 @@
-/* chronotick_shm.h: header-only reader of chronotickd's shared-memory segment (layout v2).
+/* chronotick_shm.h: header-only reader of chronotickd's shared-memory segment (layout v3).
  *
  * Corrected time with an error bound at about the cost of reading the clock: the daemon
  * publishes its fit of the reference against CLOCK_MONOTONIC_RAW (see docs/protocol.md,
@@ -39,7 +39,7 @@
 #include <unistd.h>
 
 #define CT_SHM_MAGIC 0x4B544843u /* "CHTK" */
-#define CT_SHM_VERSION 2
+#define CT_SHM_VERSION 3
 #define CT_SHM_SIZE 256
 #define CT_SHM_DEFAULT "/run/chronotick/shm0"
 #define CT_SHM_PAYLOAD 24
@@ -50,6 +50,7 @@
 #define CT_STATE_RESTORED 2
 #define CT_FLAG_CLOSED 1
 #define CT_FLAG_SOCKET 2 /* the state cannot be expressed here now: ask the socket */
+#define CT_FLAG_HOLDOVER 4 /* past void_after: the line extrapolated, not the system clock */
 #define CT_LEAP_NONE 0
 #define CT_LEAP_INSERT 1
 #define CT_LEAP_DELETE 2
@@ -79,7 +80,7 @@ struct ct_shm_params {
     uint32_t checksum;
     uint8_t reserved2[36];
 };
-_Static_assert(sizeof(struct ct_shm_params) == CT_SHM_SIZE - CT_SHM_PAYLOAD, "layout v2");
+_Static_assert(sizeof(struct ct_shm_params) == CT_SHM_SIZE - CT_SHM_PAYLOAD, "layout v3");
 
 typedef struct {
     int64_t system_time_ns;    /* CLOCK_REALTIME the answer is for */
@@ -228,7 +229,7 @@ static inline int ct_shm_open(ct_shm_reader *r, const char *path) {
     if (magic != CT_SHM_MAGIC || version != CT_SHM_VERSION || size != CT_SHM_SIZE) {
         munmap(m, CT_SHM_SIZE);
         r->seg = NULL;
-        r->why = "not a ChronoTick v2 segment (magic, version or size)";
+        r->why = "not a ChronoTick v3 segment (magic, version or size)";
         errno = EPROTO;
         return -1;
     }
@@ -289,7 +290,8 @@ static inline int ct_shm_now(ct_shm_reader *r, ct_time *out) {
     out->system_time_ns = real;
     out->leap = p->leap;
     int64_t hb;
-    if (raw > r->void_after) {
+    int is_void = raw > r->void_after;
+    if (is_void && !(p->flags & CT_FLAG_HOLDOVER)) {
         hb = (int64_t)(p->unsync_bound * 1e9) + width / 2 + 1;
         out->corrected_time_ns = real;
         out->status = CT_UNSYNCHRONIZED;
@@ -312,6 +314,11 @@ static inline int ct_shm_now(ct_shm_reader *r, ct_time *out) {
         out->corrected_time_ns = raw + p->epoch_ns + (int64_t)(th + (th >= 0 ? 0.5 : -0.5));
         hb = (int64_t)b + 2;
         out->status = raw <= r->sync_until ? CT_SYNCHRONIZED : CT_FREERUNNING;
+        if (is_void) { /* holdover: the line's guess, vouched for no better than the system clock */
+            int64_t hu = (int64_t)(p->unsync_bound * 1e9) + width / 2 + 2;
+            if (hu > hb) hb = hu;
+            out->status = CT_UNSYNCHRONIZED;
+        }
         out->as_of_ns = p->t_last_ns + rr;
         out->void_after_ns = p->void_after_ns + rr;
         out->source = r->source;

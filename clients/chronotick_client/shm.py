@@ -1,7 +1,7 @@
 """Read chronotickd's shared-memory segment: corrected time at about the cost of a clock read.
 
 Standard library only. The daemon rewrites a small segment (default ``/run/chronotick/shm0``,
-layout v2 in docs/protocol.md) at least once a second; ``ShmReader.now()`` maps it once,
+layout v3 in docs/protocol.md) at least once a second; ``ShmReader.now()`` maps it once,
 then each call reads three clocks (REALTIME, MONOTONIC_RAW, REALTIME) and does arithmetic on
 the daemon's published fit — no socket, no syscall besides the clock reads (vDSO). It returns
 the same fields as the socket's ``now``.
@@ -37,7 +37,8 @@ from typing import Any, NamedTuple
 from chronotick_client.protocol import default_socket_path
 
 MAGIC = 0x4B544843  # bytes "CHTK" in little-endian order
-LAYOUT_VERSION = 2  # v1 (branch shm, never released) had no leap slot
+LAYOUT_VERSION = 3  # v1 (branch shm, never released) had no leap slot; v2 had no holdover
+# (past void_after the answer was always the system clock's)
 SEGMENT_SIZE = 256
 DEFAULT_SHM = "/run/chronotick/shm0"
 SHM_ENV = "CHRONOTICK_SHM"
@@ -64,6 +65,9 @@ STATE_TRACKING = 1  # a fit; status from its age (stale_after, void_after)
 STATE_RESTORED = 2  # a fit restored from disk: freerunning until fresh samples confirm it
 FLAG_CLOSED = 1  # the daemon stopped; readers fall back to the socket
 FLAG_SOCKET = 2  # the state cannot be expressed in the segment (e.g. two pending leaps)
+# past void_after the midpoint is the line extrapolated (unsynchronized, bound at least
+# unsync_bound); without it the system clock's (another daemon keeps it on time)
+FLAG_HOLDOVER = 4
 LEAP_NONE, LEAP_INSERT, LEAP_DELETE = 0, 1, 2  # the pending leap (NTP's leap indicator)
 LEAP_CONFIRMED = 1  # leap_flags: a measurement after the leap showed the reference applied it
 LEAP_SMEAR_DOUBT = 2  # references disagree: a 24 h smear is as plausible as the step
@@ -216,7 +220,7 @@ def prepare(p: Params, own_boot: bytes | None = None) -> Prepared:
             p.t_last_ns, sync_until, void_after, p.offset_ref * 1e9, p.freq,
             k * k * p.var_offset * 1e18, k * k * p.var_freq,
             p.systematic * 1e9 + FLOAT_SLACK_NS, p.max_drift, p.unsync_bound * 1e9,
-            p.source, p.leap, p.leap_raw_ns, p.leap_flags)
+            p.source, p.leap, p.leap_raw_ns, p.leap_flags, bool(p.flags & FLAG_HOLDOVER))
 
 
 def fast_path(f: Prepared) -> Prepared:
@@ -238,7 +242,7 @@ def compute_ns(f: Prepared, real: int, raw: int, width: int
     suspend that stopped RAW).
     """
     (refuse, epoch, epoch_wd, write_raw, t_ref, t_last, sync_until, void_after, off0, freq,
-     vo, vf, sys_ns, drift, unsync, source, leap, leap_raw, leap_flags) = f
+     vo, vf, sys_ns, drift, unsync, source, leap, leap_raw, leap_flags, holdover) = f
     if refuse is not None:
         raise ShmUnavailable(refuse)
     since = raw - write_raw
@@ -249,7 +253,8 @@ def compute_ns(f: Prepared, real: int, raw: int, width: int
     # δ is known to ±width/2 (a preemption between the reads widens it, never hides a step)
     if (step if step >= 0 else -step) > STEP_TOLERANCE_NS + width + (since >> 10):
         raise ShmUnavailable("CLOCK_REALTIME stepped or the system slept since the last write")
-    if raw > void_after:
+    void = raw > void_after
+    if void and not holdover:
         hb = int(unsync) + (width >> 1) + 1
         return real, real - hb, real + hb, UNSYNCHRONIZED, "system", 0, 0
     d = raw - t_ref
@@ -263,6 +268,9 @@ def compute_ns(f: Prepared, real: int, raw: int, width: int
     # the reference is raw + epoch + θ; ⌊θ + ½⌋ is within 0.5 ns of θ and ⌊b⌋ within 1 ns of b,
     # so corrected ± (⌊b⌋ + 2) contains [θ − b, θ + b] (math.floor: the cheapest float → int)
     c = raw + epoch + floor(th + 0.5)
+    if void:  # holdover: the line's guess, vouched for no better than the system clock
+        hb = max(floor(b), int(unsync) + (width >> 1)) + 2
+        return c, c - hb, c + hb, UNSYNCHRONIZED, source, t_last + rr, void_after + rr
     hb = floor(b) + 2
     return (c, c - hb, c + hb, SYNCHRONIZED if raw <= sync_until else FREERUNNING, source,
             t_last + rr, void_after + rr)

@@ -121,7 +121,8 @@ class DaemonStatus(BaseModel):
     health: Literal["ok", "warming_up", "degraded", "unsynchronized"] = Field(
         description="ok: synchronized and warmed up; warming_up: still in fast polling; "
                     "degraded: freerunning (stale or restored estimate); unsynchronized: "
-                    "serving the bare system clock with a wide bound.")
+                    "no fresh measurement backs the answer (the system clock, or an old "
+                    "estimate held over) and its bound is wide.")
     status: str
     source: str
     bound_ns: int | None = None

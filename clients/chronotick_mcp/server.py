@@ -46,8 +46,9 @@ INSTRUCTIONS = """\
 ChronoTick serves corrected time with an error bound: the true time lies in
 [earliest, latest]. Always check `status`: only "synchronized" is backed by fresh
 measurements; "freerunning" is an extrapolation with a growing bound; "unsynchronized" is
-the bare system clock. To order events across hosts, record get_time's earliest_ns/latest_ns
-at each event and use order_events: A happened before B only if A.latest < B.earliest.
+a best guess (the system clock, or an old estimate held over) with a wide bound. To order
+events across hosts, record get_time's earliest_ns/latest_ns at each event and use
+order_events: A happened before B only if A.latest < B.earliest.
 get_current_time and convert_time work like the reference MCP time server (IANA zone names)
 and add earliest/latest in the zone and whether the date is certain."""
 

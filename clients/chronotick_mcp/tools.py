@@ -96,10 +96,13 @@ def _time_fields(r: dict[str, Any]) -> dict[str, Any]:
 
 def _trust(r: dict[str, Any]) -> str:
     """The part of a summary that says how far to trust the answer."""
-    if r["status"] == "unsynchronized":
-        return "unsynchronized: no usable measurement, system clock with a wide bound"
     age = r.get("age_ns")
     ago = f"last measurement {fmt_s(age)} ago" if age is not None else "never measured"
+    if r["status"] == "unsynchronized":
+        if r["source"] != "system" and age is not None:  # past the void: held over
+            return (f"unsynchronized: {r['source']} estimate held over, {ago}, with a wide "
+                    "bound")
+        return "unsynchronized: no usable measurement, system clock with a wide bound"
     return f"{r['status']} via {r['source']}, {ago}"
 
 
