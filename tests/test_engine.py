@@ -553,8 +553,11 @@ def test_past_the_void_a_free_running_clock_is_held_over_and_a_kept_one_is_not()
         t = 600.0 + 64.0 * 31 + 7200.0
         reading = ClockReading(t, t + rate * t, 0.0)
         eng.observe_clock(reading)
-        off, bound, status, source, _as_of, _void = eng.snapshot(reading).answer(
-            reading.raw, reading.real)
+        state = eng.snapshot(reading)
+        off, bound, status, source, _as_of, _void = state.answer(reading.raw, reading.real)
+        back = state.at(reading.real, reading)  # retrospective, for the same instant
+        assert (back.status, back.source) == (status, source)
+        assert abs(back.offset - off) < 1e-6 and back.bound >= KERNEL_UNSYNC_MAXERROR_S
         return off, bound, status, source
 
     off, bound, status, source = past_the_void(False)

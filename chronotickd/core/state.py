@@ -245,11 +245,18 @@ class ClockState:
         """(θ in UTC at ``raw``, bound, status, raw of the newest measurement used) from the
         history around ``raw`` (or the served fit); None when nothing is known."""
         fit = self.fit
-        if fit is None or raw > fit.t_last + self.void_after_s:
+        if fit is None:
             return None
-        got = self._retro(raw, cached_only)
+        t_last = fit.t_last
+        if raw > t_last + self.void_after_s:
+            if not self.holdover or self.collecting:
+                return None
+            # past the void: the line held over, as ``answer_delta`` serves it
+            got = (fit.predict(raw), max(self._bound(fit, raw, t_last), self.unsync_bound),
+                   _UNSYNC, t_last)
+        else:
+            got = self._retro(raw, cached_only)
         if got is None:
-            t_last = fit.t_last
             status = _FREE if self.restored or raw - t_last > self.stale_after else _SYNC
             got = (fit.predict(raw), self._bound(fit, raw, t_last), status, t_last)
         if self.leaps:
