@@ -207,6 +207,31 @@ def test_a_budget_polls_a_silent_server_at_its_own_interval() -> None:
     assert min(gaps) >= 64.0 and max(gaps) < 70.0  # (the start's debt still being repaid)
 
 
+def test_the_first_reply_after_a_silence_restarts_the_ramp_and_a_lost_one_does_not() -> None:
+    """After 8 polls in a row got no reply (an outage, not a lost packet) the next reply
+    starts the ramp again, 16 → 32 → 64 s, borrowed from the budget like the start's (ntpd's
+    iburst on a server that was unreachable): the clock's frequency moved while nobody
+    answered (the matrix's `outage` over 24 seeds: 1.001 → 0.971 × fixed 64 s). One or a
+    few lost replies do not; and the budget still holds over the run."""
+
+    def gaps_after(silent: int) -> list[float]:
+        p = PollPolicy(BUDGET)
+        now = sum(_run(p, 150, "accepted", 0.7))  # the start's debt repaid: on the grid
+        now += sum(_run(p, silent, "no_reply", 0.0, now=now))
+        return _run(p, 4, "accepted", 0.7, now=now)
+
+    ramp = gaps_after(8)
+    assert ramp[:2] == [16.0, 32.0] and 64.0 <= ramp[2] <= 68.0  # (then repaying)
+    assert gaps_after(7)[0] == 64.0 and gaps_after(2)[0] == 64.0
+    p = PollPolicy(BUDGET)
+    now, times = 0.0, [0.0]
+    while now < 6 * 3600:  # two outages of 10 polls: two ramps, repaid
+        silent = 1000 < now < 1700 or 9000 < now < 9700
+        now = p.on_result(now, "no_reply" if silent else "accepted", 0.7, 1.0)
+        times.append(now)
+    assert len([t for t in times if t <= 6 * 3600]) <= 6 * 3600 // 64 + 1
+
+
 def test_without_confirming_bursts_a_surprise_halves_the_interval_only() -> None:
     """A public server (``confirm_bursts`` off) gets its burst at start only: a step or an
     outlier at a long interval shortens the interval, never below minpoll, with no burst."""
