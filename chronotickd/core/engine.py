@@ -342,8 +342,6 @@ class Track:
             # to the measurements' losses and its shrink to their standard error as samples
             # come.
             agg.note_disciplined()
-        if agg is None:
-            dl = None
         if agg is not None and self.fit is not None:
             longest = fits[self.windows[-1]]
             # "selected": the window the prediction scores chose (the engine before issue 13)
