@@ -143,7 +143,7 @@ def segment_params(clock: Any, reading: WriteReading, boot: bytes,
         state=layout.STATE_RESTORED if base.restored else layout.STATE_TRACKING,
         leap=leap, leap_flags=leap_flags,
         flags=((0 if fits else layout.FLAG_SOCKET)
-               | (layout.FLAG_HOLDOVER if getattr(base, "holdover", False) else 0)),
+               | (layout.FLAG_HOLDOVER if base.holdover else 0)),
         source=str(base.source), **common)
 
 

@@ -203,6 +203,10 @@ def test_a_held_over_answer_says_so() -> None:
     bare = tools.time_result({**r, "source": "system", "as_of_ns": 0, "age_ns": None,
                               "offset_ns": 0}).summary
     assert "system clock" in bare, bare
+    # a collecting answer (before min_samples, void_after still ahead) is not held over
+    young = tools.time_result({**r, "bound_ns": 10**6, "age_ns": 10**9,
+                               "void_after_ns": r["system_time_ns"] + 3600 * 10**9}).summary
+    assert "first measurements" in young and "held over" not in young, young
 
 
 def test_console_script_declared() -> None:

@@ -35,14 +35,14 @@ BOOT = b"b" * 16
 
 
 def engine_state(raw_now: float, delta: float = 0.0, offset: float = 0.001, freq: float = 2e-6,
-                 n: int = 20, leaps: tuple[Leap, ...] = ()) -> ClockState:
+                 n: int = 20, leaps: tuple[Leap, ...] = (), epoch: int = EPOCH_S) -> ClockState:
     """A synchronized engine state on the time base: θ(raw) = offset + freq·(raw − raw_now),
     measured once a second up to ``raw_now``; REALTIME is δ = ``delta`` s off raw + epoch."""
-    e = Engine(EngineConfig(), epoch=float(EPOCH_S))
+    e = Engine(EngineConfig(), epoch=float(epoch))
     for i in range(n):
         t = raw_now - n + 1 + i
         e.add(Measurement(t, offset + freq * (t - raw_now), 1e-4, 5e-5, "srv", "ntp"))
-    st = e.snapshot(ClockReading(raw_now, raw_now + EPOCH_S + delta, 0.0))
+    st = e.snapshot(ClockReading(raw_now, raw_now + epoch + delta, 0.0))
     return replace(st, leaps=leaps) if leaps else st
 
 
@@ -479,12 +479,8 @@ def test_c_reader_holds_the_line_over_past_the_void_like_python(tmp_path: Path) 
         time.CLOCK_MONOTONIC_RAW)
     epoch = (real_ns - raw_ns) // 10**9  # whole seconds: δ = REALTIME − RAW − epoch ∈ [0, 1)
     delta = (real_ns - raw_ns - epoch * 10**9) / 1e9
-    t_last = raw_ns / 1e9 - 7200.0
-    e = Engine(EngineConfig(), epoch=float(epoch))
-    for i in range(20):  # θ = δ + 1 ms + 2 ppm: the system clock 1 ms behind and slowing
-        t = t_last - 19 + i
-        e.add(Measurement(t, delta + 0.001 + 2e-6 * (t - t_last), 1e-4, 5e-5, "srv", "ntp"))
-    st = e.snapshot(ClockReading(raw_ns / 1e9, real_ns / 1e9, 0.0))
+    # θ = δ + 1 ms + 2 ppm, measured up to 2 h ago: the system clock 1 ms behind and slowing
+    st = engine_state(raw_ns / 1e9 - 7200.0, delta, offset=delta + 0.001, epoch=epoch)
     assert st.holdover
     path = tmp_path / "shm0"
     seg = shm.ChronoTickSegment(str(path), 0o644)

@@ -133,6 +133,11 @@ class ClockState:
     _fits: dict[Any, Any] = field(init=False, default_factory=dict, repr=False, compare=False)
 
     # -- queries -------------------------------------------------------------------------
+    @property
+    def _holds_over(self) -> bool:
+        """Past the void, serve the line (``holdover``); never a collecting track's."""
+        return self.holdover and not self.collecting
+
     def _bound(self, fit: LineFit, t: float, last: float) -> float:
         age = max(0.0, t - last)
         return fit.systematic + self.confidence_k * fit.bound_stddev(t) + self.max_drift * age
@@ -170,7 +175,7 @@ class ClockState:
             return 0.0, self.unsync_bound, _UNSYNC, "system", 0.0, 0.0
         t_last = fit.t_last
         void = raw > t_last + self.void_after_s
-        if void and not (self.holdover and not self.collecting):
+        if void and not self._holds_over:
             return 0.0, self.unsync_bound, _UNSYNC, "system", 0.0, 0.0
         status = _FREE if self.restored or raw - t_last > self.stale_after else _SYNC
         offset = fit.predict(raw) - delta
@@ -249,7 +254,7 @@ class ClockState:
             return None
         t_last = fit.t_last
         if raw > t_last + self.void_after_s:
-            if not self.holdover or self.collecting:
+            if not self._holds_over:
                 return None
             # past the void: the line held over, as ``answer_delta`` serves it
             got = (fit.predict(raw), max(self._bound(fit, raw, t_last), self.unsync_bound),

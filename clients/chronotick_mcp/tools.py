@@ -99,10 +99,12 @@ def _trust(r: dict[str, Any]) -> str:
     age = r.get("age_ns")
     ago = f"last measurement {fmt_s(age)} ago" if age is not None else "never measured"
     if r["status"] == "unsynchronized":
-        if r["source"] != "system" and age is not None:  # past the void: held over
-            return (f"unsynchronized: {r['source']} estimate held over, {ago}, with a wide "
-                    "bound")
-        return "unsynchronized: no usable measurement, system clock with a wide bound"
+        if r["source"] == "system" or age is None:
+            return "unsynchronized: no usable measurement, system clock with a wide bound"
+        void = r.get("void_after_ns") or 0
+        # past its void the estimate is held over; before it, still collecting first samples
+        how = "held over" if 0 < void < r["system_time_ns"] else "from its first measurements"
+        return f"unsynchronized: {r['source']} estimate {how}, {ago}, with a wide bound"
     return f"{r['status']} via {r['source']}, {ago}"
 
 
