@@ -48,6 +48,7 @@ from chronotickd.core.timebase import ClockReading, RealtimeMap, as_reading
 
 # the newest accepted samples whose intervals the served bound must hold (``_in_doubt``)
 CONTRADICTION_MEMORY = 4
+TURN_RECENT = 4  # accepted samples whose course a turning clock's outliers must continue
 # a system clock rate beyond this is a slew in progress, not a frequency (``_system_rate``)
 SYSTEM_RATE_MAX = 50e-6
 # δ moving faster than this: another daemon disciplines the system clock (nobody: exactly 0)
@@ -235,6 +236,8 @@ class Track:
                 self.run += 1
                 if len(self.pending) >= need and self._fit_was_wrong(need):
                     return "accepted"
+                if self._clock_turned(fit):
+                    return "accepted"
                 if len(self.pending) < need or not self._pending_agree(fit, need):
                     self.pending = self.pending[-need:]
                     self.outliers += 1
@@ -416,11 +419,65 @@ class Track:
         if joint is None or any(abs(p.offset - joint.predict(p.t)) > self._threshold(joint, p)
                                 for p in run):
             return False
+        self._take_run(run)
+        return True
+
+    def _take_run(self, run: list[Measurement]) -> None:
+        """The pending run was not outliers: take it into the window (unscored) and refit."""
         self.samples.extend(run)
         self.history.extend(run)
         self.pending.clear()
         self.run = 0
         self._refit()
+
+    def _clock_turned(self, fit: LineFit) -> bool:
+        """Is the pending run the clock's frequency moving on, not outliers? Take it then.
+
+        A step puts the replies at a new level; a turn of the frequency makes them leave
+        the line further at each poll, on the course the newest accepted samples had already
+        begun. So: at least two outliers on one side, each further out than the one before
+        by more than half the outlier threshold (noise could not carry it so), none
+        explained by its own queueing (congestion builds up the same way), and one
+        straight line through the newest ``TURN_RECENT`` accepted samples and the run that
+        is within the outlier threshold of every one of them (the fit's own noise scale,
+        not the joint line's: a line through a step is far from both levels). Why: after
+        the initial burst a fit's noise scale comes from replies seconds apart, and a
+        frequency wandering by ppm within minutes (a fast thermal cycle) carried the clock
+        off the line faster than its drift allowance. Every reply was then an outlier until
+        enough agreed for a step (``_fit_was_wrong``'s line through the whole window, burst
+        included, could not hold the bend), and the answer drifted 1.3 ms meanwhile
+        (held-out ``wander-fast`` seed 302: 6 polls in a row after the burst). The samples
+        are taken as ``_fit_was_wrong`` takes them, unscored: scoring the experts on them
+        too left the aggregation leaning on the bend after it ended (the unit test's clock:
+        169 against 56 µs)."""
+        if self.cfg.experts is None:  # engine-v1 waits for a step's confirmation
+            return False
+        run = self.pending
+        if len(run) < 2 or len(self.samples) < TURN_RECENT:
+            return False
+        floor = self.cfg.outlier_floor_s
+        sigma = fit.sigma
+        path = self.path_noise()
+        if path is not None:
+            sigma = max(sigma, path)
+        limit = max(self.cfg.outlier_k * sigma, floor)
+        res = [p.offset - fit.predict(p.t) for p in run]
+        if not (all(r > 0 for r in res) or all(r < 0 for r in res)):
+            return False
+        # each further out by more than noise could carry it (a step's stay at one level)
+        if any(abs(b) - abs(a) <= limit / 2 for a, b in itertools.pairwise(res)):
+            return False
+        if self.last_delay > 0 and any(abs(r) <= max(0.0, p.delay - self.last_delay) / 2 + floor
+                                       for r, p in zip(res, run, strict=True)):
+            return False
+        pts = [*itertools.islice(self.samples, len(self.samples) - TURN_RECENT, None), *run]
+        t = np.array([p.t for p in pts])
+        y = np.array([p.offset for p in pts])
+        t0 = t[-1]
+        slope, level = np.polyfit(t - t0, y, 1)
+        if np.max(np.abs(y - (level + slope * (t - t0)))) > limit:
+            return False
+        self._take_run(run)
         return True
 
     def _ambiguous(self, fit: LineFit, m: Measurement) -> bool:
