@@ -49,6 +49,15 @@ def test_scenario_bound_holds_against_truth(chronyd, key: str) -> None:
         assert s.mae_s <= 100e-6
     if key == "g":
         assert s.half_width_s >= 15.0  # the documented 16 s, not the kernel's "0"
+    if key == "j":
+        f = result.facts
+        assert f["past_void_queries"] >= 20
+        # past the void: honest (unsynchronized, the kernel's 16 s at least) ...
+        assert f["past_void_statuses"] == ["unsynchronized"]
+        assert f["past_void_min_bound_s"] >= 16.0
+        # ... and still the best guess: the line held over, not the system clock 40 ms off
+        assert f["system_clock_error_ms"] >= 30.0
+        assert f["past_void_max_error_us"] <= 1000.0, f
     if key == "d":
         f = result.facts
         assert f["leap_before"] == "insert pending"  # status shows it before it happens

@@ -559,6 +559,13 @@ class Rig:
     def set_boot_id(self, d: RigDaemon, boot_id: str) -> None:
         Path(d.env["CHRONOTICK_BOOT_ID_FILE"]).write_text(boot_id + "\n")
 
+    def responder(self) -> Responder:
+        """A loopback NTP server serving the harness's clock (the truth) that a scenario can
+        silence (``Responder.silent``), which the shared chronyd cannot be."""
+        r = Responder().start()
+        self._responders.append(r)
+        return r
+
     def leap_responder(self, leap_in_s: float) -> LeapResponder:
         """A loopback NTP server serving true UTC with a leap second inserted ``leap_in_s``
         from now (leap indicator 1 before it); also makes the rig's truth leap.

@@ -168,6 +168,49 @@ def reboot(rig: Rig, server: str, scale: float = 1.0) -> Result:
     return Result("f-reboot", enough(d, score, scale), t)
 
 
+# clock.void_after_s for the holdover scenario: the void is then 6 s (6 poll gaps of 1 s,
+# ``EngineConfig.void_after_polls``), reached within seconds of the reference going silent
+HOLDOVER_VOID_S = 4.0
+
+
+def holdover(rig: Rig, server: str, scale: float = 1.0) -> Result:
+    """(j) the reference goes silent for good: the daemon's clock is 40 ms and 20 ppm off
+    and nobody steers it. Past the void (``clock.void_after_s``, here seconds) nothing is
+    vouched for: the answer is unsynchronized with at least the kernel's 16 s bound, and
+    its midpoint is the line held over, not the system clock 40 ms off (docs/design.md,
+    "Holdover"). Scored throughout; ``facts`` keeps the answers past the void apart."""
+    del server  # the reference must fall silent: a responder of the rig's own, not chronyd
+    ref = rig.responder()
+    d = rig.daemon("j", [ref.server], start=False, clock__void_after_s=HOLDOVER_VOID_S)
+    d.clock.set(offset_s=0.040, freq_ppm=20.0)
+    d.start()
+    t = d.wait_status()
+    score = d.sample_for(3.0)
+    ref.silent = True
+    silent_at = time.monotonic()
+    while d.query().status != "unsynchronized":  # freerunning first, then past the void
+        if time.monotonic() - silent_at > 60.0:
+            raise AssertionError(f"daemon j not past the void 60 s after its reference "
+                                 f"fell silent; status {d.call('status')}")
+        d.sample_for(0.2, score=score)
+    void_s = time.monotonic() - silent_at
+    past = d.sample_for(3.0 * scale)
+    score.extend(past)
+    errs = sorted(abs(x.error_ns) for x in past.samples)
+    system = sorted(abs(x.system_ns - x.truth_ns) for x in past.samples
+                    if x.truth_ns is not None)
+    facts = {
+        "void_after_silence_s": round(void_s, 1),
+        "past_void_queries": past.queries,
+        "past_void_statuses": sorted({x.status for x in past.samples}),
+        "past_void_min_bound_s": min(x.bound_ns for x in past.samples) / 1e9,
+        "past_void_mae_us": round(past.mae_s * 1e6, 1),
+        "past_void_max_error_us": round(errs[-1] / 1e3, 1),
+        "system_clock_error_ms": round(system[len(system) // 2] / 1e6, 3) if system else None,
+    }
+    return Result("j-holdover", enough(d, score, scale), t, facts)
+
+
 SCENARIOS: dict[str, Callable[[Rig, str, float], Result]] = {
     "a": offset_and_frequency,
     "b": slewed_by_another_daemon,
@@ -178,4 +221,5 @@ SCENARIOS: dict[str, Callable[[Rig, str, float], Result]] = {
     "g": unsynchronized_kernel_claims_zero,
     "h": three_hosts_ordered,
     "i": frequency_wander,
+    "j": holdover,
 }
