@@ -440,7 +440,9 @@ class Track:
         explained by its own queueing (congestion builds up the same way), and one
         straight line through the newest ``TURN_RECENT`` accepted samples and the run that
         is within the outlier threshold of every one of them (the fit's own noise scale,
-        not the joint line's: a line through a step is far from both levels). Why: after
+        not the joint line's: a line through a step of more than a few thresholds is far
+        from both levels; a smaller one may be taken as a turn, and the window then follows
+        it as it follows any bend). Why: after
         the initial burst a fit's noise scale comes from replies seconds apart, and a
         frequency wandering by ppm within minutes (a fast thermal cycle) carried the clock
         off the line faster than its drift allowance. Every reply was then an outlier until
